@@ -1,0 +1,13 @@
+"""Errors a researcher can fix: each message is one line naming the problem and the fix."""
+
+
+class StyleprobeError(Exception):
+    """Base class for styleprobe's own errors."""
+
+
+class ConfigError(StyleprobeError):
+    """Bad input found before any model is loaded (config, data, layer names, numbers)."""
+
+
+class ModelUnavailableError(StyleprobeError):
+    """Weights that cannot be found locally and cannot be downloaded."""

@@ -1,0 +1,222 @@
+"""Model presets and loading: one code path for the Hub, local folders and the tiny embedded model.
+
+A preset (the `model` config group) names a base pipeline, an IP-Adapter checkpoint in h94's layout and
+the text tower whose CLIP space matches the adapter's image encoder (used for content subtraction).
+Sources are Hub ids, local folders, or `tiny:<folder>` (the embedded model, built on first use).
+Loaded models are kept per process, so every job of a basic-launcher multirun reuses them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from styleprobe.errors import ConfigError, ModelUnavailableError
+
+log = logging.getLogger(__name__)
+
+FAMILIES = ("sdxl", "sd15")
+ADAPTER_KINDS = ("global", "plus")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """Where an IP-Adapter checkpoint lives, in h94/IP-Adapter's layout."""
+
+    source: str
+    subfolder: str
+    weight_name: str
+    image_encoder_folder: str = "image_encoder"
+    kind: str = "global"  # "global": pooled CLIP image embedding; "plus": patch tokens (Resampler)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model preset, as the `model` config group gives it."""
+
+    name: str
+    family: str
+    base: str
+    adapter: AdapterSpec
+    content_text_encoder: str | None = None  # None: the pipeline's own text_encoder_2 (SDXL + bigG)
+    variant: str | None = None
+    revision: str | None = None
+    dtype: str = "auto"
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "ModelSpec":
+        """Build from a config mapping (sampler defaults in it are ignored); bad values fail with a one-line fix."""
+        d = dict(cfg)
+        adapter = AdapterSpec(**dict(d.pop("adapter")))
+        known = {"name", "family", "base", "content_text_encoder", "variant", "revision", "dtype"}
+        spec = cls(adapter=adapter, **{k: d[k] for k in known if k in d})
+        spec.validate()
+        return spec
+
+    def validate(self) -> None:
+        if self.family not in FAMILIES:
+            raise ConfigError(f"model.family={self.family!r} is unknown; use one of {', '.join(FAMILIES)}")
+        if self.adapter.kind not in ADAPTER_KINDS:
+            raise ConfigError(f"model.adapter.kind={self.adapter.kind!r} is unknown; use one of {', '.join(ADAPTER_KINDS)}")
+        if self.dtype != "auto" and self.dtype not in DTYPES:
+            raise ConfigError(f"model.dtype={self.dtype!r} is unknown; use auto or one of {', '.join(DTYPES)}")
+        if self.family == "sd15" and self.content_text_encoder is None and self.adapter.kind == "global":
+            raise ConfigError(
+                "model.content_text_encoder is required for sd15 (its adapter's image encoder is ViT-H): "
+                "set it to laion/CLIP-ViT-H-14-laion2B-s32B-b79K or a local copy"
+            )
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """What about the model determines an image: part of every item's key."""
+        return {
+            "name": self.name,
+            "base": self.base,
+            "adapter": f"{self.adapter.source}/{self.adapter.subfolder}/{self.adapter.weight_name}",
+            "variant": self.variant,
+            "revision": self.revision,
+        }
+
+
+def resolve_source(source: str) -> str:
+    """Turn `tiny:<folder>` into the tiny model's local folder; Hub ids and paths pass through."""
+    if source.startswith("tiny:"):
+        from styleprobe.tiny import ensure_tiny
+
+        return str(ensure_tiny() / source.removeprefix("tiny:"))
+    return source
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """`auto`: fp16 on a GPU (SDXL's published weights are fp16), fp32 on the CPU."""
+    if dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return DTYPES[dtype]
+
+
+def _unavailable(what: str, source: str, subfolder: str | None, err: Exception) -> ModelUnavailableError:
+    where = f"{source}" + (f" (subfolder {subfolder})" if subfolder else "")
+    if Path(source).is_absolute() or source.startswith("."):
+        fix = f"the local folder {source} lacks it; point the preset at a folder with the Hub repository's layout"
+    else:
+        fix = (
+            f"download it on a machine with network access (hf download {source}) into the Hugging Face cache, "
+            f"or into a folder and set the preset's source to that folder"
+        )
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return ModelUnavailableError(f"cannot load {what} from {where}: {first[:200]}; {fix}")
+
+
+def load_unet_config(spec: ModelSpec) -> dict[str, Any]:
+    """The UNet's config only (a few KB): enough to derive the layer map before loading any weights."""
+    from diffusers import UNet2DConditionModel
+
+    base = resolve_source(spec.base)
+    try:
+        return dict(UNet2DConditionModel.load_config(base, subfolder="unet", revision=spec.revision))
+    except (OSError, ValueError) as err:
+        raise _unavailable("the UNet config", base, "unet", err) from err
+
+
+def build_unet_structure(unet_config: dict[str, Any]):
+    """The UNet's modules on the `meta` device: its full structure with no memory for weights."""
+    from diffusers import UNet2DConditionModel
+
+    with torch.device("meta"):
+        return UNet2DConditionModel.from_config(unet_config)
+
+
+@dataclass
+class LoadedModel:
+    """A pipeline with its IP-Adapter loaded, plus the text tower for content subtraction."""
+
+    spec: ModelSpec
+    pipe: Any
+    device: torch.device
+    dtype: torch.dtype
+    content_tokenizer: Any = None
+    content_text_encoder: Any = None
+
+
+_LOADED: dict[tuple, LoadedModel] = {}
+LOAD_COUNT = {"n": 0}  # how many times weights were read in this process (tests check reuse)
+
+
+def load(spec: ModelSpec, device: str = "auto") -> LoadedModel:
+    """Load (or reuse) the preset's pipeline and adapter; one model is kept per process at a time."""
+    dev = resolve_device(device)
+    dt = resolve_dtype(spec.dtype, dev)
+    key = (spec, str(dev), str(dt))
+    if key in _LOADED:
+        return _LOADED[key]
+    _LOADED.clear()  # free the previous model before loading another
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+    model = _load(spec, dev, dt)
+    _LOADED[key] = model
+    LOAD_COUNT["n"] += 1
+    return model
+
+
+def _pipeline_class(family: str):
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    return {"sdxl": StableDiffusionXLPipeline, "sd15": StableDiffusionPipeline}[family]
+
+
+def _load(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+    base = resolve_source(spec.base)
+    kwargs: dict[str, Any] = {"torch_dtype": dtype, "revision": spec.revision}
+    if spec.variant:
+        kwargs["variant"] = spec.variant
+    if spec.family == "sd15":
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    log.info("loading %s from %s (%s, %s)", spec.name, base, device, dtype)
+    try:
+        pipe = _pipeline_class(spec.family).from_pretrained(base, **kwargs)
+    except (OSError, ValueError) as err:
+        raise _unavailable("the base pipeline", base, None, err) from err
+    adapter_src = resolve_source(spec.adapter.source)
+    try:
+        pipe.load_ip_adapter(
+            adapter_src,
+            subfolder=spec.adapter.subfolder,
+            weight_name=spec.adapter.weight_name,
+            image_encoder_folder=spec.adapter.image_encoder_folder,
+        )
+    except (OSError, ValueError) as err:
+        raise _unavailable(f"the IP-Adapter {spec.adapter.weight_name}", adapter_src, spec.adapter.subfolder, err) from err
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    model = LoadedModel(spec=spec, pipe=pipe, device=device, dtype=dtype)
+    if spec.content_text_encoder:
+        model.content_tokenizer, model.content_text_encoder = _load_text_tower(
+            resolve_source(spec.content_text_encoder), device, dtype
+        )
+    from styleprobe.injection import install
+
+    install(pipe.unet)
+    return model
+
+
+def _load_text_tower(source: str, device: torch.device, dtype: torch.dtype):
+    """A CLIP text tower with its projection (e.g. ViT-H's), for content text in the adapter's space."""
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+
+    try:
+        tokenizer = CLIPTokenizer.from_pretrained(source)
+        encoder = CLIPTextModelWithProjection.from_pretrained(source, dtype=dtype)
+    except (OSError, ValueError) as err:
+        raise _unavailable("the content text encoder", source, None, err) from err
+    return tokenizer, encoder.to(device).eval()
