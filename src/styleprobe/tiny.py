@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from styleprobe.data import default_cache_dir
+
 TINY_VERSION = "tiny-v1"
 SEED = 20240403
 
@@ -54,11 +56,6 @@ BIGG_DIM = 32  # text_encoder_2 projection = "bigG" image embedding dim (one sha
 VIT_H_DIM = 24  # the separate "ViT-H" space: its own image encoder and text tower
 IMAGE_SIZE = 32
 NUM_TOKENS = 4
-
-
-def default_cache_dir() -> Path:
-    """Where built artefacts live: $STYLEPROBE_CACHE, else ~/.cache/styleprobe."""
-    return Path(os.environ.get("STYLEPROBE_CACHE", Path.home() / ".cache" / "styleprobe"))
 
 
 def ensure_tiny(cache_dir: Path | None = None) -> Path:

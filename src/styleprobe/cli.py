@@ -1,0 +1,61 @@
+"""The `styleprobe` command: a thin Hydra entry point around `styleprobe.sweep.run`.
+
+    styleprobe                                   the default sweep (layer_probe on the tiny model)
+    styleprobe experiment=subtraction            another experiment
+    styleprobe model=sdxl experiment=layer_probe the real model (GPU, Hub access or local weights)
+    styleprobe -m injection=style,style_layout   a multirun; jobs share one loaded model
+
+Errors a researcher can fix are printed as one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from styleprobe.errors import StyleprobeError
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "experiments"
+
+
+def _quiet_libraries() -> None:
+    """Keep the run log about the run: no per-component progress bars or load chatter."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _task(cfg: DictConfig) -> None:
+    from styleprobe.sweep import run
+
+    _quiet_libraries()
+    try:
+        run(cfg)
+    except StyleprobeError as err:
+        logging.getLogger("styleprobe").debug("error", exc_info=True)
+        print(f"styleprobe: error: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def main() -> None:
+    """Console entry point."""
+    if not (CONFIG_DIR / "config.yaml").exists():
+        print(
+            f"styleprobe: error: config tree not found at {CONFIG_DIR}; install styleprobe from its source "
+            "checkout with pip install -e .",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")(_task)()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""One sweep job: validate -> plan -> skip done keys -> load the model -> generate -> store.
+
+Everything that can be wrong with the input is checked before any model weights are loaded and
+before anything is written to the results folder. `run(cfg)` is what the CLI calls; tests call it too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from styleprobe import models
+from styleprobe.data import load_prompts, load_style_set
+from styleprobe.errors import ConfigError
+from styleprobe.layers import LayerMap, expand_patterns
+from styleprobe.plan import Sampler, WorkItem, build_plan, check_strengths, shard
+from styleprobe.store import HOST, Store, atomic_write
+
+log = logging.getLogger("styleprobe")
+
+
+@dataclass
+class SweepPlan:
+    """A validated job: what to make and where, before any model is loaded."""
+
+    spec: models.ModelSpec
+    sampler: Sampler
+    items: list[WorkItem]
+    store: Store
+    device: str
+    batch_size: int
+
+
+@dataclass
+class SweepResult:
+    planned: int
+    done_before: int
+    generated: int
+    results_dir: Path
+    run_id: str
+    seconds: float
+
+
+def _seeds(cfg: DictConfig) -> list[int]:
+    seeds = cfg.seeds if OmegaConf.is_list(cfg.seeds) else [cfg.seeds]
+    out = []
+    for s in seeds:
+        if not isinstance(s, int) or isinstance(s, bool) or s < 0:
+            raise ConfigError(f"seeds has {s!r}; give non-negative integers, e.g. seeds=[0,1,2]")
+        out.append(s)
+    if not out:
+        raise ConfigError("seeds is empty; give at least one seed, e.g. seeds=[0]")
+    return out
+
+
+def _as_list(value: Any) -> list[Any]:
+    if OmegaConf.is_list(value):
+        return list(OmegaConf.to_container(value, resolve=True))
+    return [value]
+
+
+def layer_map_for(spec: models.ModelSpec) -> LayerMap:
+    """The layer map from the UNet's config alone, built on the `meta` device (no weights read)."""
+    return LayerMap.from_unet(models.build_unet_structure(models.load_unet_config(spec)))
+
+
+def prepare(cfg: DictConfig) -> SweepPlan:
+    """Validate every input and expand the plan; raises ConfigError with a one-line fix."""
+    spec = models.ModelSpec.from_config(cfg.model)
+    sampler = Sampler.from_config(cfg.sampler)
+    scales = check_strengths(_as_list(cfg.injection.scale), "injection.scale")
+    subtractions = check_strengths(_as_list(cfg.injection.subtraction), "injection.subtraction")
+    if spec.adapter.kind == "plus" and any(subtractions):
+        raise ConfigError(
+            f"model {spec.name} uses a patch-token ('plus') adapter, which has no global embedding to subtract from; "
+            "set injection.subtraction=[0]"
+        )
+    seeds = _seeds(cfg)
+    references = load_style_set(cfg.data.style_set)
+    prompts = load_prompts(cfg.data.prompts if isinstance(cfg.data.prompts, str) else _as_list(cfg.data.prompts))
+    batch_size = cfg.engine.batch_size
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"engine.batch_size={batch_size!r}; give a positive integer")
+    layer_map = layer_map_for(spec)
+    presets = OmegaConf.to_container(cfg.model.presets, resolve=True) if cfg.model.get("presets") else {}
+    patterns = expand_patterns(_as_list(cfg.injection.patterns), layer_map, presets)
+    device = models.resolve_device(cfg.engine.device)
+    dtype = str(models.resolve_dtype(spec.dtype, device)).removeprefix("torch.")
+    items = build_plan(
+        model=spec,
+        dtype=dtype,
+        method=str(cfg.method),
+        layer_map=layer_map,
+        patterns=patterns,
+        scales=scales,
+        subtractions=subtractions,
+        references=references,
+        prompts=prompts,
+        seeds=seeds,
+        sampler=sampler,
+    )
+    items = shard(items, cfg.shard.index, cfg.shard.count)
+    return SweepPlan(spec, sampler, items, Store(cfg.results_dir), str(device), batch_size)
+
+
+def new_run_id() -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-%f")
+    return f"{stamp}-{HOST}-{os.getpid()}"
+
+
+def save_run_config(store: Store, run_id: str, cfg: DictConfig, summary: dict[str, Any]) -> Path:
+    """The full, resolved config of this run (with Hydra's choices and overrides when run from the CLI)."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+        container["_hydra"] = {
+            "choices": OmegaConf.to_container(hc.runtime.choices),
+            "overrides": list(hc.overrides.task),
+            "job": hc.job.name,
+            "job_num": hc.job.get("num"),
+        }
+    except ValueError:
+        pass  # called as a library, not from the Hydra app
+    container["_run"] = summary
+    path = store.runs / run_id / "config.yaml"
+    text = OmegaConf.to_yaml(OmegaConf.create(container))
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+    return path
+
+
+def run(cfg: DictConfig) -> SweepResult:
+    """Run one sweep job end to end; a rerun only makes what is missing."""
+    start = time.perf_counter()
+    plan = prepare(cfg)
+    store = plan.store
+    done = store.done_keys()
+    pending = [it for it in plan.items if it.key not in done]
+    run_id = new_run_id()
+    log.info(
+        "%s: %d items planned, %d already done, %d to generate -> %s",
+        cfg.name, len(plan.items), len(plan.items) - len(pending), len(pending), store.root,
+    )
+    summary = {"run_id": run_id, "planned": len(plan.items), "pending": len(pending), "started": datetime.now(timezone.utc).isoformat()}
+    save_run_config(store, run_id, cfg, summary)
+    store.clean_stale_temp()
+    generated = 0
+    if pending:
+        from styleprobe.engine import Engine
+        from styleprobe.subtraction import check_subtraction
+
+        model = models.load(plan.spec, plan.device)
+        check_subtraction(model, [it.subtraction for it in pending])
+        _reset_peak_memory(model)
+        engine = Engine(model, plan.sampler, plan.batch_size)
+        every = max(1, len(pending) // 10)
+        stats = engine.generate(
+            pending,
+            store,
+            run_id,
+            on_batch=lambda n, total: n % every < plan.batch_size and log.info("generated %d/%d", n, total),
+        )
+        generated = stats.generated
+        _log_peak_memory(model)
+    seconds = time.perf_counter() - start
+    log.info("%s: generated %d images in %.1f s; table: %d rows", cfg.name, generated, seconds, len(store.done_keys()))
+    return SweepResult(len(plan.items), len(plan.items) - len(pending), generated, store.root, run_id, seconds)
+
+
+def _reset_peak_memory(model: models.LoadedModel) -> None:
+    if model.device.type == "cuda":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats(model.device)
+
+
+def _log_peak_memory(model: models.LoadedModel) -> None:
+    if model.device.type == "cuda":
+        import torch
+
+        log.info("peak GPU memory this job: %.2f GiB", torch.cuda.max_memory_allocated(model.device) / 2**30)
