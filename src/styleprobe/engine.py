@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from PIL import Image
@@ -24,6 +26,21 @@ from styleprobe.store import Store
 from styleprobe.subtraction import adapter_inputs, encode_content, encode_references, subtract
 
 log = logging.getLogger(__name__)
+
+
+@contextmanager
+def per_sample_adapter_inputs(pipe: Any, embeds: list[torch.Tensor]) -> Iterator[list[torch.Tensor]]:
+    """Give each sample of a pipeline call its own adapter input.
+
+    diffusers' pipelines treat `ip_adapter_image_embeds` as one reference for the whole call and repeat it
+    batch-size times; styleprobe's batches mix references and subtraction strengths, so for the duration of
+    the call the pipeline takes the (2B, 1, dim) tensor as it is.
+    """
+    pipe.prepare_ip_adapter_image_embeds = lambda *args, **kwargs: [e.to(pipe.device) for e in embeds]
+    try:
+        yield embeds
+    finally:
+        del pipe.prepare_ip_adapter_image_embeds
 
 
 @dataclass
@@ -127,10 +144,15 @@ class Engine:
     def run_batch(self, items: Sequence[WorkItem]) -> list[Image.Image]:
         """One pipeline call for a batch of items; returns their images in order."""
         generators = [torch.Generator("cpu").manual_seed(int(it.seed)) for it in items]
-        with torch.inference_mode(), self.state.use(self.layer_scales(items)):
-            out = self.model.pipe(
+        pipe = self.model.pipe
+        with (
+            torch.inference_mode(),
+            self.state.use(self.layer_scales(items)),
+            per_sample_adapter_inputs(pipe, self.adapter_embeds(items)) as embeds,
+        ):
+            out = pipe(
                 **self.prompt_kwargs(items),
-                ip_adapter_image_embeds=self.adapter_embeds(items),
+                ip_adapter_image_embeds=embeds,
                 generator=generators,
                 num_inference_steps=self.sampler.steps,
                 guidance_scale=self.sampler.guidance,

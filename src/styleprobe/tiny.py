@@ -1,6 +1,7 @@
-"""The tiny embedded model: SDXL's topology in miniature, built offline with fixed random weights.
+"""Random-weight models with SDXL's topology, built offline with fixed seeds: the tiny embedded model and
+a full-size one for timing.
 
-Its numbers check styleprobe's machinery, they are not science: the weights are random.
+Their numbers check styleprobe's machinery, they are not science: the weights are random.
 
 `ensure_tiny()` writes, once, a folder that mirrors the real Hub repositories, so that the tiny model
 is loaded through exactly the code that loads the real ones (`from_pretrained`, `load_ip_adapter`):
@@ -16,21 +17,33 @@ is loaded through exactly the code that loads the real ones (`from_pretrained`, 
 The UNet keeps SDXL's block/module/layer names (DownBlock2D first, two cross-attention down blocks,
 three-module up blocks, `transformer_layers_per_block` growing with depth) so InstantStyle's module
 names `up_blocks.0.attentions.1` and `down_blocks.2.attentions.1` exist here too.
+
+`ensure_random_sdxl("sdxl")` builds, with the same code, the same layout into `<cache>/random-sdxl-v1/`
+with SDXL base's real UNet (2.6 B parameters, ~10 GB in fp32) and VAE, cheap text and image encoders of
+SDXL's widths (768 + 1280 = 2048 text features, a 1280-d "bigG" image space) and a full-size IP-Adapter.
+It exists to time the engine at real cost (see benchmarks/); it takes minutes and ~14 GB of disk, so
+tests never build it. `ensure_random_sdxl("tiny")` is `ensure_tiny()`.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from styleprobe.data import default_cache_dir
 
+log = logging.getLogger(__name__)
+
 TINY_VERSION = "tiny-v1"
+RANDOM_SDXL_VERSION = "random-sdxl-v1"
 SEED = 20240403
 
 # SDXL: block_out_channels (320, 640, 1280), transformer_layers_per_block (1, 2, 10), heads (5, 10, 20).
@@ -57,17 +70,126 @@ VIT_H_DIM = 24  # the separate "ViT-H" space: its own image encoder and text tow
 IMAGE_SIZE = 32
 NUM_TOKENS = 4
 
+# stabilityai/stable-diffusion-xl-base-1.0 unet/config.json (70 attn2 layers in 11 modules).
+SDXL_UNET_CONFIG: dict = {
+    "sample_size": 128,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    "block_out_channels": [320, 640, 1280],
+    "layers_per_block": 2,
+    "transformer_layers_per_block": [1, 2, 10],
+    "attention_head_dim": [5, 10, 20],
+    "cross_attention_dim": 2048,
+    "norm_num_groups": 32,
+    "use_linear_projection": True,
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": 256,
+    "projection_class_embeddings_input_dim": 2816,  # 6 x 256 time ids + 1280 pooled text
+}
+
+
+@dataclass(frozen=True)
+class TextDims:
+    """A CLIP text tower (byte-level vocabulary, 77 positions)."""
+
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+
+
+@dataclass(frozen=True)
+class VisionDims:
+    """A CLIP vision tower (its projection dim is the adapter's image-embedding space)."""
+
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    image_size: int
+    patch_size: int
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """Everything that differs between the random-weight sizes; the build code is shared."""
+
+    version: str  # the cache folder's name
+    unet: dict[str, Any]
+    text_encoder: TextDims  # its hidden size + text_encoder_2's = unet cross_attention_dim
+    text_encoder_2: TextDims
+    vit_h_text: TextDims
+    vision: VisionDims  # both image encoders ("bigG" and "ViT-H"), projections aside
+    bigg_dim: int  # text_encoder_2 projection = "bigG" image embedding dim
+    vit_h_dim: int
+    vae_block_out_channels: tuple[int, ...]
+    vae_layers_per_block: int
+    vae_norm_groups: int
+    vae_sample_size: int
+    num_tokens: int = NUM_TOKENS
+
+
+_TINY_TEXT = TextDims(hidden=TEXT_HIDDEN, intermediate=2 * TEXT_HIDDEN, layers=2, heads=2)
+
+SIZES: dict[str, ModelDims] = {
+    "tiny": ModelDims(
+        version=TINY_VERSION,
+        unet=UNET_CONFIG,
+        text_encoder=_TINY_TEXT,
+        text_encoder_2=_TINY_TEXT,
+        vit_h_text=_TINY_TEXT,
+        vision=VisionDims(hidden=32, intermediate=64, layers=2, heads=2, image_size=IMAGE_SIZE, patch_size=8),
+        bigg_dim=BIGG_DIM,
+        vit_h_dim=VIT_H_DIM,
+        vae_block_out_channels=(16, 16, 32, 32),
+        vae_layers_per_block=1,
+        vae_norm_groups=8,
+        vae_sample_size=64,
+    ),
+    # SDXL's real UNet and VAE; text and image towers with SDXL's widths but 2 layers (their cost is small
+    # in SDXL too, except the 1.8 B-parameter bigG image encoder, which this stand-in makes cheap).
+    "sdxl": ModelDims(
+        version=RANDOM_SDXL_VERSION,
+        unet=SDXL_UNET_CONFIG,
+        text_encoder=TextDims(hidden=768, intermediate=3072, layers=2, heads=12),  # CLIP ViT-L's width
+        text_encoder_2=TextDims(hidden=1280, intermediate=5120, layers=2, heads=20),  # OpenCLIP bigG's width
+        vit_h_text=TextDims(hidden=1024, intermediate=4096, layers=2, heads=16),
+        vision=VisionDims(hidden=256, intermediate=1024, layers=2, heads=4, image_size=224, patch_size=14),
+        bigg_dim=1280,
+        vit_h_dim=1024,
+        vae_block_out_channels=(128, 256, 512, 512),
+        vae_layers_per_block=2,
+        vae_norm_groups=32,
+        vae_sample_size=1024,
+    ),
+}
+
 
 def ensure_tiny(cache_dir: Path | None = None) -> Path:
     """Return the tiny model folder, building it first if absent (atomic: temp dir, then rename)."""
-    root = (cache_dir or default_cache_dir()) / TINY_VERSION
+    return ensure_random_sdxl("tiny", cache_dir)
+
+
+def ensure_random_sdxl(size: str = "sdxl", cache_dir: Path | None = None) -> Path:
+    """Return the folder of the random-weight model of `size` ("tiny" or "sdxl"), building it first if absent.
+
+    The build is atomic (temp dir, then rename); "sdxl" takes minutes, ~20 GB of RAM and ~14 GB of disk.
+    """
+    if size not in SIZES:
+        raise ValueError(f"unknown random model size {size!r}; use one of {', '.join(SIZES)}")
+    dims = SIZES[size]
+    root = (cache_dir or default_cache_dir()) / dims.version
     if (root / "COMPLETE").exists():
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{TINY_VERSION}-", dir=root.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dims.version}-", dir=root.parent))
     try:
-        _build(tmp)
-        (tmp / "COMPLETE").write_text(json.dumps({"version": TINY_VERSION, "seed": SEED}))
+        if size != "tiny":
+            log.info("building the random-weight %s model into %s (minutes)", size, root)
+        _build(tmp, dims)
+        (tmp / "COMPLETE").write_text(json.dumps({"version": dims.version, "seed": SEED}))
         try:
             os.rename(tmp, root)
         except OSError:
@@ -100,15 +222,15 @@ def _tokenizer(pad_token: str):
     return tok
 
 
-def _text_config(projection_dim: int):
+def _text_config(dims: TextDims, projection_dim: int):
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(
         vocab_size=2 * 256 + 2,
-        hidden_size=TEXT_HIDDEN,
-        intermediate_size=2 * TEXT_HIDDEN,
-        num_hidden_layers=2,
-        num_attention_heads=2,
+        hidden_size=dims.hidden,
+        intermediate_size=dims.intermediate,
+        num_hidden_layers=dims.layers,
+        num_attention_heads=dims.heads,
         max_position_embeddings=77,
         projection_dim=projection_dim,
         bos_token_id=512,
@@ -117,22 +239,22 @@ def _text_config(projection_dim: int):
     )
 
 
-def _vision_encoder(projection_dim: int):
+def _vision_encoder(dims: VisionDims, projection_dim: int):
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     cfg = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=IMAGE_SIZE,
-        patch_size=8,
+        hidden_size=dims.hidden,
+        intermediate_size=dims.intermediate,
+        num_hidden_layers=dims.layers,
+        num_attention_heads=dims.heads,
+        image_size=dims.image_size,
+        patch_size=dims.patch_size,
         projection_dim=projection_dim,
     )
     return CLIPVisionModelWithProjection(cfg).eval()
 
 
-def _ip_adapter_state_dict(unet, image_embed_dim: int) -> dict[str, torch.Tensor]:
+def _ip_adapter_state_dict(unet, image_embed_dim: int, num_tokens: int = NUM_TOKENS) -> dict[str, torch.Tensor]:
     """An IP-Adapter checkpoint in h94's key format, keyed by index in `unet.attn_processors` order.
 
     Like IP-Adapter's training init, to_k_ip / to_v_ip start from the layer's own to_k / to_v (here with
@@ -140,8 +262,8 @@ def _ip_adapter_state_dict(unet, image_embed_dim: int) -> dict[str, torch.Tensor
     """
     cross = unet.config.cross_attention_dim
     sd: dict[str, torch.Tensor] = {
-        "image_proj.proj.weight": torch.randn(NUM_TOKENS * cross, image_embed_dim) / image_embed_dim**0.5,
-        "image_proj.proj.bias": torch.randn(NUM_TOKENS * cross) * 0.1,
+        "image_proj.proj.weight": torch.randn(num_tokens * cross, image_embed_dim) / image_embed_dim**0.5,
+        "image_proj.proj.bias": torch.randn(num_tokens * cross) * 0.1,
         "image_proj.norm.weight": 1.0 + 0.1 * torch.randn(cross),
         "image_proj.norm.bias": 0.1 * torch.randn(cross),
     }
@@ -156,28 +278,31 @@ def _ip_adapter_state_dict(unet, image_embed_dim: int) -> dict[str, torch.Tensor
     return sd
 
 
-def _build(root: Path) -> None:
-    """Build every component with fixed seeds and save it in the real repositories' layouts."""
+def _build(root: Path, dims: ModelDims = SIZES["tiny"]) -> None:
+    """Build every component with fixed seeds and save it in the real repositories' layouts.
+
+    The order of random draws is fixed: changing it changes every weight of the tiny model.
+    """
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from safetensors.torch import save_file
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(SEED)
-    unet = UNet2DConditionModel(**UNET_CONFIG).eval()
+    unet = UNet2DConditionModel(**dims.unet).eval()
     vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,
         down_block_types=["DownEncoderBlock2D"] * 4,
         up_block_types=["UpDecoderBlock2D"] * 4,
-        block_out_channels=[16, 16, 32, 32],
-        layers_per_block=1,
+        block_out_channels=list(dims.vae_block_out_channels),
+        layers_per_block=dims.vae_layers_per_block,
         latent_channels=4,
-        norm_num_groups=8,
-        sample_size=64,
+        norm_num_groups=dims.vae_norm_groups,
+        sample_size=dims.vae_sample_size,
         scaling_factor=0.13025,
     ).eval()
-    text_encoder = CLIPTextModel(_text_config(BIGG_DIM)).eval()
-    text_encoder_2 = CLIPTextModelWithProjection(_text_config(BIGG_DIM)).eval()
+    text_encoder = CLIPTextModel(_text_config(dims.text_encoder, dims.bigg_dim)).eval()
+    text_encoder_2 = CLIPTextModelWithProjection(_text_config(dims.text_encoder_2, dims.bigg_dim)).eval()
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085,
         beta_end=0.012,
@@ -197,18 +322,25 @@ def _build(root: Path) -> None:
         scheduler=scheduler,
     )
     pipe.save_pretrained(root / "stable-diffusion-xl-base", safe_serialization=True)
+    del pipe, vae, text_encoder, text_encoder_2  # the UNet stays: the adapters start from its to_k / to_v
 
     adapter_root = root / "IP-Adapter"
-    bigg = _vision_encoder(BIGG_DIM)
+    bigg = _vision_encoder(dims.vision, dims.bigg_dim)
     bigg.save_pretrained(adapter_root / "sdxl_models" / "image_encoder", safe_serialization=True)
-    save_file(_ip_adapter_state_dict(unet, BIGG_DIM), adapter_root / "sdxl_models" / "ip-adapter_sdxl.safetensors")
+    save_file(
+        _ip_adapter_state_dict(unet, dims.bigg_dim, dims.num_tokens),
+        adapter_root / "sdxl_models" / "ip-adapter_sdxl.safetensors",
+    )
 
-    vit_h = _vision_encoder(VIT_H_DIM)
+    vit_h = _vision_encoder(dims.vision, dims.vit_h_dim)
     vit_h.save_pretrained(adapter_root / "models" / "image_encoder", safe_serialization=True)
     save_file(
-        _ip_adapter_state_dict(unet, VIT_H_DIM), adapter_root / "sdxl_models" / "ip-adapter_sdxl_vit-h.safetensors"
+        _ip_adapter_state_dict(unet, dims.vit_h_dim, dims.num_tokens),
+        adapter_root / "sdxl_models" / "ip-adapter_sdxl_vit-h.safetensors",
     )
 
     vit_h_text = root / "CLIP-ViT-H-14-text"
-    CLIPTextModelWithProjection(_text_config(VIT_H_DIM)).eval().save_pretrained(vit_h_text, safe_serialization=True)
+    CLIPTextModelWithProjection(_text_config(dims.vit_h_text, dims.vit_h_dim)).eval().save_pretrained(
+        vit_h_text, safe_serialization=True
+    )
     _tokenizer("!").save_pretrained(vit_h_text)

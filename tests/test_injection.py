@@ -1,0 +1,145 @@
+"""styleprobe's per-layer, per-sample processor against diffusers' own IP-Adapter and plain text-to-image.
+
+Tolerances: same pattern, same call shape -> bit-identical (0.0). Batched vs one call per pattern: the
+batched matmuls sum in another order, so float32 images on [0, 1] agree to BATCH_TOL (measured ~1.5e-6).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from styleprobe.engine import per_sample_adapter_inputs
+from styleprobe.injection import LayerScaledIPAttnProcessor, native_processors
+from styleprobe.layers import expand_patterns, native_scale_config
+from styleprobe.subtraction import adapter_inputs, encode_references
+
+BATCH_TOL = 1e-4
+STEPS, SIZE, GUIDANCE = 3, 64, 5.0
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_model, references):
+    pipe = tiny_model.pipe
+    cond, uncond = encode_references(tiny_model, [references[0].load()])
+    embeds = pipe.encode_prompt(["a cat on a chair"], device=tiny_model.device, num_images_per_prompt=1, do_classifier_free_guidance=True)
+    return pipe, cond, uncond, embeds
+
+
+def _generate(pipe, embeds, ip_embeds=None, n=1, seed=7):
+    kwargs = dict(
+        prompt_embeds=embeds[0].repeat(n, 1, 1),
+        negative_prompt_embeds=embeds[1].repeat(n, 1, 1),
+        pooled_prompt_embeds=embeds[2].repeat(n, 1),
+        negative_pooled_prompt_embeds=embeds[3].repeat(n, 1),
+        generator=[torch.Generator().manual_seed(seed) for _ in range(n)],
+        num_inference_steps=STEPS,
+        guidance_scale=GUIDANCE,
+        height=SIZE,
+        width=SIZE,
+        output_type="np",
+    )
+    if ip_embeds is None:
+        with torch.inference_mode():
+            return pipe(**kwargs).images
+    with torch.inference_mode(), per_sample_adapter_inputs(pipe, ip_embeds) as embeds:
+        return pipe(ip_adapter_image_embeds=embeds, **kwargs).images
+
+
+@pytest.mark.parametrize("preset", ["style", "style_layout", "all"])
+def test_presets_equal_diffusers_native_set_ip_adapter_scale(setup, preset):
+    pipe, cond, uncond, embeds = setup
+    state = pipe.unet.styleprobe_state
+    pattern = expand_patterns([preset], state.layer_map)[0]
+    ip = adapter_inputs(cond, uncond, True)
+    with state.use(torch.tensor([pattern.scales])):
+        ours = _generate(pipe, embeds, ip)
+    native_config = {"style": {"up": {"block_0": [0.0, 1.0, 0.0]}}}.get(preset) or native_scale_config(pattern.scales, state.layer_map)
+    with native_processors(pipe.unet):
+        try:
+            pipe.set_ip_adapter_scale(native_config)
+            native = _generate(pipe, embeds, ip)
+        finally:
+            pipe.set_ip_adapter_scale(1.0)
+    assert np.abs(ours - native).max() == 0.0
+    with state.use(torch.tensor([expand_patterns(["none"], state.layer_map)[0].scales])):
+        assert np.abs(_generate(pipe, embeds, ip) - ours).max() > 1e-3  # injection changes the image
+
+
+def test_batched_patterns_equal_one_call_per_pattern(setup):
+    pipe, cond, uncond, embeds = setup
+    state = pipe.unet.styleprobe_state
+    patterns = expand_patterns(["none", "all", "style", "style_layout", "mid_block"], state.layer_map)
+    singles = []
+    for p in patterns:
+        with state.use(torch.tensor([p.scales])):
+            singles.append(_generate(pipe, embeds, adapter_inputs(cond, uncond, True))[0])
+    n = len(patterns)
+    with state.use(torch.tensor([p.scales for p in patterns])):
+        batched = _generate(pipe, embeds, adapter_inputs(cond.repeat(n, 1), uncond.repeat(n, 1), True), n=n)
+    diffs = [float(np.abs(b - s).max()) for b, s in zip(batched, singles)]
+    assert max(diffs) < BATCH_TOL, diffs
+    # the patterns really differ from one another, so agreement is not trivial
+    assert min(float(np.abs(singles[0] - s).max()) for s in singles[1:]) > 1e-3
+
+
+def test_batch_mixing_references_equals_one_call_per_reference(tiny_model, references, setup):
+    """Each sample keeps its own reference: diffusers alone would repeat one reference over the batch."""
+    pipe, _, _, embeds = setup
+    state = pipe.unet.styleprobe_state
+    all_ = expand_patterns(["all"], state.layer_map)[0]
+    cond, uncond = encode_references(tiny_model, [r.load() for r in references[:3]])
+    with state.use(torch.tensor([all_.scales])):
+        singles = [_generate(pipe, embeds, adapter_inputs(cond[i : i + 1], uncond[i : i + 1], True))[0] for i in range(3)]
+    with state.use(torch.tensor([all_.scales] * 3)):
+        batched = _generate(pipe, embeds, adapter_inputs(cond, uncond, True), n=3)
+    assert max(float(np.abs(b - s).max()) for b, s in zip(batched, singles)) < BATCH_TOL
+    assert float(np.abs(singles[0] - singles[1]).max()) > 1e-3
+
+
+def test_none_equals_plain_text_to_image(setup, tiny_spec):
+    """`none` on the adapter-loaded pipeline gives the base pipeline's own output (no adapter loaded)."""
+    from diffusers import StableDiffusionXLPipeline
+
+    from styleprobe.models import resolve_source
+
+    pipe, cond, uncond, embeds = setup
+    state = pipe.unet.styleprobe_state
+    with state.use(torch.tensor([expand_patterns(["none"], state.layer_map)[0].scales])):
+        ours = _generate(pipe, embeds, adapter_inputs(cond, uncond, True))
+    plain = StableDiffusionXLPipeline.from_pretrained(resolve_source(tiny_spec.base))
+    plain.set_progress_bar_config(disable=True)
+    reference = _generate(plain, embeds)
+    assert np.abs(ours - reference).max() == 0.0
+
+
+def test_scale_zero_sample_in_mixed_batch_is_untouched(setup):
+    """A sample whose layers are all 0 gets no image branch even when its batch-mates do."""
+    pipe, cond, uncond, embeds = setup
+    state = pipe.unet.styleprobe_state
+    none, all_ = expand_patterns(["none", "all"], state.layer_map)
+    with state.use(torch.tensor([none.scales])):
+        alone = _generate(pipe, embeds, adapter_inputs(cond, uncond, True))[0]
+    with state.use(torch.tensor([all_.scales, none.scales])):
+        mixed = _generate(pipe, embeds, adapter_inputs(cond.repeat(2, 1), uncond.repeat(2, 1), True), n=2)
+    assert np.abs(mixed[1] - alone).max() < BATCH_TOL
+    assert np.abs(mixed[0] - alone).max() > 1e-3
+
+
+def test_processors_reuse_the_adapters_trained_weights(tiny_model):
+    pipe = tiny_model.pipe
+    ours = [p for p in pipe.unet.attn_processors.values() if isinstance(p, LayerScaledIPAttnProcessor)]
+    assert len(ours) == len(pipe.unet.styleprobe_state.layer_map)
+    for p in ours:
+        assert p.to_k_ip is p.native.to_k_ip and p.to_v_ip is p.native.to_v_ip
+    with native_processors(pipe.unet):
+        assert not any(isinstance(p, LayerScaledIPAttnProcessor) for p in pipe.unet.attn_processors.values())
+    assert sum(isinstance(p, LayerScaledIPAttnProcessor) for p in pipe.unet.attn_processors.values()) == len(ours)
+
+
+def test_scales_of_wrong_shape_are_rejected(tiny_model):
+    state = tiny_model.pipe.unet.styleprobe_state
+    with pytest.raises(ValueError, match="scales must have shape"):
+        with state.use(torch.ones(2, len(state.layer_map) + 1)):
+            pass
