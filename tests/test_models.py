@@ -1,0 +1,96 @@
+"""The tiny model is built in the real formats and loaded through the real code path."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from safetensors import safe_open
+
+from styleprobe import models
+from styleprobe.errors import ConfigError
+from styleprobe.models import AdapterSpec, ModelSpec
+from styleprobe.tiny import ensure_tiny
+
+
+def test_tiny_adapter_checkpoint_is_in_h94_format(tiny_model):
+    root = ensure_tiny()
+    with safe_open(str(root / "IP-Adapter" / "sdxl_models" / "ip-adapter_sdxl.safetensors"), "pt") as f:
+        keys = set(f.keys())
+        proj = f.get_tensor("image_proj.proj.weight")
+    assert {"image_proj.proj.weight", "image_proj.proj.bias", "image_proj.norm.weight", "image_proj.norm.bias"} <= keys
+    ip_keys = sorted(k for k in keys if k.startswith("ip_adapter."))
+    indices = sorted({int(k.split(".")[1]) for k in ip_keys})
+    unet = tiny_model.pipe.unet
+    n_cross = len(unet.styleprobe_state.layer_map)
+    assert len(indices) == n_cross and all(i % 2 == 1 for i in indices)  # attn2 layers: odd processor indices
+    assert {k.split(".", 2)[2] for k in ip_keys} == {"to_k_ip.weight", "to_v_ip.weight"}
+    cross = unet.config.cross_attention_dim
+    assert proj.shape == (4 * cross, 32)  # num_tokens * cross_attention_dim x image embedding dim
+    image_encoder = json.loads((root / "IP-Adapter" / "sdxl_models" / "image_encoder" / "config.json").read_text())
+    text_encoder_2 = json.loads((root / "stable-diffusion-xl-base" / "text_encoder_2" / "config.json").read_text())
+    assert image_encoder["projection_dim"] == text_encoder_2["projection_dim"] == 32  # one shared (bigG-like) space
+
+
+def test_loaded_adapter_weights_are_the_checkpoints(tiny_model):
+    """load_ip_adapter put the checkpoint's to_k_ip into the layer it names (processor index order)."""
+    root = ensure_tiny()
+    unet = tiny_model.pipe.unet
+    names = list(unet.attn_processors)
+    processors = unet.attn_processors
+    with safe_open(str(root / "IP-Adapter" / "sdxl_models" / "ip-adapter_sdxl.safetensors"), "pt") as f:
+        for index in (1, len(names) - 1):
+            stored = f.get_tensor(f"ip_adapter.{index}.to_k_ip.weight")
+            loaded = processors[names[index]].to_k_ip[0].weight.detach()
+            assert names[index].endswith("attn2.processor")
+            assert (stored - loaded).abs().max() == 0
+
+
+def test_tiny_weights_are_fixed(tmp_path, monkeypatch):
+    """Two builds in two caches give the same bytes: fixed seeds, nothing from the clock or the machine."""
+    import hashlib
+
+    def digest(root):
+        return {
+            p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*.safetensors"))
+        }
+
+    first = ensure_tiny()
+    second = ensure_tiny(tmp_path)
+    assert digest(first) == digest(second) and len(digest(first)) >= 8
+
+
+def test_models_are_loaded_once_per_process(tiny_spec, tiny_model):
+    before = models.LOAD_COUNT["n"]
+    assert models.load(tiny_spec, "cpu") is tiny_model
+    assert models.LOAD_COUNT["n"] == before
+
+
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        ({"family": "sd3"}, "model.family='sd3' is unknown"),
+        ({"dtype": "float8"}, "model.dtype='float8' is unknown"),
+        ({"adapter": {"kind": "faceid"}}, "model.adapter.kind='faceid' is unknown"),
+        ({"family": "sd15", "content_text_encoder": None}, "content_text_encoder is required for sd15"),
+    ],
+)
+def test_bad_presets_fail_with_a_fix(change, fragment):
+    cfg = {
+        "name": "x", "family": "sdxl", "base": "b", "dtype": "auto", "content_text_encoder": None,
+        "adapter": {"source": "s", "subfolder": "sdxl_models", "weight_name": "w.safetensors", "kind": "global"},
+    }
+    for key, value in change.items():
+        if isinstance(value, dict):
+            cfg[key] = {**cfg[key], **value}
+        else:
+            cfg[key] = value
+    with pytest.raises(ConfigError, match=fragment.replace("(", r"\(")):
+        ModelSpec.from_config(cfg)
+
+
+def test_identity_names_base_and_adapter():
+    spec = ModelSpec("sdxl", "sdxl", "stabilityai/stable-diffusion-xl-base-1.0", AdapterSpec("h94/IP-Adapter", "sdxl_models", "ip-adapter_sdxl.safetensors"))
+    assert spec.identity["adapter"] == "h94/IP-Adapter/sdxl_models/ip-adapter_sdxl.safetensors"
+    assert spec.identity["base"] == "stabilityai/stable-diffusion-xl-base-1.0"
