@@ -107,15 +107,12 @@ def build_plan(
         references, prompts, seeds, patterns, scales, subtractions
     ):
         layer_scales = {n: s for n, s in zip(layer_map.names, pattern.scales) if s}
-        determining = {
-            "model": model.identity,
+        shared = {  # stored in the row and part of the key
             "dtype": dtype,
             "method": method,
             "injection": pattern.name,
-            "layer_scales": layer_scales,
             "scale": scale,
             "subtraction": sub,
-            "reference": ref.digest,
             "style": ref.style,
             "content": ref.content,
             "prompt": prompt.prompt,
@@ -127,33 +124,21 @@ def build_plan(
             "width": sampler.width,
             "scheduler": sampler.scheduler,
         }
-        key = item_key(determining)
+        key = item_key(
+            {**shared, "model": model.identity, "layer_scales": layer_scales, "reference": ref.digest}
+        )
         row = {
             "key": key,
+            **shared,
             "model": model.name,
-            "method": method,
-            "injection": pattern.name,
             "sweep": pattern.sweep,
             "target": pattern.target,
             "layers": json.dumps(layer_map.active_names(pattern.scales)),
             "n_layers": len(layer_scales),
             "layer_scales": json.dumps(layer_scales),
-            "scale": scale,
-            "subtraction": sub,
-            "style": ref.style,
-            "content": ref.content,
             "reference": str(ref.image),
             "reference_digest": ref.digest,
-            "prompt": prompt.prompt,
             "subject": prompt.subject,
-            "negative_prompt": sampler.negative_prompt,
-            "seed": seed,
-            "steps": sampler.steps,
-            "guidance": sampler.guidance,
-            "height": sampler.height,
-            "width": sampler.width,
-            "scheduler": sampler.scheduler,
-            "dtype": dtype,
             "base": model.base,
             "adapter": model.identity["adapter"],
         }
