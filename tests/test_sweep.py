@@ -183,9 +183,20 @@ def test_cli_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path):
         assert "loading tiny" not in proc.stdout
         assert not (tmp_path / "results").exists(), args
     unknown = _cli(["model=sdxl_turbo"], tmp_path)
-    assert unknown.returncode != 0
-    assert "Could not find 'model/sdxl_turbo'" in unknown.stderr and "sdxl_vit_h" in unknown.stderr
+    assert unknown.returncode == 2
+    assert unknown.stderr.strip().splitlines() == [
+        f"styleprobe: error: unknown model 'sdxl_turbo'; choose one of sd15, sdxl, sdxl_vit_h, tiny, tiny_vit_h "
+        f"(files in {CONFIG_DIR / 'model'})"
+    ]
     assert not (tmp_path / "results").exists()
+
+
+def test_group_choice_check_passes_valid_and_sweep_overrides():
+    from styleprobe.cli import check_group_choices
+
+    assert check_group_choices(["model=sdxl", "injection=style,all", "sampler.steps=3", "-m", "experiment=subtraction"]) is None
+    assert "unknown injection 'stlye'" in check_group_choices(["injection=style,stlye"])
+    assert "unknown experiment" in check_group_choices(["experiment=layerprobe"])
 
 
 def test_missing_weights_offline_name_what_to_download(tmp_path, monkeypatch):

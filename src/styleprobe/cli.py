@@ -45,8 +45,30 @@ def _task(cfg: DictConfig) -> None:
         sys.exit(2)
 
 
+def check_group_choices(args: list[str], config_dir: Path = CONFIG_DIR) -> str | None:
+    """A one-line error for `group=name` overrides naming no file in the config tree, else None.
+
+    Hydra would say the same over several lines; this says it in one, before anything is imported or loaded.
+    """
+    for arg in args:
+        group, sep, value = arg.partition("=")
+        group = group.lstrip("+~")
+        folder = config_dir / group
+        if not sep or "." in group or not folder.is_dir() or "(" in value or not value:
+            continue
+        options = sorted(p.stem for p in folder.glob("*.yaml"))
+        for choice in value.split(","):
+            if choice not in options and choice != "null":
+                return f"unknown {group} {choice!r}; choose one of {', '.join(options)} (files in {folder})"
+    return None
+
+
 def main() -> None:
     """Console entry point."""
+    bad = check_group_choices(sys.argv[1:])
+    if bad:
+        print(f"styleprobe: error: {bad}", file=sys.stderr)
+        sys.exit(2)
     if not (CONFIG_DIR / "config.yaml").exists():
         print(
             f"styleprobe: error: config tree not found at {CONFIG_DIR}; install styleprobe from its source "
