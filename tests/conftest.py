@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import pytest
 # Before styleprobe is imported anywhere: a private cache and no Hub access, so tests never touch the network
 # or a developer's own cache.
 _SESSION_CACHE = Path(tempfile.mkdtemp(prefix="styleprobe-test-cache-"))
+atexit.register(shutil.rmtree, _SESSION_CACHE, True)
 os.environ["STYLEPROBE_CACHE"] = str(_SESSION_CACHE)
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -52,3 +55,14 @@ def references():
     from styleprobe.data import load_style_set
 
     return load_style_set("builtin:shapes")
+
+
+@pytest.fixture
+def keep_tiny_loaded(tiny_model):
+    """For tests that load another model: afterwards the session's tiny model is the loaded one again."""
+    from styleprobe import models
+
+    saved = dict(models._LOADED)
+    yield
+    models._LOADED.clear()
+    models._LOADED.update(saved)

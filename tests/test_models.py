@@ -94,3 +94,35 @@ def test_identity_names_base_and_adapter():
     spec = ModelSpec("sdxl", "sdxl", "stabilityai/stable-diffusion-xl-base-1.0", AdapterSpec("h94/IP-Adapter", "sdxl_models", "ip-adapter_sdxl.safetensors"))
     assert spec.identity["adapter"] == "h94/IP-Adapter/sdxl_models/ip-adapter_sdxl.safetensors"
     assert spec.identity["base"] == "stabilityai/stable-diffusion-xl-base-1.0"
+
+
+def test_local_folders_and_bfloat16_load_through_the_same_path(tiny_spec, references, keep_tiny_loaded):
+    """Absolute local folders (as a researcher's downloaded copies) and a half-precision dtype."""
+    from dataclasses import replace
+
+    import torch
+
+    from styleprobe.engine import Engine
+    from styleprobe.layers import expand_patterns
+    from styleprobe.plan import Sampler, build_plan
+
+    root = ensure_tiny()
+    spec = replace(
+        tiny_spec,
+        base=str(root / "stable-diffusion-xl-base"),
+        adapter=replace(tiny_spec.adapter, source=str(root / "IP-Adapter")),
+        dtype="bfloat16",
+    )
+    model = models.load(spec, "cpu")
+    assert model.dtype == torch.bfloat16 and model.pipe.unet.dtype == torch.bfloat16
+    lm = model.pipe.unet.styleprobe_state.layer_map
+    sampler = Sampler(steps=2, guidance=5.0, height=64, width=64)
+    from styleprobe.data import PromptSpec
+
+    items = build_plan(
+        model=spec, dtype="bfloat16", method="ip_adapter", layer_map=lm, patterns=expand_patterns(["style"], lm),
+        scales=[1.0], subtractions=[0.5], references=references[:1], prompts=[PromptSpec("a cat", "a cat")],
+        seeds=[0], sampler=sampler,
+    )
+    images = Engine(model, sampler).run_batch(items)
+    assert images[0].size == (64, 64)

@@ -66,7 +66,7 @@ def test_bigg_subtraction_feeds_the_formula_to_the_projection(tiny_model, refere
     assert (by_s[1.0] - by_s[0.0]).abs().max() > 1e-3
 
 
-def test_vit_h_adapter_subtracts_in_its_own_text_tower(tiny_spec, references):
+def test_vit_h_adapter_subtracts_in_its_own_text_tower(tiny_spec, references, keep_tiny_loaded):
     """The ViT-H layout: a separate encoder and text tower, not SDXL's text_encoder_2."""
     from dataclasses import replace
 
@@ -80,20 +80,17 @@ def test_vit_h_adapter_subtracts_in_its_own_text_tower(tiny_spec, references):
         content_text_encoder="tiny:CLIP-ViT-H-14-text",
     )
     model = load(spec, "cpu")
-    try:
-        items = _items(model, references[:1], [0.0, 0.8])
-        fed = _projection_inputs(model, items)
-        assert fed.shape == (4, 24)  # the ViT-H space of the tiny model is 24-d, bigG's 32-d
-        with torch.inference_mode():
-            pixels = model.pipe.feature_extractor(references[0].load(), return_tensors="pt").pixel_values
-            image = model.pipe.image_encoder(pixels).image_embeds[0]
-            tok = model.content_tokenizer
-            ids = tok(references[0].content, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
-            text = model.content_text_encoder(ids).text_embeds[0]
-        expected = torch.stack([image - it.subtraction * text for it in items])
-        torch.testing.assert_close(fed[2:], expected, atol=1e-5, rtol=1e-5)
-    finally:
-        load(tiny_spec, "cpu")  # give the shared tiny model back to the session's other tests
+    items = _items(model, references[:1], [0.0, 0.8])
+    fed = _projection_inputs(model, items)
+    assert fed.shape == (4, 24)  # the ViT-H space of the tiny model is 24-d, bigG's 32-d
+    with torch.inference_mode():
+        pixels = model.pipe.feature_extractor(references[0].load(), return_tensors="pt").pixel_values
+        image = model.pipe.image_encoder(pixels).image_embeds[0]
+        tok = model.content_tokenizer
+        ids = tok(references[0].content, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+        text = model.content_text_encoder(ids).text_embeds[0]
+    expected = torch.stack([image - it.subtraction * text for it in items])
+    torch.testing.assert_close(fed[2:], expected, atol=1e-5, rtol=1e-5)
 
 
 def test_plus_adapter_with_strength_fails_clearly(tiny_model, monkeypatch):
