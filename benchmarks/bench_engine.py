@@ -235,8 +235,12 @@ def run_engine(model, items, sampler, batch_size, path: str) -> dict[str, Any]:
     return images
 
 
-def timed(fn, device) -> tuple[float, dict[str, Any], int, int | None]:
-    """(seconds, result, peak RSS bytes, peak CUDA bytes or None)."""
+def timed(fn, device) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(result, measurements): wall and process CPU seconds, peak RSS, peak CUDA memory, load average.
+
+    CPU seconds and the 1-minute load average help read wall times taken on a shared machine: other
+    processes inflate wall time more than this process's CPU time.
+    """
     import torch
 
     cuda = device.type == "cuda"
@@ -244,13 +248,20 @@ def timed(fn, device) -> tuple[float, dict[str, Any], int, int | None]:
         torch.cuda.synchronize(device)
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
+    load_before = os.getloadavg()[0]
     with PeakRSS() as rss:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         result = fn()
         if cuda:
             torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - start
-    return seconds, result, rss.peak_bytes, (torch.cuda.max_memory_allocated(device) if cuda else None)
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    return result, {
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "peak_rss_bytes": rss.peak_bytes,
+        "cuda_max_allocated_bytes": torch.cuda.max_memory_allocated(device) if cuda else None,
+        "loadavg_1min_before_after": [load_before, os.getloadavg()[0]],
+    }
 
 
 def pixel_diffs(a: dict[str, Any], b: dict[str, Any]) -> dict[str, int]:
@@ -328,10 +339,13 @@ def main(argv: list[str] | None = None) -> int:
             ("baseline", lambda: run_baseline(model, items, sampler, layer_map, ref_images)),
             ("engine", lambda: run_engine(model, items, sampler, args.batch_size, args.engine_path)),
         ):
-            seconds, imgs, rss, cuda_peak = timed(fn, model.device)
-            images[path] = imgs
-            runs[path].append({"seconds": seconds, "peak_rss_bytes": rss, "cuda_max_allocated_bytes": cuda_peak})
-            print(f"  repeat {r + 1}/{args.repeats} {path:8s} {seconds:9.2f} s", flush=True)
+            images[path], m = timed(fn, model.device)
+            runs[path].append(m)
+            print(
+                f"  repeat {r + 1}/{args.repeats} {path:8s} {m['seconds']:9.2f} s wall, {m['cpu_seconds']:9.2f} s CPU, "
+                "load avg %.1f -> %.1f" % tuple(m["loadavg_1min_before_after"]),
+                flush=True,
+            )
 
     summary: dict[str, Any] = {}
     for path, rs in runs.items():
@@ -340,22 +354,28 @@ def main(argv: list[str] | None = None) -> int:
         summary[path] = {
             "seconds_median": sec,
             "seconds_all": [x["seconds"] for x in rs],
+            "cpu_seconds_median": statistics.median(x["cpu_seconds"] for x in rs),
+            "loadavg_1min_before_after": [x["loadavg_1min_before_after"] for x in rs],
             "images_per_s": n / sec,
             "peak_rss_bytes": max(x["peak_rss_bytes"] for x in rs),
             "cuda_max_allocated_bytes": max(cuda_vals) if cuda_vals else None,
         }
     speedup = summary["baseline"]["seconds_median"] / summary["engine"]["seconds_median"]
+    cpu_speedup = summary["baseline"]["cpu_seconds_median"] / summary["engine"]["cpu_seconds_median"]
     diffs = pixel_diffs(images["baseline"], images["engine"])
     first = np.asarray(images["engine"][items[0].key], dtype=np.float32)
 
     gib = 2**30
     print()
-    print(f"{'path':10s} {'seconds':>9s} {'images/s':>9s} {'peak RSS GiB':>13s} {'CUDA peak GiB':>14s}")
+    print(f"{'path':10s} {'wall s':>9s} {'images/s':>9s} {'CPU s':>9s} {'peak RSS GiB':>13s} {'CUDA peak GiB':>14s}")
     for path in ("baseline", "engine"):
         s = summary[path]
         cuda = "-" if s["cuda_max_allocated_bytes"] is None else f"{s['cuda_max_allocated_bytes'] / gib:.2f}"
-        print(f"{path:10s} {s['seconds_median']:9.2f} {s['images_per_s']:9.3f} {s['peak_rss_bytes'] / gib:13.2f} {cuda:>14s}")
-    print(f"speed-up (baseline / engine): {speedup:.2f}x")
+        print(
+            f"{path:10s} {s['seconds_median']:9.2f} {s['images_per_s']:9.3f} {s['cpu_seconds_median']:9.2f} "
+            f"{s['peak_rss_bytes'] / gib:13.2f} {cuda:>14s}"
+        )
+    print(f"speed-up (baseline / engine): {speedup:.2f}x wall, {cpu_speedup:.2f}x CPU time")
     print(f"process peak RSS (getrusage ru_maxrss): {maxrss_bytes() / gib:.2f} GiB")
     by_key = {it.key: it for it in items}
     for key in list(diffs)[: args.show_diffs]:
@@ -390,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
         "baseline": summary["baseline"],
         "engine": summary["engine"],
         "speedup": speedup,
+        "speedup_cpu_time": cpu_speedup,
         "process_maxrss_bytes": maxrss_bytes(),
         "pixel_diff_max": max(diffs.values()),
         "pixel_diff_per_item": {by_key[k].pattern.name + f"/seed{by_key[k].seed}/{by_key[k].reference.style}/{by_key[k].prompt.subject}": v for k, v in diffs.items()},
