@@ -257,7 +257,21 @@ def test_strength_and_seed_validation(tmp_path):
         prepare(_cfg(tmp_path, "seeds=[-1]"))
     with pytest.raises(ConfigError, match="injection.scale has inf"):
         prepare(_cfg(tmp_path, "injection.scale=[inf]"))
+    with pytest.raises(ConfigError, match="not a diffusers scheduler"):
+        prepare(_cfg(tmp_path, "sampler.scheduler=EulerScheduler"))
     with pytest.raises(ConfigError, match="multiple of 8"):
         prepare(_cfg(tmp_path, "sampler.height=60"))
     with pytest.raises(ConfigError, match="patch-token"):
         prepare(_cfg(tmp_path, "model.adapter.kind=plus", "injection.subtraction=[0.5]"))
+
+
+def test_scheduler_choice_does_not_leak_into_the_next_job(tiny_model):
+    """Jobs of one process share the pipeline: `default` always means the pipeline's own scheduler."""
+    from styleprobe.engine import Engine
+    from styleprobe.plan import Sampler
+
+    own = type(tiny_model.default_scheduler)
+    Engine(tiny_model, Sampler(2, 5.0, 64, 64, scheduler="DDIMScheduler"))
+    assert type(tiny_model.pipe.scheduler).__name__ == "DDIMScheduler"
+    Engine(tiny_model, Sampler(2, 5.0, 64, 64))
+    assert type(tiny_model.pipe.scheduler) is own and own.__name__ == "EulerDiscreteScheduler"

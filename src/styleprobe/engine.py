@@ -74,13 +74,11 @@ class Engine:
     def _set_scheduler(self, name: str) -> None:
         import diffusers
 
-        pipe = self.model.pipe
-        if not hasattr(self, "_default_scheduler"):
-            self._default_scheduler = pipe.scheduler
+        default = self.model.default_scheduler
         if name == "default":
-            pipe.scheduler = self._default_scheduler
+            self.model.pipe.scheduler = default
         else:
-            pipe.scheduler = getattr(diffusers, name).from_config(self._default_scheduler.config)
+            self.model.pipe.scheduler = getattr(diffusers, name).from_config(default.config)
 
     @property
     def guidance(self) -> bool:

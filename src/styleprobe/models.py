@@ -147,6 +147,7 @@ class LoadedModel:
     dtype: torch.dtype
     content_tokenizer: Any = None
     content_text_encoder: Any = None
+    default_scheduler: Any = None  # the pipeline's own, restored whenever a run asks for `default`
 
 
 _LOADED: dict[tuple, LoadedModel] = {}
@@ -199,7 +200,7 @@ def _load(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> LoadedMo
         raise _unavailable(f"the IP-Adapter {spec.adapter.weight_name}", adapter_src, spec.adapter.subfolder, err) from err
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
-    model = LoadedModel(spec=spec, pipe=pipe, device=device, dtype=dtype)
+    model = LoadedModel(spec=spec, pipe=pipe, device=device, dtype=dtype, default_scheduler=pipe.scheduler)
     if spec.content_text_encoder:
         model.content_tokenizer, model.content_text_encoder = _load_text_tower(
             resolve_source(spec.content_text_encoder), device, dtype

@@ -45,9 +45,18 @@ class Sampler:
                 raise ConfigError(f"sampler.{name}={value} is not a multiple of 8; the VAE needs multiples of 8")
         guidance = check_strengths([d.get("guidance")], "sampler.guidance")[0]
         scheduler = str(d.get("scheduler") or "default")
-        if scheduler != "default" and not scheduler.endswith("Scheduler"):
-            raise ConfigError(f"sampler.scheduler={scheduler!r}; use default or a diffusers scheduler class name")
+        if scheduler != "default" and not _is_scheduler_class(scheduler):
+            raise ConfigError(
+                f"sampler.scheduler={scheduler!r} is not a diffusers scheduler; use default or a class name "
+                "such as EulerDiscreteScheduler, DDIMScheduler, DPMSolverMultistepScheduler"
+            )
         return cls(steps, guidance, height, width, scheduler, str(d.get("negative_prompt") or ""))
+
+
+def _is_scheduler_class(name: str) -> bool:
+    import diffusers
+
+    return name.endswith("Scheduler") and hasattr(diffusers, name)
 
 
 def check_strengths(values: Sequence[Any], what: str) -> list[float]:
