@@ -56,7 +56,6 @@ class EncodingCache:
 class EngineStats:
     generated: int = 0
     batches: int = 0
-    unet_batches: list[int] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -177,7 +176,6 @@ class Engine:
             store.write_batch([dict(it.row) for it in batch], images, run_id, stats.batches)
             stats.batches += 1
             stats.generated += len(batch)
-            stats.unet_batches.append(len(batch))
             if on_batch:
                 on_batch(stats.generated, len(ordered))
         stats.seconds = time.perf_counter() - start
