@@ -1,15 +1,17 @@
-"""The `styleprobe` command: a thin Hydra entry point around `styleprobe.sweep.run`.
+"""The `styleprobe` command: thin Hydra entry points around `styleprobe.sweep.run` and `styleprobe.scoring.run`.
 
-    styleprobe                                   the default sweep (layer_probe on the tiny model)
+    styleprobe                                   the default sweep (layer_probe on the tiny model), scored
     styleprobe experiment=subtraction            another experiment
     styleprobe model=sdxl experiment=layer_probe the real model (GPU, Hub access or local weights)
     styleprobe -m injection=style,style_layout   a multirun; jobs share one loaded model
+    styleprobe score results_dir=<folder>        score an existing results folder (fills missing metrics only)
 
 Errors a researcher can fix are printed as one line and exit with code 2.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from pathlib import Path
@@ -31,14 +33,24 @@ def _quiet_libraries() -> None:
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    logging.getLogger().addFilter(_drop_open_clip_info)
 
 
-def _task(cfg: DictConfig) -> None:
-    from styleprobe.sweep import run
+def _drop_open_clip_info(record: logging.LogRecord) -> bool:
+    """open_clip logs every model build at INFO on the root logger; keep only its warnings."""
+    return record.levelno >= logging.WARNING or "open_clip" not in record.pathname
+
+
+#: subcommand -> (primary config in experiments/, module whose run(cfg) does the work)
+COMMANDS = {"sweep": ("config", "styleprobe.sweep"), "score": ("score", "styleprobe.scoring")}
+
+
+def _task(module: str, cfg: DictConfig) -> None:
+    import importlib
 
     _quiet_libraries()
     try:
-        run(cfg)
+        importlib.import_module(module).run(cfg)
     except StyleprobeError as err:
         logging.getLogger("styleprobe").debug("error", exc_info=True)
         print(f"styleprobe: error: {err}", file=sys.stderr, flush=True)
@@ -57,14 +69,22 @@ def check_group_choices(args: list[str], config_dir: Path = CONFIG_DIR) -> str |
         if not sep or "." in group or not folder.is_dir() or "(" in value or not value:
             continue
         options = sorted(p.stem for p in folder.glob("*.yaml"))
-        for choice in value.split(","):
-            if choice not in options and choice != "null":
+        for choice in value.strip("[]").split(","):
+            choice = choice.strip()
+            if choice and choice not in options and choice != "null":
                 return f"unknown {group} {choice!r}; choose one of {', '.join(options)} (files in {folder})"
     return None
 
 
 def main() -> None:
-    """Console entry point."""
+    """Console entry point: `styleprobe [sweep|score] [overrides...]` (sweep when no subcommand is given)."""
+    command = "sweep"
+    if len(sys.argv) > 1 and sys.argv[1] in COMMANDS:
+        command = sys.argv.pop(1)
+    elif len(sys.argv) > 1 and sys.argv[1].isidentifier() and "=" not in sys.argv[1]:
+        print(f"styleprobe: error: unknown command {sys.argv[1]!r}; use one of {', '.join(COMMANDS)}", file=sys.stderr)
+        sys.exit(2)
+    config_name, module = COMMANDS[command]
     bad = check_group_choices(sys.argv[1:])
     if bad:
         print(f"styleprobe: error: {bad}", file=sys.stderr)
@@ -76,7 +96,9 @@ def main() -> None:
             file=sys.stderr,
         )
         sys.exit(2)
-    hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")(_task)()
+    task = functools.partial(_task, module)
+    functools.update_wrapper(task, _task)
+    hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)(task)()
 
 
 if __name__ == "__main__":

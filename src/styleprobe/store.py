@@ -2,17 +2,21 @@
 
     <results_dir>/images/<key[:2]>/<key>.png
     <results_dir>/rows/<run_id>-<batch>.parquet   one file per generated batch
-    <results_dir>/runs/<run_id>/config.yaml       the full config of every run
+    <results_dir>/runs/<run_id>/config.yaml       the full config of every run (sweep or scoring)
+    <results_dir>/references/<digest><suffix>     a copy of each style reference, so scoring runs anywhere
+    <results_dir>/scores/<metric>/metric.yaml     what the metric is (scorer, model, options)
+    <results_dir>/scores/<metric>/<run_id>-<n>.parquet   key + the metric's columns, one file per scored batch
 
 Every file is written to a hidden temp name and renamed into place, images before the row file that
 names them, so a row means its image exists and a run killed mid-way loses at most the batch in flight.
 Each job writes only files carrying its own run id, so parallel jobs (shards) never write the same file;
-the table is the union of the row files, with one row per key.
+the table is the union of the row files, with one row per key, joined by key with every metric's scores.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -44,6 +48,8 @@ class Store:
         self.images = self.root / "images"
         self.rows = self.root / "rows"
         self.runs = self.root / "runs"
+        self.scores = self.root / "scores"
+        self.references = self.root / "references"
 
     def image_path(self, key: str) -> Path:
         return self.images / key[:2] / f"{key}.png"
@@ -58,13 +64,79 @@ class Store:
             keys.update(pd.read_parquet(f, columns=["key"])["key"])
         return keys
 
-    def table(self) -> pd.DataFrame:
-        """One row per key, from every row file; `image_path` is relative to the results folder."""
+    def rows_table(self) -> pd.DataFrame:
+        """The generated rows only: one per key; `image_path` is relative to the results folder."""
         files = self.row_files()
         if not files:
             return pd.DataFrame()
         df = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
         return df.drop_duplicates("key", keep="last").reset_index(drop=True)
+
+    def table(self) -> pd.DataFrame:
+        """One row per key with every metric's columns (empty where a metric has not scored that row yet)."""
+        df = self.rows_table()
+        if df.empty:
+            return df
+        for metric in self.metrics():
+            scores = self.metric_scores(metric)
+            if not scores.empty:
+                df = df.merge(scores, on="key", how="left")
+        return df
+
+    def metrics(self) -> list[str]:
+        """Names of the metrics with a score folder."""
+        return sorted(p.parent.name for p in self.scores.glob("*/metric.yaml")) if self.scores.exists() else []
+
+    def score_files(self, metric: str) -> list[Path]:
+        folder = self.scores / metric
+        return sorted(folder.glob("[!.]*.parquet")) if folder.exists() else []
+
+    def metric_scores(self, metric: str) -> pd.DataFrame:
+        """Key plus the metric's columns, one row per scored key."""
+        files = self.score_files(metric)
+        if not files:
+            return pd.DataFrame()
+        df = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+        return df.drop_duplicates("key", keep="last").reset_index(drop=True)
+
+    def scored_keys(self, metric: str) -> set[str]:
+        keys: set[str] = set()
+        for f in self.score_files(metric):
+            keys.update(pd.read_parquet(f, columns=["key"])["key"])
+        return keys
+
+    def metric_identity(self, metric: str) -> dict[str, Any] | None:
+        """What an existing metric folder was scored with, or None for a new metric."""
+        path = self.scores / metric / "metric.yaml"
+        if not path.exists():
+            return None
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(OmegaConf.load(path))  # type: ignore[return-value]
+
+    def write_metric_identity(self, metric: str, identity: dict[str, Any]) -> None:
+        from omegaconf import OmegaConf
+
+        text = OmegaConf.to_yaml(OmegaConf.create(identity))
+        atomic_write(self.scores / metric / "metric.yaml", lambda tmp: tmp.write_text(text))
+
+    def write_scores(self, metric: str, frame: pd.DataFrame, run_id: str, batch: int) -> Path:
+        out = self.scores / metric / f"{run_id}-{batch:05d}.parquet"
+        atomic_write(out, lambda tmp: frame.to_parquet(tmp, index=False))
+        return out
+
+    def reference_copy(self, digest: str) -> Path | None:
+        found = sorted(self.references.glob(f"{digest}.*")) if self.references.exists() else []
+        return found[0] if found else None
+
+    def save_reference(self, source: Path, digest: str) -> Path:
+        """Keep a copy of a style reference (named by content digest) beside the results."""
+        existing = self.reference_copy(digest)
+        if existing is not None:
+            return existing
+        out = self.references / f"{digest}{source.suffix.lower() or '.png'}"
+        atomic_write(out, lambda tmp: shutil.copyfile(source, tmp))
+        return out
 
     def write_batch(self, rows: Sequence[dict[str, Any]], images: Sequence[Image.Image], run_id: str, batch: int) -> Path:
         """Images first, then the row file naming them."""
@@ -81,7 +153,7 @@ class Store:
     def clean_stale_temp(self) -> int:
         """Remove temp files left by killed processes of this host (live ones are left alone)."""
         removed = 0
-        for folder in (self.images, self.rows):
+        for folder in (self.images, self.rows, self.scores, self.references):
             if not folder.exists():
                 continue
             for tmp in folder.rglob(f".*.{HOST}.*.tmp"):

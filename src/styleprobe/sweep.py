@@ -1,4 +1,4 @@
-"""One sweep job: validate -> plan -> skip done keys -> load the model -> generate -> store.
+"""One sweep job: validate -> plan -> skip done keys -> load the model -> generate -> store -> score.
 
 Everything that can be wrong with the input is checked before any model weights are loaded and
 before anything is written to the results folder. `run(cfg)` is what the CLI calls; tests call it too.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from styleprobe import models
-from styleprobe.data import load_prompts, load_style_set
+from styleprobe import scoring
+from styleprobe.data import StyleReference, load_prompts, load_style_set
 from styleprobe.errors import ConfigError
 from styleprobe.layers import LayerMap, expand_patterns
 from styleprobe.plan import Sampler, WorkItem, build_plan, check_strengths, shard
@@ -36,6 +37,10 @@ class SweepPlan:
     store: Store
     device: str
     batch_size: int
+    references: list[StyleReference]
+    scorers: list[Any]  # the metrics to fill after generation (none when metrics=[])
+    scoring_batch_size: int
+    scoring_weights: str
 
 
 @dataclass
@@ -46,6 +51,7 @@ class SweepResult:
     results_dir: Path
     run_id: str
     seconds: float
+    scored: dict[str, int] = field(default_factory=dict)  # metric -> rows scored by this job
 
 
 def _seeds(cfg: DictConfig) -> list[int]:
@@ -107,7 +113,11 @@ def prepare(cfg: DictConfig) -> SweepPlan:
         sampler=sampler,
     )
     items = shard(items, cfg.shard.index, cfg.shard.count)
-    return SweepPlan(spec, sampler, items, Store(cfg.results_dir), str(device), batch_size)
+    store = Store(cfg.results_dir)
+    metrics = scoring.metric_configs(cfg)
+    scorers, weights, scoring_batch = scoring.build(metrics, cfg.scoring, [spec.base]) if metrics else ([], "", 1)
+    scoring.check_identities(store, scorers)
+    return SweepPlan(spec, sampler, items, store, str(device), batch_size, references, scorers, scoring_batch, weights)
 
 
 def new_run_id() -> str:
@@ -152,6 +162,8 @@ def run(cfg: DictConfig) -> SweepResult:
     summary = {"run_id": run_id, "planned": len(plan.items), "pending": len(pending), "started": datetime.now(timezone.utc).isoformat()}
     save_run_config(store, run_id, cfg, summary)
     store.clean_stale_temp()
+    for ref in plan.references:
+        store.save_reference(ref.image, ref.digest)
     generated = 0
     if pending:
         from styleprobe.engine import Engine
@@ -170,9 +182,15 @@ def run(cfg: DictConfig) -> SweepResult:
         )
         generated = stats.generated
         _log_peak_memory(model)
+    log.info("%s: generated %d images in %.1f s; table: %d rows", cfg.name, generated, time.perf_counter() - start, len(store.done_keys()))
+    scored: dict[str, int] = {}
+    if plan.scorers:
+        todo = scoring.plan(store, plan.scorers, plan.scoring_batch_size, plan.scoring_weights, {it.key for it in plan.items})
+        scored = scoring.score(store, todo, run_id).scored
+        if todo.n_pending:
+            log.info("%s: scored %s", cfg.name, ", ".join(f"{k} {v}" for k, v in scored.items()))
     seconds = time.perf_counter() - start
-    log.info("%s: generated %d images in %.1f s; table: %d rows", cfg.name, generated, seconds, len(store.done_keys()))
-    return SweepResult(len(plan.items), len(plan.items) - len(pending), generated, store.root, run_id, seconds)
+    return SweepResult(len(plan.items), len(plan.items) - len(pending), generated, store.root, run_id, seconds, scored)
 
 
 def _reset_peak_memory(model: models.LoadedModel) -> None:

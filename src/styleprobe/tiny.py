@@ -32,6 +32,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -181,15 +182,23 @@ def ensure_random_sdxl(size: str = "sdxl", cache_dir: Path | None = None) -> Pat
         raise ValueError(f"unknown random model size {size!r}; use one of {', '.join(SIZES)}")
     dims = SIZES[size]
     root = (cache_dir or default_cache_dir()) / dims.version
+    if size != "tiny" and not (root / "COMPLETE").exists():
+        log.info("building the random-weight %s model into %s (minutes)", size, root)
+    return build_once(root, lambda tmp: _build(tmp, dims), {"version": dims.version, "seed": SEED})
+
+
+def build_once(root: Path, build: Callable[[Path], None], info: dict[str, Any]) -> Path:
+    """Return `root`, first running `build(tmp)` into a temp folder renamed to `root` if it is not complete.
+
+    A `COMPLETE` marker (holding `info`) is written last, so a killed build is never taken for a finished one.
+    """
     if (root / "COMPLETE").exists():
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dims.version}-", dir=root.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
     try:
-        if size != "tiny":
-            log.info("building the random-weight %s model into %s (minutes)", size, root)
-        _build(tmp, dims)
-        (tmp / "COMPLETE").write_text(json.dumps({"version": dims.version, "seed": SEED}))
+        build(tmp)
+        (tmp / "COMPLETE").write_text(json.dumps(info))
         try:
             os.rename(tmp, root)
         except OSError:

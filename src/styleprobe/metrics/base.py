@@ -1,0 +1,157 @@
+"""What every scorer is: a named metric that turns a batch of outputs into one or more table columns.
+
+A scorer is built from its entry in the `metrics` config group, loads its model lazily (once per
+process, shared between metrics that use the same model) and scores batches. `identity()` names the
+exact model and definition; the scoring stage refuses to mix two identities under one column.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from styleprobe.errors import ConfigError
+
+#: Bumped when a definition changes, so old scores are not mixed with new ones.
+DEFINITION_VERSION = 1
+
+
+@dataclass
+class ScoreBatch:
+    """One batch of outputs with what each was made from (one entry per table row)."""
+
+    images: list[Image.Image]
+    references: list[Image.Image]
+    reference_ids: list[str]  # reference digests: reference embeddings are computed once per id
+    prompts: list[str]
+    contents: list[str]  # the reference's content label ("rabbit")
+    subjects: list[str]  # the target prompt's subject ("a cat")
+    memo: dict[Any, Any] = field(default_factory=dict, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def once(self, key: Any, compute: Callable[[], Any]) -> Any:
+        """Compute something about this batch once, e.g. the output embeddings that three CLIP metrics share."""
+        if key not in self.memo:
+            self.memo[key] = compute()
+        return self.memo[key]
+
+
+@dataclass
+class ScorerSettings:
+    """A metric's config entry plus where it runs and which weights it uses."""
+
+    name: str
+    options: dict[str, Any]
+    device: torch.device
+    weights: str  # "hub" (Hub id or local path) or "tiny" (random offline stand-ins)
+
+
+class Scorer(ABC):
+    """A metric: `columns` it fills, how it is computed (`score`) and with what (`identity`)."""
+
+    kind: ClassVar[str]
+    option_names: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, settings: ScorerSettings):
+        unknown = sorted(set(settings.options) - set(self.option_names) - {"scorer"})
+        if unknown:
+            raise ConfigError(
+                f"metrics.{settings.name}: unknown option(s) {', '.join(unknown)}; "
+                f"{self.kind} takes {', '.join(self.option_names) or 'no options'}"
+            )
+        self.settings = settings
+        self.name = settings.name
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return (self.name,)
+
+    @property
+    def model_column(self) -> str:
+        return f"{self.name}_model"
+
+    @abstractmethod
+    def describe_model(self) -> str:
+        """The model as a reader of the table should see it, e.g. 'open_clip ViT-L-14/openai'."""
+
+    def identity(self) -> dict[str, Any]:
+        """Everything that determines this metric's numbers (not where it runs)."""
+        return {
+            "scorer": self.kind,
+            "model": self.describe_model(),
+            "options": dict(sorted(self.settings.options.items())),
+            "weights": self.settings.weights,
+            "definition": DEFINITION_VERSION,
+        }
+
+    @abstractmethod
+    def score(self, batch: ScoreBatch) -> dict[str, np.ndarray]:
+        """One array per column, one value per image."""
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+    """Row-wise cosine similarity in float64 (so that x against itself is 1 to ~1e-12)."""
+    a = F.normalize(a.double(), dim=-1)
+    b = F.normalize(b.double(), dim=-1)
+    return (a * b).sum(-1).cpu().numpy()
+
+
+def cached_rows(
+    cache: dict[Any, torch.Tensor], keys: list[Any], compute: Callable[[list[int]], torch.Tensor]
+) -> torch.Tensor:
+    """Stack cached embeddings for `keys`, computing the missing ones in one call (first index per key)."""
+    missing: dict[Any, int] = {}
+    for i, k in enumerate(keys):
+        if k not in cache and k not in missing:
+            missing[k] = i
+    if missing:
+        fresh = compute(list(missing.values()))
+        for k, row in zip(missing, fresh, strict=True):
+            cache[k] = row
+    return torch.stack([cache[k] for k in keys])
+
+
+_MODELS: dict[Any, Any] = {}
+_EMBEDDINGS: dict[Any, dict[Any, torch.Tensor]] = {}
+LOAD_COUNT = {"n": 0}  # scoring models read in this process (tests check that each loads once)
+
+
+def shared_model(key: Any, build: Callable[[], Any]) -> Any:
+    """One instance per process for each model key, shared by every metric that uses that model."""
+    if key not in _MODELS:
+        _MODELS[key] = build()
+        LOAD_COUNT["n"] += 1
+    return _MODELS[key]
+
+
+def embedding_cache(model_key: Any, what: str) -> dict[Any, torch.Tensor]:
+    """A per-model cache (e.g. of reference or text embeddings), so each is computed once per process."""
+    return _EMBEDDINGS.setdefault((model_key, what), {})
+
+
+def release_models() -> None:
+    """Forget every loaded scoring model and cached embedding (frees memory between jobs or in tests)."""
+    _MODELS.clear()
+    _EMBEDDINGS.clear()
+
+
+_REGISTRY: dict[str, type[Scorer]] = {}
+
+
+def register(cls: type[Scorer]) -> type[Scorer]:
+    """Class decorator: make a scorer choosable by its `kind` in metric configs."""
+    _REGISTRY[cls.kind] = cls
+    return cls
+
+
+def registry() -> Mapping[str, type[Scorer]]:
+    return dict(_REGISTRY)

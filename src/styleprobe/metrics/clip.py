@@ -1,0 +1,194 @@
+"""CLIP-based metrics (Radford et al. 2021), through open_clip; the model is named in every row.
+
+- `style_clip` (CLIP-I): cosine between the CLIP image embeddings of output and style reference.
+- `text_clip` (CLIP-T, Hessel et al. 2021 without the 2.5x rescale): cosine between the output's image
+  embedding and its target prompt's text embedding. Raw cosine; x100 is cosmetic.
+- `leak_clip`: cosine between the output and a text naming the *reference's* content ("a rabbit");
+  `leak_margin` = that minus the cosine to a text naming the target subject ("a cat");
+  `leak_free` = 1 when the target subject wins (margin < 0), 0 when the reference content wins, and empty
+  when the two texts are the same (no leakage can be told apart). The leak-free rate is MaskST's (ICLR'25).
+
+Embeddings are open_clip's `encode_image` / `encode_text` outputs (after the projection), L2-normalised.
+Preprocessing: the model's own (for CLIP tags: resize shorter side to 224 bicubic, center crop 224,
+CLIP mean/std). Default model: ('ViT-L-14', 'openai') = openai/clip-vit-large-patch14.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from styleprobe.errors import ConfigError, ModelUnavailableError
+from styleprobe.metrics.base import (
+    ScoreBatch,
+    Scorer,
+    ScorerSettings,
+    cached_rows,
+    cosine,
+    embedding_cache,
+    register,
+    shared_model,
+)
+from styleprobe.metrics.preprocess import Preprocess
+
+DEFAULT_MODEL = "ViT-L-14"
+DEFAULT_PRETRAINED = "openai"
+
+
+class OpenCLIP:
+    """One open_clip model with its tokenizer and preprocessing, loaded once per process."""
+
+    def __init__(self, model: Any, tokenizer: Any, preprocess: Preprocess, device: torch.device):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.preprocess = preprocess
+        self.device = device
+
+    @classmethod
+    def load(cls, name: str, pretrained: str | None, device: torch.device) -> OpenCLIP:
+        """`pretrained=None` builds the architecture with random weights (for timing only)."""
+        import open_clip
+
+        if name not in open_clip.list_models():
+            raise ConfigError(f"open_clip has no model {name!r}; e.g. ViT-L-14, ViT-H-14 (open_clip.list_models())")
+        try:
+            model = open_clip.create_model(name, pretrained=pretrained, device=device)
+        except RuntimeError as err:
+            raise _unavailable(name, pretrained, err) from err
+        model.eval()
+        cfg = model.visual.preprocess_cfg
+        size = cfg["size"] if isinstance(cfg["size"], int) else cfg["size"][0]
+        if cfg.get("resize_mode", "shortest") != "shortest":
+            raise ConfigError(f"open_clip {name}/{pretrained} resizes with {cfg['resize_mode']!r}; styleprobe implements 'shortest'")
+        pre = Preprocess(size, size, tuple(cfg["mean"]), tuple(cfg["std"]), cfg.get("interpolation", "bicubic"))
+        return cls(model, open_clip.get_tokenizer(name), pre, device)
+
+    @torch.inference_mode()
+    def encode_images(self, images: list[Any]) -> torch.Tensor:
+        return self.model.encode_image(self.preprocess(images).to(self.device)).float().cpu()
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        return self.model.encode_text(self.tokenizer(texts).to(self.device)).float().cpu()
+
+
+def _unavailable(name: str, pretrained: str, err: Exception) -> ModelUnavailableError:
+    from open_clip.pretrained import get_pretrained_cfg
+
+    hub = (get_pretrained_cfg(name, pretrained) or {}).get("hf_hub", "").rstrip("/")
+    if Path(pretrained).suffix:
+        fix = f"the file {pretrained} is missing or unreadable"
+    elif hub:
+        fix = f"run `hf download {hub} open_clip_pytorch_model.bin` on a machine with network access"
+    else:
+        fix = "download its weights and set the metric's pretrained to the file's path"
+    why = "not in the Hugging Face cache and cannot be downloaded" if "download" in str(err).lower() else str(err).splitlines()[0][:160]
+    return ModelUnavailableError(f"cannot load open_clip {name}/{pretrained}: {why}; {fix}")
+
+
+class _CLIPScorer(Scorer):
+    option_names: ClassVar[tuple[str, ...]] = ("model", "pretrained")
+
+    def __init__(self, settings: ScorerSettings):
+        super().__init__(settings)
+        self.model_name = str(settings.options.get("model", DEFAULT_MODEL))
+        self.pretrained = str(settings.options.get("pretrained", DEFAULT_PRETRAINED))
+
+    def describe_model(self) -> str:
+        if self.settings.weights == "tiny":
+            return "tiny random open_clip (machinery check, not science)"
+        if self.settings.weights == "random":
+            return f"random-weight open_clip {self.model_name} (timing only, not science)"
+        return f"open_clip {self.model_name}/{self.pretrained}"
+
+    def _model_key(self) -> tuple[Any, ...]:
+        return ("open_clip", self.model_name, self.pretrained, self.settings.weights, str(self.settings.device))
+
+    def clip(self) -> OpenCLIP:
+        def build() -> OpenCLIP:
+            if self.settings.weights == "tiny":
+                from styleprobe.metrics.tiny import tiny_open_clip
+
+                return OpenCLIP.load(*tiny_open_clip(), self.settings.device)
+            pretrained = None if self.settings.weights == "random" else self.pretrained
+            return OpenCLIP.load(self.model_name, pretrained, self.settings.device)
+
+        return shared_model(self._model_key(), build)
+
+    def images(self, batch: ScoreBatch) -> torch.Tensor:
+        """The outputs' image embeddings, computed once per batch for all CLIP metrics on this model."""
+        return batch.once((self._model_key(), "images"), lambda: self.clip().encode_images(batch.images))
+
+    def texts(self, texts: list[str]) -> torch.Tensor:
+        """Text embeddings, each distinct text encoded once per process."""
+        clip = self.clip()
+        return cached_rows(
+            embedding_cache(self._model_key(), "text"), texts, lambda idx: clip.encode_texts([texts[i] for i in idx])
+        )
+
+
+@register
+class StyleCLIP(_CLIPScorer):
+    """CLIP-I: cosine of CLIP image embeddings of output and style reference."""
+
+    kind: ClassVar[str] = "style_clip"
+
+    def score(self, batch: ScoreBatch) -> dict[str, np.ndarray]:
+        clip = self.clip()
+        out = self.images(batch)
+        refs = cached_rows(
+            embedding_cache(self._model_key(), "reference"),
+            batch.reference_ids,
+            lambda idx: clip.encode_images([batch.references[i] for i in idx]),
+        )
+        return {self.name: cosine(out, refs)}
+
+
+@register
+class TextCLIP(_CLIPScorer):
+    """CLIP-T: cosine of the output's image embedding and its target prompt's text embedding."""
+
+    kind: ClassVar[str] = "text_clip"
+
+    def score(self, batch: ScoreBatch) -> dict[str, np.ndarray]:
+        return {self.name: cosine(self.images(batch), self.texts(batch.prompts))}
+
+
+@register
+class LeakCLIP(_CLIPScorer):
+    """Content leakage as text: does the output look more like the reference's content than the target subject?"""
+
+    kind: ClassVar[str] = "leak_clip"
+    option_names: ClassVar[tuple[str, ...]] = ("model", "pretrained", "template", "margin_column", "free_column")
+
+    def __init__(self, settings: ScorerSettings):
+        super().__init__(settings)
+        o = settings.options
+        self.template = str(o.get("template", "a {}"))
+        if "{}" not in self.template:
+            raise ConfigError(f"metrics.{self.name}.template={self.template!r} has no {{}} for the content; e.g. 'a {{}}'")
+        self.margin_column = str(o.get("margin_column", "leak_margin"))
+        self.free_column = str(o.get("free_column", "leak_free"))
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return (self.name, self.margin_column, self.free_column)
+
+    def phrase(self, label: str) -> str:
+        label = label.strip()
+        return label if label.lower().startswith(("a ", "an ", "the ")) else self.template.format(label)
+
+    def score(self, batch: ScoreBatch) -> dict[str, np.ndarray]:
+        out = self.images(batch)
+        content_texts = [self.phrase(c) for c in batch.contents]
+        subject_texts = [self.phrase(s) for s in batch.subjects]
+        leak = cosine(out, self.texts(content_texts))
+        target = cosine(out, self.texts(subject_texts))
+        margin = leak - target
+        same = np.array([c.lower() == s.lower() for c, s in zip(content_texts, subject_texts, strict=True)])
+        free = np.where(same, np.nan, (margin < 0).astype(float))
+        margin = np.where(same, np.nan, margin)
+        return {self.name: leak, self.margin_column: margin, self.free_column: free}

@@ -1,0 +1,113 @@
+"""DINO-based metrics: cosine of self-supervised ViT CLS embeddings of output and style reference.
+
+- `style_dino`: DINO v1 ViT-B/8 (`facebook/dino-vitb8`; Caron et al. 2021), the style-consistency score
+  of StyleAligned (Hertz et al. 2024) and B-LoRA (Frenkel et al. 2024).
+- `style_dinov2`: the same with DINOv2 ViT-B/14 (`facebook/dinov2-base`; Oquab et al. 2023).
+- `leak_dino`: DINOv2 similarity between output and reference read as *content* alignment (CSGO's CAS,
+  CLeaR's DINO leakage): DINOv2 features are semantic, so a high value means the reference's object or
+  layout came through. It is the same number as `style_dinov2` (one embedding, computed once); the two
+  names say which question a table asks of it.
+
+Embedding: the CLS token of the last hidden state, after the model's final LayerNorm (DINO's
+`x_norm_clstoken`); no pooler head. Preprocessing: resize the shorter side to 256 (bicubic), center-crop
+224, ImageNet mean/std (DINO's eval_knn.py; DINOv2's image processor does the same).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from styleprobe.errors import ModelUnavailableError
+from styleprobe.metrics import preprocess
+from styleprobe.metrics.base import ScoreBatch, Scorer, ScorerSettings, cached_rows, cosine, embedding_cache, register, shared_model
+
+DEFAULT_MODEL = "facebook/dino-vitb8"
+
+
+class HFViT:
+    """A Hugging Face ViT / DINOv2 backbone returning normalised-CLS embeddings."""
+
+    def __init__(self, model: Any, device: torch.device):
+        self.model = model
+        self.device = device
+        self.preprocess = preprocess.DINO
+
+    @classmethod
+    def load(cls, source: str, device: torch.device) -> HFViT:
+        from transformers import AutoConfig, AutoModel
+
+        try:
+            config = AutoConfig.from_pretrained(source)
+            extra = {"add_pooling_layer": False} if config.model_type == "vit" else {}  # DINO has no pooler head
+            model = AutoModel.from_pretrained(source, config=config, **extra)
+        except OSError as err:
+            first = str(err).strip().splitlines()[0][:160]
+            raise ModelUnavailableError(
+                f"cannot load {source}: {first}; run `hf download {source}` on a machine with network access, "
+                "or set the metric's model to a local folder"
+            ) from err
+        return cls(model.to(device).eval(), device)
+
+    @classmethod
+    def random(cls, family: str, device: torch.device) -> HFViT:
+        """ViT-B/8 (DINO) or ViT-B/14 (DINOv2) with random weights, built offline (for timing only)."""
+        from transformers import Dinov2Config, Dinov2Model, ViTConfig, ViTModel
+
+        if family == "dinov2":
+            model = Dinov2Model(Dinov2Config())
+        else:
+            model = ViTModel(ViTConfig(patch_size=8), add_pooling_layer=False)
+        return cls(model.to(device).eval(), device)
+
+    @torch.inference_mode()
+    def encode_images(self, images: list[Any]) -> torch.Tensor:
+        out = self.model(pixel_values=self.preprocess(images).to(self.device))
+        return out.last_hidden_state[:, 0].float().cpu()
+
+
+@register
+class StyleDINO(Scorer):
+    """Cosine of DINO / DINOv2 CLS embeddings of output and reference (model chosen by `model`)."""
+
+    kind: ClassVar[str] = "style_dino"
+    option_names: ClassVar[tuple[str, ...]] = ("model",)
+
+    def __init__(self, settings: ScorerSettings):
+        super().__init__(settings)
+        self.source = str(settings.options.get("model", DEFAULT_MODEL))
+        self.family = "dinov2" if "dinov2" in self.source.lower() else "dino"
+
+    def describe_model(self) -> str:
+        if self.settings.weights == "tiny":
+            return f"tiny random {'DINOv2' if self.family == 'dinov2' else 'DINO'} ViT (machinery check, not science)"
+        if self.settings.weights == "random":
+            return f"random-weight {'DINOv2 ViT-B/14' if self.family == 'dinov2' else 'DINO ViT-B/8'} (timing only, not science)"
+        return self.source
+
+    def _model_key(self) -> tuple[Any, ...]:
+        return ("hf_vit", self.source, self.settings.weights, str(self.settings.device))
+
+    def backbone(self) -> HFViT:
+        def build() -> HFViT:
+            if self.settings.weights == "tiny":
+                from styleprobe.metrics.tiny import ensure_tiny_scorers
+
+                return HFViT.load(str(ensure_tiny_scorers() / self.family), self.settings.device)
+            if self.settings.weights == "random":
+                return HFViT.random(self.family, self.settings.device)
+            return HFViT.load(self.source, self.settings.device)
+
+        return shared_model(self._model_key(), build)
+
+    def score(self, batch: ScoreBatch) -> dict[str, np.ndarray]:
+        vit = self.backbone()
+        out = batch.once((self._model_key(), "images"), lambda: vit.encode_images(batch.images))
+        refs = cached_rows(
+            embedding_cache(self._model_key(), "reference"),
+            batch.reference_ids,
+            lambda idx: vit.encode_images([batch.references[i] for i in idx]),
+        )
+        return {self.name: cosine(out, refs)}

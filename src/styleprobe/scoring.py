@@ -1,0 +1,233 @@
+"""The scoring stage: fill the metric columns a results folder lacks, and nothing else.
+
+It reads only the store (rows, images, reference copies) and writes one score file per metric and batch,
+so adding a metric to a finished sweep scores only that metric, a rerun scores nothing, an interrupted
+run resumes, and it runs as well on another machine as right after generation:
+
+    styleprobe score results_dir=results/tiny/layer_probe             the default metrics
+    styleprobe score results_dir=... metrics=[default,style_dinov2]   add one
+
+Every check (metric names, options, a metric's model changed under an existing column, missing images
+or references) happens before any scoring model is loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+
+from styleprobe.errors import ConfigError
+from styleprobe.store import Store
+
+log = logging.getLogger("styleprobe")
+
+#: Row columns the scorers read.
+NEEDED_COLUMNS = ("key", "image_path", "reference", "reference_digest", "prompt", "content", "subject", "base")
+WEIGHTS = ("auto", "tiny", "hub", "random")
+
+
+@dataclass
+class ScoringPlan:
+    """What will be scored, checked before any scoring model is loaded."""
+
+    scorers: list[Any]
+    rows: pd.DataFrame  # the rows to consider (one per key), sorted by key
+    pending: dict[str, set[str]]  # metric -> keys it still lacks
+    references: dict[str, Path]  # digest -> readable file
+    batch_size: int
+    weights: str
+
+    @property
+    def n_pending(self) -> int:
+        return sum(len(v) for v in self.pending.values())
+
+
+@dataclass
+class ScoringResult:
+    scored: dict[str, int] = field(default_factory=dict)  # metric -> rows scored in this run
+    seconds: float = 0.0
+
+
+def metric_configs(cfg: DictConfig) -> dict[str, dict[str, Any]]:
+    """The `metrics` group as plain dicts; empty when `metrics=[]`."""
+    metrics = cfg.get("metrics")
+    return OmegaConf.to_container(metrics, resolve=True) if metrics else {}  # type: ignore[return-value]
+
+
+def resolve_weights(weights: str, bases: Iterable[str]) -> str:
+    """`auto`: the tiny random scorers for a tiny model's outputs, the real ones for everything else."""
+    if weights not in WEIGHTS:
+        raise ConfigError(f"scoring.weights={weights!r}; choose one of {', '.join(WEIGHTS)}")
+    if weights != "auto":
+        return weights
+    tiny = {str(b).startswith("tiny:") for b in bases}
+    if tiny == {True, False}:
+        raise ConfigError("these results mix tiny and real models; set scoring.weights=tiny or scoring.weights=hub")
+    return "tiny" if tiny == {True} else "hub"
+
+
+def build(metrics: Mapping[str, Mapping[str, Any]], scoring: DictConfig, bases: Iterable[str]) -> tuple[list[Any], str, int]:
+    """Scorer objects (no weights read yet), the weights they use and the batch size."""
+    from styleprobe.metrics import build_scorers
+    from styleprobe.models import resolve_device
+
+    batch_size = scoring.batch_size
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ConfigError(f"scoring.batch_size={batch_size!r}; give a positive integer")
+    weights = resolve_weights(str(scoring.weights), bases)
+    scorers = build_scorers(metrics, resolve_device(str(scoring.device)), weights)
+    return scorers, weights, batch_size
+
+
+def check_identities(store: Store, scorers: list[Any]) -> None:
+    """A column holds one metric: refuse to add scores from a different model or definition to it."""
+    for s in scorers:
+        stored, wanted = store.metric_identity(s.name), s.identity()
+        if stored is not None and stored != wanted:
+            diff = _differences(stored, wanted)
+            raise ConfigError(
+                f"{store.scores / s.name} holds {s.name} scores made differently ({diff}); give this variant its own "
+                f"name (a copy of experiments/metrics/{s.name}.yaml under another key) or delete that folder to rescore"
+            )
+
+
+def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+    """The options that differ between two identities, as 'key: old there, new now'."""
+
+    def flat(identity: Mapping[str, Any]) -> dict[str, Any]:
+        return {**{k: v for k, v in identity.items() if k not in ("options", "model")}, **identity.get("options", {})}
+
+    flat_old, flat_new = flat(old), flat(new)
+    keys = sorted(k for k in set(flat_old) | set(flat_new) if flat_old.get(k) != flat_new.get(k))
+    if not keys:
+        flat_old, flat_new, keys = {"model": old.get("model")}, {"model": new.get("model")}, ["model"]
+    return ", ".join(f"{k}: {flat_old.get(k)!r} there, {flat_new.get(k)!r} now" for k in keys)
+
+
+def plan(store: Store, scorers: list[Any], batch_size: int, weights: str, keys: set[str] | None = None) -> ScoringPlan:
+    """Which rows each metric still lacks, with every input they need checked to exist."""
+    rows = store.rows_table()
+    if rows.empty:
+        return ScoringPlan(scorers, rows, {s.name: set() for s in scorers}, {}, batch_size, weights)
+    reserved = set(rows.columns)
+    for s in scorers:
+        clash = [c for c in (*s.columns, s.model_column) if c in reserved]
+        if clash:
+            raise ConfigError(f"metric {s.name} would write column {clash[0]!r}, which the table already has; rename the metric")
+    missing_cols = [c for c in NEEDED_COLUMNS if c not in rows.columns]
+    if missing_cols:
+        raise ConfigError(f"{store.rows} lacks column(s) {', '.join(missing_cols)}; was it written by styleprobe's sweep?")
+    if keys is not None:
+        rows = rows[rows.key.isin(keys)]
+    rows = rows.sort_values("key").reset_index(drop=True)
+    check_identities(store, scorers)
+    pending = {s.name: set(rows.key) - store.scored_keys(s.name) for s in scorers}
+    todo = rows[rows.key.isin(set().union(*pending.values()))] if pending else rows.iloc[:0]
+    references: dict[str, Path] = {}
+    for digest, ref in todo.groupby("reference_digest")["reference"].first().items():
+        path = store.reference_copy(str(digest)) or Path(str(ref))
+        if not path.is_file():
+            raise ConfigError(
+                f"style reference {ref} (digest {digest}) is not in {store.references} nor at its path; "
+                "copy the style set to that path or rerun the sweep once to store the reference copies"
+            )
+        references[str(digest)] = path
+    absent = [p for p in todo.image_path if not (store.root / p).is_file()]
+    if absent:
+        raise ConfigError(f"{len(absent)} images named in {store.rows} are missing (e.g. {absent[0]}); rerun the sweep to remake them")
+    return ScoringPlan(scorers, rows, pending, references, batch_size, weights)
+
+
+def _open(path: Path) -> Image.Image:
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
+def score(store: Store, p: ScoringPlan, run_id: str) -> ScoringResult:
+    """Score what is pending, batch by batch; each batch's scores land in one file per metric."""
+    from styleprobe.metrics import ScoreBatch
+
+    start = time.perf_counter()
+    result = ScoringResult({s.name: 0 for s in p.scorers})
+    todo = p.rows[p.rows.key.isin(set().union(*p.pending.values()))] if p.pending else p.rows.iloc[:0]
+    if todo.empty:
+        return result
+    references = {d: _open(path) for d, path in p.references.items()}
+    log.info("scoring %d rows: %s", len(todo), ", ".join(f"{k} {len(v)}" for k, v in p.pending.items() if v))
+    for n, start_row in enumerate(range(0, len(todo), p.batch_size)):
+        chunk = todo.iloc[start_row : start_row + p.batch_size]
+        images = {k: _open(store.root / path) for k, path in zip(chunk.key, chunk.image_path, strict=True)}
+        groups: dict[tuple[str, ...], list[Any]] = {}
+        for s in p.scorers:
+            need = tuple(k for k in chunk.key if k in p.pending[s.name])
+            if need:
+                groups.setdefault(need, []).append(s)
+        for need, scorers in groups.items():
+            sub = chunk.set_index("key").loc[list(need)]
+            batch = ScoreBatch(
+                images=[images[k] for k in need],
+                references=[references[d] for d in sub.reference_digest],
+                reference_ids=list(sub.reference_digest),
+                prompts=list(sub.prompt),
+                contents=list(sub.content),
+                subjects=list(sub.subject),
+            )
+            for s in scorers:
+                values = s.score(batch)
+                frame = pd.DataFrame({"key": list(need), **{c: values[c] for c in s.columns}})
+                frame[s.model_column] = s.describe_model()
+                if store.metric_identity(s.name) is None:  # with the first scores, so a failed load leaves no trace
+                    store.write_metric_identity(s.name, s.identity())
+                store.write_scores(s.name, frame, run_id, n)
+                result.scored[s.name] += len(need)
+        done = min(start_row + p.batch_size, len(todo))
+        if n % 10 == 9 or done == len(todo):
+            log.info("scored %d/%d rows", done, len(todo))
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def shard_keys(keys: Iterable[str], index: int, count: int) -> set[str]:
+    """The keys of shard `index` of `count`, split as the sweep splits its items."""
+    if not (isinstance(count, int) and count >= 1 and isinstance(index, int) and 0 <= index < count):
+        raise ConfigError(f"shard.index={index!r} shard.count={count!r}; need 0 <= index < count")
+    return {k for k in keys if int(k[:12], 16) % count == index}
+
+
+def run(cfg: DictConfig) -> ScoringResult:
+    """`styleprobe score`: score an existing results folder with the configured metrics."""
+    from styleprobe.sweep import new_run_id, save_run_config
+
+    results_dir = Path(str(cfg.results_dir))
+    store = Store(results_dir)
+    if not store.row_files():
+        raise ConfigError(f"no results in {results_dir} (no rows/*.parquet); give results_dir=<a sweep's results folder>")
+    metrics = metric_configs(cfg)
+    if not metrics:
+        raise ConfigError("no metrics chosen; e.g. metrics=[default] or metrics=[style_clip,text_clip]")
+    rows = store.rows_table()
+    scorers, weights, batch_size = build(metrics, cfg.scoring, rows.base.unique() if "base" in rows else [])
+    keys = shard_keys(rows.key, cfg.shard.index, cfg.shard.count)
+    p = plan(store, scorers, batch_size, weights, keys)
+    run_id = new_run_id()
+    log.info("scoring %s: %d rows, %d metric values missing (weights: %s)", results_dir, len(p.rows), p.n_pending, weights)
+    if not p.n_pending:
+        log.info("nothing to score")
+        return ScoringResult({s.name: 0 for s in scorers})
+    summary = {"stage": "score", "run_id": run_id, "pending": {k: len(v) for k, v in p.pending.items()},
+               "started": datetime.now(timezone.utc).isoformat()}
+    save_run_config(store, run_id, cfg, summary)
+    store.clean_stale_temp()
+    result = score(store, p, run_id)
+    log.info("scored %s in %.1f s", ", ".join(f"{k} {v}" for k, v in result.scored.items()), result.seconds)
+    return result
+
