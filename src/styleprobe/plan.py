@@ -155,8 +155,17 @@ def build_plan(
     return items
 
 
-def shard(items: Sequence[WorkItem], index: int, count: int) -> list[WorkItem]:
-    """The items of shard `index` of `count`, split by key so every job sees the same split."""
+def check_shard(index: int, count: int) -> None:
     if not (isinstance(count, int) and count >= 1 and isinstance(index, int) and 0 <= index < count):
         raise ConfigError(f"shard.index={index!r} shard.count={count!r}; need 0 <= index < count")
-    return [it for it in items if int(it.key[:12], 16) % count == index]
+
+
+def in_shard(key: str, index: int, count: int) -> bool:
+    """Whether `key` falls in bucket `index` of `count`: the same split for generation and scoring jobs."""
+    return int(key[:12], 16) % count == index
+
+
+def shard(items: Sequence[WorkItem], index: int, count: int) -> list[WorkItem]:
+    """The items of shard `index` of `count`, split by key so every job sees the same split."""
+    check_shard(index, count)
+    return [it for it in items if in_shard(it.key, index, count)]

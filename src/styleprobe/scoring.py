@@ -198,9 +198,10 @@ def score(store: Store, p: ScoringPlan, run_id: str) -> ScoringResult:
 
 def shard_keys(keys: Iterable[str], index: int, count: int) -> set[str]:
     """The keys of shard `index` of `count`, split as the sweep splits its items."""
-    if not (isinstance(count, int) and count >= 1 and isinstance(index, int) and 0 <= index < count):
-        raise ConfigError(f"shard.index={index!r} shard.count={count!r}; need 0 <= index < count")
-    return {k for k in keys if int(k[:12], 16) % count == index}
+    from styleprobe.plan import check_shard, in_shard
+
+    check_shard(index, count)
+    return {k for k in keys if in_shard(k, index, count)}
 
 
 def run(cfg: DictConfig) -> ScoringResult:

@@ -82,12 +82,14 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     Fails with one line when the file is not a CSD checkpoint.
     """
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # The original checkpoint also pickles training state (numpy scalars); it is the published file.
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            # The original checkpoint also pickles training state (numpy scalars); it is the published file.
+            obj = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001 - any unreadable file gets the same one-line error
-        raise ConfigError(f"CSD checkpoint {path} cannot be read ({type(err).__name__}: {err}); is it CSD's checkpoint.pth?") from err
+        why = str(err).strip().splitlines()[0][:120] if str(err).strip() else ""
+        raise ConfigError(f"CSD checkpoint {path} cannot be read ({type(err).__name__}: {why}); is it CSD's checkpoint.pth?") from err
     state = obj.get("model_state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConfigError(
@@ -120,14 +122,14 @@ def load_csd(path: Path, arch: CSDArch) -> CSDModel:
     return model.eval()
 
 
-def resolve_checkpoint(checkpoint: str | None, repo: str, filename: str) -> Path:
+def resolve_checkpoint(checkpoint: str | None, repo: str, filename: str, metric: str = "style_csd") -> Path:
     """A local checkpoint path, or the Hub mirror's file from the Hugging Face cache (downloaded if allowed)."""
     if checkpoint:
         path = Path(checkpoint).expanduser()
         if not path.is_file():
             raise ModelUnavailableError(
                 f"CSD checkpoint {path} not found; download CSD's checkpoint.pth (or hf download {repo} {filename}) "
-                "and set metrics.style_csd.checkpoint to its path"
+                f"and set metrics.{metric}.checkpoint to its path"
             )
         return path
     from huggingface_hub import hf_hub_download
@@ -138,7 +140,7 @@ def resolve_checkpoint(checkpoint: str | None, repo: str, filename: str) -> Path
         first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
         raise ModelUnavailableError(
             f"cannot load CSD weights {repo}/{filename}: {first}; run `hf download {repo} {filename}` on a machine "
-            "with network access, or set metrics.style_csd.checkpoint=/path/to/checkpoint.pth"
+            f"with network access, or set metrics.{metric}.checkpoint=/path/to/checkpoint.pth"
         ) from err
 
 
@@ -179,7 +181,7 @@ class StyleCSD(Scorer):
             elif self.settings.weights == "random":
                 return CSDModel(ARCHS[self.arch_name]).eval().to(self.settings.device)
             else:
-                path = resolve_checkpoint(self.checkpoint, self.repo, self.filename)
+                path = resolve_checkpoint(self.checkpoint, self.repo, self.filename, self.name)
             return load_csd(path, ARCHS[self.arch_name]).to(self.settings.device)
 
         return shared_model(self._model_key(), build)

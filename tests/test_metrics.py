@@ -1,0 +1,265 @@
+"""Each metric's definition, checked on the tiny random scorers (the real weights cannot be downloaded here).
+
+What random weights still let us check: an image against itself scores 1, the image-image scores are
+symmetric, batches agree with one-by-one calls, each score equals the library's own computation of the
+published definition, the CSD loader reads the original checkpoint format, and missing weights say what
+to download.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage import data as skdata
+
+from styleprobe.errors import ConfigError, ModelUnavailableError
+from styleprobe.metrics import ScoreBatch, build_scorers, registry
+from styleprobe.metrics import base as metrics_base
+from styleprobe.metrics import csd as csd_module
+from styleprobe.metrics.tiny import ensure_tiny_scorers, tiny_open_clip, write_csd_checkpoint
+
+CPU = torch.device("cpu")
+IMAGE_IMAGE = {
+    "style_clip": {"scorer": "style_clip"},
+    "style_dino": {"scorer": "style_dino", "model": "facebook/dino-vitb8"},
+    "style_dinov2": {"scorer": "style_dino", "model": "facebook/dinov2-base"},
+    "style_csd": {"scorer": "style_csd"},
+}
+
+
+@pytest.fixture(scope="module")
+def photos() -> list[Image.Image]:
+    return [Image.fromarray(a) for a in (skdata.chelsea(), skdata.coffee(), skdata.astronaut(), skdata.rocket())]
+
+
+def _batch(images, references, *, prompts=None, contents=None, subjects=None) -> ScoreBatch:
+    n = len(images)
+    return ScoreBatch(
+        images=list(images),
+        references=list(references),
+        reference_ids=[f"ref-{id(r)}" for r in references],
+        prompts=prompts or ["a cat sitting on a chair"] * n,
+        contents=contents or ["a rabbit"] * n,
+        subjects=subjects or ["a cat"] * n,
+    )
+
+
+@pytest.fixture(scope="module")
+def scorers():
+    return {s.name: s for s in build_scorers(IMAGE_IMAGE, CPU, "tiny")}
+
+
+def test_registry_names_every_scorer_kind():
+    assert set(registry()) == {"style_clip", "text_clip", "leak_clip", "style_dino", "style_csd"}
+
+
+@pytest.mark.parametrize("name", list(IMAGE_IMAGE))
+def test_image_against_itself_scores_one(scorers, photos, name):
+    values = scorers[name].score(_batch(photos, photos))[name]
+    assert values.shape == (len(photos),)
+    np.testing.assert_allclose(values, 1.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", list(IMAGE_IMAGE))
+def test_image_scores_are_symmetric_and_bounded(scorers, photos, name):
+    a, b = photos[:2], photos[2:]
+    ab = scorers[name].score(_batch(a, b))[name]
+    ba = scorers[name].score(_batch(b, a))[name]
+    np.testing.assert_allclose(ab, ba, atol=1e-6)
+    assert np.all(np.abs(ab) <= 1 + 1e-6) and np.all(ab < 1 - 1e-4)  # different photos are not identical
+
+
+@pytest.mark.parametrize("name", list(IMAGE_IMAGE))
+def test_batch_agrees_with_one_by_one(scorers, photos, name):
+    refs = photos[::-1]
+    together = scorers[name].score(_batch(photos, refs))[name]
+    alone = np.concatenate([scorers[name].score(_batch([o], [r]))[name] for o, r in zip(photos, refs, strict=True)])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
+def _open_clip_reference(photos, texts):
+    """CLIP-T computed with open_clip's own transform, tokenizer and encoders (the library's definition)."""
+    import open_clip
+
+    name, path = tiny_open_clip()
+    model, _, transform = open_clip.create_model_and_transforms(name, pretrained=path)
+    model.eval()
+    with torch.no_grad():
+        img = model.encode_image(torch.stack([transform(p) for p in photos]))
+        txt = model.encode_text(open_clip.get_tokenizer(name)(texts))
+    img, txt = img / img.norm(dim=-1, keepdim=True), txt / txt.norm(dim=-1, keepdim=True)
+    return img, txt
+
+
+def test_text_clip_is_open_clips_cosine(photos):
+    prompts = ["a cat on a chair", "a cup of coffee", "an astronaut", "a rocket on a launch pad"]
+    scorer = build_scorers({"text_clip": {"scorer": "text_clip"}}, CPU, "tiny")[0]
+    ours = scorer.score(_batch(photos, photos, prompts=prompts))["text_clip"]
+    img, txt = _open_clip_reference(photos, prompts)
+    np.testing.assert_allclose(ours, (img * txt).sum(-1).numpy(), atol=1e-5)
+
+
+def test_style_clip_is_open_clips_image_cosine(scorers, photos):
+    ours = scorers["style_clip"].score(_batch(photos[:2], photos[2:]))["style_clip"]
+    img, _ = _open_clip_reference(photos, ["x"])
+    np.testing.assert_allclose(ours, (img[:2] * img[2:]).sum(-1).numpy(), atol=1e-5)
+
+
+def test_leak_clip_margin_and_leak_free(photos):
+    scorer = build_scorers({"leak_clip": {"scorer": "leak_clip", "template": "a {}"}}, CPU, "tiny")[0]
+    assert scorer.columns == ("leak_clip", "leak_margin", "leak_free")
+    contents = ["rabbit", "a rabbit", "cat", "an owl"]
+    subjects = ["a cat", "a cat", "cat", "the sea"]
+    out = scorer.score(_batch(photos, photos, contents=contents, subjects=subjects))
+    _, texts = _open_clip_reference(photos, ["a rabbit", "a cat", "an owl", "the sea"])
+    img, _ = _open_clip_reference(photos, ["x"])
+    rabbit, cat, owl, sea = texts
+    expect_leak = np.array([img[0] @ rabbit, img[1] @ rabbit, img[2] @ cat, img[3] @ owl])
+    expect_target = np.array([img[0] @ cat, img[1] @ cat, img[2] @ cat, img[3] @ sea])
+    np.testing.assert_allclose(out["leak_clip"], expect_leak, atol=1e-5)
+    margin = expect_leak - expect_target
+    np.testing.assert_allclose(out["leak_margin"][[0, 1, 3]], margin[[0, 1, 3]], atol=1e-5)
+    assert list(out["leak_free"][[0, 1, 3]]) == [float(m < 0) for m in margin[[0, 1, 3]]]
+    # "cat" vs "cat": the texts are the same, so neither margin nor leak-free is defined
+    assert np.isnan(out["leak_margin"][2]) and np.isnan(out["leak_free"][2])
+    assert scorer.phrase("rabbit") == "a rabbit" and scorer.phrase("An owl") == "An owl"
+
+
+def test_dinov2_embedding_is_the_normalised_cls_token(scorers, photos):
+    """DINOv2's pooled output is its CLS after the final LayerNorm; the metric's cosine must be that one's."""
+    from transformers import Dinov2Model
+
+    model = Dinov2Model.from_pretrained(ensure_tiny_scorers() / "dinov2").eval()
+    from styleprobe.metrics.preprocess import DINO
+
+    with torch.no_grad():
+        pooled = model(pixel_values=DINO(photos)).pooler_output
+    expected = torch.nn.functional.cosine_similarity(pooled[:2], pooled[2:]).numpy()
+    ours = scorers["style_dinov2"].score(_batch(photos[:2], photos[2:]))["style_dinov2"]
+    np.testing.assert_allclose(ours, expected, atol=1e-5)
+
+
+def test_leak_dino_equals_style_dinov2_and_shares_one_model(photos):
+    metrics_base.release_models()
+    before = metrics_base.LOAD_COUNT["n"]
+    both = build_scorers(
+        {"style_dinov2": IMAGE_IMAGE["style_dinov2"], "leak_dino": {"scorer": "style_dino", "model": "facebook/dinov2-base"}},
+        CPU,
+        "tiny",
+    )
+    batch = _batch(photos[:2], photos[2:])
+    a, b = (s.score(batch)[s.name] for s in both)
+    assert np.array_equal(a, b)
+    assert metrics_base.LOAD_COUNT["n"] == before + 1
+
+
+def test_csd_is_the_normalised_style_head_dot_product(scorers, photos):
+    model = scorers["style_csd"].model()
+    from styleprobe.metrics.preprocess import CLIP
+
+    with torch.no_grad():
+        feature = model.backbone(CLIP(photos))  # CLS after ln_post, no CLIP projection
+        assert feature.shape[1] == csd_module.ARCHS["tiny"].width
+        style = feature @ model.last_layer_style
+    style = style / style.norm(dim=1, keepdim=True)
+    expected = (style[:2] * style[2:]).sum(-1).numpy()
+    ours = scorers["style_csd"].score(_batch(photos[:2], photos[2:]))["style_csd"]
+    np.testing.assert_allclose(ours, expected, atol=1e-5)
+
+
+def test_csd_loader_reads_the_original_format(tmp_path):
+    path = tmp_path / "checkpoint.pth"
+    state = write_csd_checkpoint(path, seed=7)
+    raw = torch.load(path, weights_only=True)
+    assert set(raw) == {"epoch", "model_state_dict"}
+    assert all(k.startswith("module.") for k in raw["model_state_dict"])
+    assert "module.backbone.conv1.weight" in raw["model_state_dict"] and "module.last_layer_style" in raw["model_state_dict"]
+    model = csd_module.load_csd(path, csd_module.ARCHS["tiny"])
+    loaded = model.state_dict()
+    assert set(loaded) == set(state) and all(torch.equal(loaded[k], state[k]) for k in state)
+    assert model.backbone.proj is None
+    # A bare state dict without prefixes (as a re-saved model) loads too.
+    bare = tmp_path / "bare.pth"
+    torch.save(state, bare)
+    assert torch.equal(csd_module.load_csd(bare, csd_module.ARCHS["tiny"]).last_layer_style, state["last_layer_style"])
+
+
+def test_csd_loader_fails_loudly_on_a_wrong_checkpoint(tmp_path):
+    import open_clip
+
+    name, _ = tiny_open_clip()
+    clip_visual = tmp_path / "clip.pth"
+    torch.save({"model_state_dict": {f"module.visual.{k}": v for k, v in open_clip.create_model(name).visual.state_dict().items()}}, clip_visual)
+    with pytest.raises(ConfigError, match=r"does not fit CSD's model: \d+ missing keys .*unexpected"):
+        csd_module.load_csd(clip_visual, csd_module.ARCHS["tiny"])
+
+    reshaped = tmp_path / "reshaped.pth"
+    state = write_csd_checkpoint(tmp_path / "ok.pth")
+    state["last_layer_style"] = torch.zeros(32, 7)
+    torch.save({"model_state_dict": {f"module.{k}": v for k, v in state.items()}}, reshaped)
+    with pytest.raises(ConfigError, match=r"wrong shape \(e\.g\. last_layer_style is \(32, 7\)"):
+        csd_module.load_csd(reshaped, csd_module.ARCHS["tiny"])
+
+    with pytest.raises(ConfigError, match="does not fit"):  # the tiny file is not the ViT-L model
+        csd_module.load_csd(tmp_path / "ok.pth", csd_module.ARCHS["vit_large"])
+
+    text = tmp_path / "notes.pth"
+    text.write_text("not a checkpoint")
+    with pytest.raises(ConfigError, match="cannot be read"):
+        csd_module.read_checkpoint(text)
+    listed = tmp_path / "list.pth"
+    torch.save([1, 2, 3], listed)
+    with pytest.raises(ConfigError, match="holds no state dict"):
+        csd_module.read_checkpoint(listed)
+
+
+@pytest.mark.parametrize(
+    ("metric", "download"),
+    [
+        ({"style_clip": {"scorer": "style_clip"}}, "hf download timm/vit_large_patch14_clip_224.openai open_clip_pytorch_model.bin"),
+        ({"text_clip": {"scorer": "text_clip", "model": "ViT-H-14", "pretrained": "laion2b_s32b_b79k"}},
+         "hf download laion/CLIP-ViT-H-14-laion2B-s32B-b79K open_clip_pytorch_model.bin"),
+        ({"style_dino": {"scorer": "style_dino"}}, "hf download facebook/dino-vitb8"),
+        ({"style_csd": {"scorer": "style_csd"}}, "hf download tomg-group-umd/CSD-ViT-L pytorch_model.bin"),
+        ({"style_csd": {"scorer": "style_csd", "checkpoint": "/nowhere/checkpoint.pth"}}, "set metrics.style_csd.checkpoint"),
+    ],
+)
+def test_missing_weights_name_what_to_download(photos, metric, download):
+    scorer = build_scorers(metric, CPU, "hub")[0]
+    with pytest.raises(ModelUnavailableError) as err:
+        scorer.score(_batch(photos[:1], photos[:1]))
+    assert download in str(err.value) and "\n" not in str(err.value)
+
+
+def test_bad_metric_configs_are_one_line_errors():
+    with pytest.raises(ConfigError, match="unknown scorer 'style_clips'; choose one of leak_clip, style_clip"):
+        build_scorers({"x": {"scorer": "style_clips"}}, CPU, "tiny")
+    with pytest.raises(ConfigError, match="needs a `scorer:`"):
+        build_scorers({"x": {"model": "ViT-L-14"}}, CPU, "tiny")
+    with pytest.raises(ConfigError, match=r"metrics.x: unknown option\(s\) modle; style_clip takes model, pretrained"):
+        build_scorers({"x": {"scorer": "style_clip", "modle": "ViT-L-14"}}, CPU, "tiny")
+    with pytest.raises(ConfigError, match="both write column 'leak_margin'"):
+        build_scorers({"a": {"scorer": "leak_clip"}, "b": {"scorer": "leak_clip"}}, CPU, "tiny")
+    with pytest.raises(ConfigError, match="has no {} for the content"):
+        build_scorers({"leak_clip": {"scorer": "leak_clip", "template": "a rabbit"}}, CPU, "tiny")
+    with pytest.raises(ConfigError, match="arch='vit_huge'; choose one of vit_large, tiny"):
+        build_scorers({"style_csd": {"scorer": "style_csd", "arch": "vit_huge"}}, CPU, "hub")
+
+
+def test_tiny_scorers_are_deterministic(tmp_path):
+    a = ensure_tiny_scorers(tmp_path / "a")
+    b = ensure_tiny_scorers(tmp_path / "b")
+    for rel in ("clip/open_clip_model.bin", "csd/checkpoint.pth"):
+        sa, sb = torch.load(a / rel, weights_only=True), torch.load(b / rel, weights_only=True)
+        sa, sb = sa.get("model_state_dict", sa), sb.get("model_state_dict", sb)
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    for rel in ("dino/model.safetensors", "dinov2/model.safetensors"):
+        assert (a / rel).read_bytes() == (b / rel).read_bytes()
+
+
+def test_tiny_scorers_say_so_in_the_table(scorers):
+    for s in scorers.values():
+        assert "tiny random" in s.describe_model() and "not science" in s.describe_model()
+        assert s.identity()["weights"] == "tiny"

@@ -1,0 +1,208 @@
+"""The scoring stage: fills missing metric columns only, resumes, refuses to mix definitions, runs standalone."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+
+from styleprobe import scoring
+from styleprobe.cli import CONFIG_DIR, check_group_choices
+from styleprobe.errors import ConfigError
+from styleprobe.metrics import base as metrics_base
+from styleprobe.store import Store
+from styleprobe.sweep import run as run_sweep
+
+DEFAULT_METRICS = ["style_clip", "style_dino", "style_csd", "text_clip", "leak_clip", "leak_dino"]
+DEFAULT_COLUMNS = [*DEFAULT_METRICS, "leak_margin", "leak_free"]
+
+
+def _sweep_cfg(tmp_path: Path, *overrides: str):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(
+            config_name="config",
+            overrides=[f"results_root={tmp_path}", "data=small", "injection=style_layout", "scoring.batch_size=3", *overrides],
+        )
+
+
+def _score_cfg(results_dir: Path, *overrides: str):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name="score", overrides=[f"results_dir={results_dir}", "scoring.batch_size=3", *overrides])
+
+
+@pytest.fixture(scope="module")
+def scored_sweep(tmp_path_factory, tiny_model):
+    """A small tiny-model sweep (4 images), generated and scored with the default metrics."""
+    root = tmp_path_factory.mktemp("scored")
+    result = run_sweep(_sweep_cfg(root))
+    return root, result
+
+
+def _copy(scored_sweep, tmp_path: Path) -> Store:
+    """A private copy of the scored results, for tests that add to it."""
+    src = scored_sweep[1].results_dir
+    shutil.copytree(src, tmp_path / "results")
+    return Store(tmp_path / "results")
+
+
+def test_sweep_rows_carry_every_default_metric(scored_sweep):
+    _, result = scored_sweep
+    table = Store(result.results_dir).table()
+    assert len(table) == 4 and result.generated == 4
+    assert result.scored == {m: 4 for m in DEFAULT_METRICS}
+    for col in DEFAULT_COLUMNS:
+        assert col in table and table[col].notna().all(), col
+    for m in DEFAULT_METRICS:
+        assert table[f"{m}_model"].str.startswith("tiny random").all()
+    assert table[["style_clip", "style_dino", "style_csd", "leak_dino"]].abs().le(1 + 1e-6).all().all()
+    assert set(table.leak_free.unique()) <= {0.0, 1.0}
+    assert (table.leak_free == (table.leak_margin < 0).astype(float)).all()
+
+
+def test_each_metric_records_its_definition(scored_sweep):
+    store = Store(scored_sweep[1].results_dir)
+    assert store.metrics() == sorted(DEFAULT_METRICS)
+    identity = store.metric_identity("style_clip")
+    assert identity["scorer"] == "style_clip" and identity["weights"] == "tiny"
+    assert identity["options"]["model"] == "ViT-L-14" and identity["options"]["pretrained"] == "openai"
+    assert sorted(p.name for p in store.references.iterdir()) == sorted(f"{d}.png" for d in store.table().reference_digest.unique())
+
+
+def test_rerun_scores_nothing(scored_sweep, tmp_path):
+    store = _copy(scored_sweep, tmp_path)
+    files = {m: store.score_files(m) for m in DEFAULT_METRICS}
+    again = run_sweep(_sweep_cfg(tmp_path, f"results_dir={store.root}"))
+    assert again.generated == 0 and again.scored == {m: 0 for m in DEFAULT_METRICS}
+    standalone = scoring.run(_score_cfg(store.root))
+    assert standalone.scored == {m: 0 for m in DEFAULT_METRICS}
+    assert {m: store.score_files(m) for m in DEFAULT_METRICS} == files
+
+
+def test_adding_a_metric_scores_only_that_metric(scored_sweep, tmp_path):
+    store = _copy(scored_sweep, tmp_path)
+    before = store.table()
+    result = scoring.run(_score_cfg(store.root, "metrics=[default,style_dinov2]"))
+    assert result.scored == {**{m: 0 for m in DEFAULT_METRICS}, "style_dinov2": 4}
+    after = store.table()
+    assert after.style_dinov2.notna().all()
+    pd.testing.assert_frame_equal(after[before.columns], before)
+    # DINOv2's CLS cosine, under two names: the same numbers
+    np.testing.assert_array_equal(after.set_index("key").style_dinov2, after.set_index("key").leak_dino)
+
+
+def test_changing_a_metrics_model_is_refused_before_loading(scored_sweep, tmp_path):
+    store = _copy(scored_sweep, tmp_path)
+    loads = metrics_base.LOAD_COUNT["n"]
+    with pytest.raises(ConfigError, match=r"scores/style_clip holds style_clip scores made differently \(model: 'ViT-L-14' there, 'ViT-H-14' now\)"):
+        scoring.run(_score_cfg(store.root, "metrics.style_clip.model=ViT-H-14"))
+    with pytest.raises(ConfigError, match="weights: 'tiny' there, 'hub' now"):
+        run_sweep(_sweep_cfg(tmp_path, f"results_dir={store.root}", "scoring.weights=hub"))
+    assert metrics_base.LOAD_COUNT["n"] == loads
+
+
+def test_an_interrupted_scoring_run_resumes(scored_sweep, tmp_path, monkeypatch):
+    store = _copy(scored_sweep, tmp_path)
+    shutil.rmtree(store.scores / "style_csd")
+    from styleprobe.metrics.csd import StyleCSD
+
+    real = StyleCSD.score
+    calls = {"n": 0}
+
+    def flaky(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # killed during the second batch
+        return real(self, batch)
+
+    monkeypatch.setattr(StyleCSD, "score", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        scoring.run(_score_cfg(store.root))
+    assert store.scored_keys("style_csd") and len(store.scored_keys("style_csd")) == 3  # first batch of 3 kept
+    assert not list(store.root.rglob("*.tmp"))
+    monkeypatch.setattr(StyleCSD, "score", real)
+    result = scoring.run(_score_cfg(store.root))
+    assert result.scored["style_csd"] == 1 and sum(result.scored.values()) == 1
+    assert store.table().style_csd.notna().all()
+    np.testing.assert_allclose(
+        store.table().set_index("key").style_csd.sort_index(),
+        Store(scored_sweep[1].results_dir).table().set_index("key").style_csd.sort_index(),
+        atol=1e-6,
+    )
+
+
+def test_scoring_runs_on_moved_results_with_their_reference_copies(scored_sweep, tmp_path):
+    store = _copy(scored_sweep, tmp_path)
+    rows = store.rows_table()
+    for f in store.row_files():  # as if the style set lived on another machine
+        frame = pd.read_parquet(f)
+        frame["reference"] = "/elsewhere/" + frame["reference"].str.rsplit("/", n=1).str[-1]
+        frame.to_parquet(f, index=False)
+    shutil.rmtree(store.scores)
+    result = scoring.run(_score_cfg(store.root, "metrics=[style_csd]"))
+    assert result.scored == {"style_csd": len(rows)}
+    for ref in store.references.iterdir():
+        ref.unlink()
+    shutil.rmtree(store.scores)
+    with pytest.raises(ConfigError, match=r"style reference /elsewhere/.* is not in .*references nor at its path"):
+        scoring.run(_score_cfg(store.root, "metrics=[style_csd]"))
+
+
+def test_bad_scoring_input_is_a_clear_error(scored_sweep, tmp_path):
+    store = _copy(scored_sweep, tmp_path)
+    with pytest.raises(ConfigError, match="no results in .*; give results_dir="):
+        scoring.run(_score_cfg(tmp_path / "empty"))
+    with pytest.raises(ConfigError, match="no metrics chosen"):
+        scoring.run(_score_cfg(store.root, "metrics=[]"))
+    with pytest.raises(ConfigError, match="scoring.batch_size=0; give a positive integer"):
+        scoring.run(_score_cfg(store.root, "scoring.batch_size=0"))
+    with pytest.raises(ConfigError, match="scoring.weights='huggingface'; choose one of auto, tiny, hub, random"):
+        scoring.run(_score_cfg(store.root, "scoring.weights=huggingface"))
+    shutil.rmtree(store.scores)
+    next(store.images.rglob("*.png")).unlink()
+    with pytest.raises(ConfigError, match="1 images named in .* are missing"):
+        scoring.run(_score_cfg(store.root))
+
+
+def test_weights_follow_the_generating_model():
+    assert scoring.resolve_weights("auto", ["tiny:stable-diffusion-xl-base"]) == "tiny"
+    assert scoring.resolve_weights("auto", ["stabilityai/stable-diffusion-xl-base-1.0"]) == "hub"
+    assert scoring.resolve_weights("hub", ["tiny:stable-diffusion-xl-base"]) == "hub"
+    with pytest.raises(ConfigError, match="mix tiny and real models"):
+        scoring.resolve_weights("auto", ["tiny:x", "/models/sdxl"])
+
+
+def test_shards_split_the_scoring_keys():
+    import hashlib
+
+    keys = [hashlib.sha256(str(i).encode()).hexdigest()[:20] for i in range(100)]
+    parts = [scoring.shard_keys(keys, i, 3) for i in range(3)]
+    assert set().union(*parts) == set(keys) and sum(map(len, parts)) == len(keys) and all(parts)
+
+
+def test_metric_list_overrides_are_checked():
+    assert check_group_choices(["metrics=[default,style_dinov2]"]) is None
+    assert check_group_choices(["metrics=[]"]) is None
+    bad = check_group_choices(["metrics=[default,style_clp]"])
+    assert bad is not None and bad.startswith("unknown metrics 'style_clp'; choose one of default, leak_clip")
+
+
+def test_score_command_from_the_shell(scored_sweep, tmp_path):
+    store = _copy(scored_sweep, tmp_path)
+    shutil.rmtree(store.scores / "text_clip")
+    cmd = [sys.executable, "-m", "styleprobe.cli", "score", f"results_dir={store.root}", "metrics=[text_clip]"]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    assert "scored text_clip 4" in first.stdout + first.stderr
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0 and "nothing to score" in second.stdout + second.stderr
+    assert len(list(store.runs.iterdir())) == len(list(Store(scored_sweep[1].results_dir).runs.iterdir())) + 1
+    bad = subprocess.run([*cmd[:3], "score", "metrics=[text_clip]"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0
+    typo = subprocess.run([*cmd[:3], "scroe"], capture_output=True, text=True, timeout=300)
+    assert typo.returncode == 2 and typo.stderr.strip() == "styleprobe: error: unknown command 'scroe'; use one of sweep, score"
