@@ -7,7 +7,8 @@ For every metric (experiments/metrics/<name>.yaml, exactly as shipped) and every
       shared with other metrics (each CLIP metric re-encodes the outputs with the CLIP image tower).
   together: all chosen metrics on one fresh ScoreBatch per call, the way the scoring stage runs them, so metrics
       on the same model (style_clip, text_clip, leak_clip; leak_dino and style_dinov2) encode the outputs once.
-  preprocess: each distinct preprocessing (resize, center-crop, normalise of the output images) on its own.
+  preprocess: each metric's preprocessing (resize, center-crop, normalise of the output images) on its own, timed
+      right after that metric's measurement on the same images (its share of the metric's time is reported).
 
 A measurement is ceil(--n-images / batch size) calls of one batch each (at least one call). Before it, one untimed
 warm-up call at the same batch size; before a metric's first warm-up, one untimed priming call whose batch holds
@@ -72,6 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
     if not args.batch_sizes or min(args.batch_sizes) < 1 or args.n_images < 1 or args.repeats < 1:
         p.error("batch sizes, --n-images and --repeats must be positive")
+    if not 1 <= args.references <= 4:
+        p.error("--references must be 1 to 4 (builtin:shapes has 4)")
     names: list[str] = []
     for name in (s.strip() for s in args.metrics.split(",") if s.strip()):
         for n in default_metrics() if name == "default" else [name]:
@@ -375,10 +378,10 @@ def main(argv: list[str] | None = None) -> int:
         cells = []
         for b in batch_sizes:
             r = per_b[str(b)]
-            s = f"{r['images_per_s']:.3g}"
+            s = f"{r['images_per_s']:.4g}" if r["images_per_s"] < 1e4 else f"{r['images_per_s']:.0f}"
             if b != base:
                 s += f" ({r['speedup_vs_batch_%d' % base]:.2f}x)"
-            cells.append(f"{s:>16s}")
+            cells.append(f"{s:>17s}")
         print(f"{label:34s}" + "".join(cells))
 
     print()
@@ -396,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         if m["preprocess"] is None:
             continue
         pre_b = {k: v["preprocess"] for k, v in m["batch_sizes"].items()}
-        shares = "".join(f"{'(' + format(pre_b[str(b)]['share_of_metric_time'], '.0%') + ' of metric)':>16s}" for b in batch_sizes)
+        shares = "".join(f"{format(pre_b[str(b)]['share_of_metric_time'], '.0%') + ' of metric':>16s}" for b in batch_sizes)
         row(f"  for {name} ({m['preprocess'].split(',')[0].removeprefix('resize ')})", pre_b)
         print(f"{'':34s}" + shares)
     shared = {k: v for k, v in groups.items() if len(v) > 1}

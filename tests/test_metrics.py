@@ -263,3 +263,43 @@ def test_tiny_scorers_say_so_in_the_table(scorers):
     for s in scorers.values():
         assert "tiny random" in s.describe_model() and "not science" in s.describe_model()
         assert s.identity()["weights"] == "tiny"
+
+
+def test_openai_weights_are_built_with_quickgelu(monkeypatch):
+    """open_clip's plain ViT-L-14 config uses GELU; OpenAI's weights need QuickGELU or every CLIP score drifts."""
+    import open_clip
+
+    from styleprobe.metrics.clip import OpenCLIP, open_clip_options
+
+    assert open_clip_options("ViT-L-14", "openai") == {"force_quick_gelu": True}
+    assert open_clip_options("ViT-H-14", "laion2b_s32b_b79k") == {}
+    assert open_clip_options("ViT-L-14", None) == {}
+    seen = {}
+
+    def capture(name, **kwargs):
+        seen.update(kwargs, name=name)
+        raise RuntimeError("Failed to download weights (captured)")
+
+    monkeypatch.setattr(open_clip, "create_model", capture)
+    with pytest.raises(ModelUnavailableError):
+        OpenCLIP.load("ViT-L-14", "openai", CPU)
+    assert seen["name"] == "ViT-L-14" and seen["pretrained"] == "openai" and seen["force_quick_gelu"] is True
+
+
+def test_outputs_are_preprocessed_once_per_preprocessing(photos, monkeypatch):
+    """CLIP and CSD share CLIP's preprocessing; the batch does it once for both."""
+    from styleprobe.metrics import preprocess
+
+    calls = []
+    real = preprocess.Preprocess.__call__
+    monkeypatch.setattr(preprocess.Preprocess, "__call__", lambda self, images: calls.append(self) or real(self, images))
+    scorers = build_scorers({"style_clip": {"scorer": "style_clip"}, "style_csd": {"scorer": "style_csd"}}, CPU, "tiny")
+    batch = _batch(photos[:2], photos[:2])
+    for s in scorers:
+        s.score(batch)
+    assert calls.count(preprocess.CLIP) == 3  # the outputs once; the references once per model (each caches its own)
+    batch2 = ScoreBatch(photos[2:], photos[:2], [f"ref-{id(r)}" for r in photos[:2]], ["p"] * 2, ["c"] * 2, ["s"] * 2)
+    calls.clear()
+    for s in scorers:
+        s.score(batch2)
+    assert calls == [preprocess.CLIP]  # references cached from the first batch: only the outputs, once

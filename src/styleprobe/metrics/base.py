@@ -38,6 +38,10 @@ class ScoreBatch:
     def __len__(self) -> int:
         return len(self.images)
 
+    def pixels(self, preprocess: Callable[[list[Image.Image]], torch.Tensor]) -> torch.Tensor:
+        """The outputs preprocessed once per preprocessing (CLIP and CSD share one, DINO and DINOv2 another)."""
+        return self.once(("pixels", preprocess), lambda: preprocess(self.images))
+
     def once(self, key: Any, compute: Callable[[], Any]) -> Any:
         """Compute something about this batch once, e.g. the output embeddings that three CLIP metrics share."""
         if key not in self.memo:

@@ -55,7 +55,7 @@ class OpenCLIP:
         if name not in open_clip.list_models():
             raise ConfigError(f"open_clip has no model {name!r}; e.g. ViT-L-14, ViT-H-14 (open_clip.list_models())")
         try:
-            model = open_clip.create_model(name, pretrained=pretrained, device=device)
+            model = open_clip.create_model(name, pretrained=pretrained, device=device, **open_clip_options(name, pretrained))
         except RuntimeError as err:
             raise _unavailable(name, pretrained, err) from err
         model.eval()
@@ -66,20 +66,35 @@ class OpenCLIP:
         pre = Preprocess(size, size, tuple(cfg["mean"]), tuple(cfg["std"]), cfg.get("interpolation", "bicubic"))
         return cls(model, open_clip.get_tokenizer(name), pre, device)
 
-    @torch.inference_mode()
     def encode_images(self, images: list[Any]) -> torch.Tensor:
-        return self.model.encode_image(self.preprocess(images).to(self.device)).float().cpu()
+        return self.encode_pixels(self.preprocess(images))
+
+    @torch.inference_mode()
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(pixels.to(self.device)).float().cpu()
 
     @torch.inference_mode()
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
         return self.model.encode_text(self.tokenizer(texts).to(self.device)).float().cpu()
 
 
+def open_clip_options(name: str, pretrained: str | None) -> dict[str, Any]:
+    """OpenAI's weights were trained with QuickGELU; open_clip's plain `ViT-L-14` config builds GELU and only warns.
+
+    Building the activation the tag was trained with is what makes `ViT-L-14`/`openai` OpenAI's CLIP ViT-L/14.
+    """
+    from open_clip.pretrained import get_pretrained_cfg
+
+    if not pretrained:
+        return {}
+    return {"force_quick_gelu": True} if (get_pretrained_cfg(name, pretrained) or {}).get("quick_gelu") else {}
+
+
 def _unavailable(name: str, pretrained: str, err: Exception) -> ModelUnavailableError:
     from open_clip.pretrained import get_pretrained_cfg
 
     hub = (get_pretrained_cfg(name, pretrained) or {}).get("hf_hub", "").rstrip("/")
-    if Path(pretrained).suffix:
+    if Path(pretrained or "").suffix:
         fix = f"the file {pretrained} is missing or unreadable"
     elif hub:
         fix = f"run `hf download {hub} open_clip_pytorch_model.bin` on a machine with network access"
@@ -120,7 +135,8 @@ class _CLIPScorer(Scorer):
 
     def images(self, batch: ScoreBatch) -> torch.Tensor:
         """The outputs' image embeddings, computed once per batch for all CLIP metrics on this model."""
-        return batch.once((self._model_key(), "images"), lambda: self.clip().encode_images(batch.images))
+        clip = self.clip()
+        return batch.once((self._model_key(), "images"), lambda: clip.encode_pixels(batch.pixels(clip.preprocess)))
 
     def texts(self, texts: list[str]) -> torch.Tensor:
         """Text embeddings, each distinct text encoded once per process."""

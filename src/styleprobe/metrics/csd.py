@@ -186,12 +186,15 @@ class StyleCSD(Scorer):
 
         return shared_model(self._model_key(), build)
 
-    @torch.inference_mode()
     def embed(self, images: list[Any]) -> torch.Tensor:
-        return self.model()(self.preprocess(images).to(self.settings.device)).float().cpu()
+        return self.embed_pixels(self.preprocess(images))
+
+    @torch.inference_mode()
+    def embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model()(pixels.to(self.settings.device)).float().cpu()
 
     def score(self, batch: ScoreBatch) -> dict[str, np.ndarray]:
-        out = batch.once((self._model_key(), "images"), lambda: self.embed(batch.images))
+        out = batch.once((self._model_key(), "images"), lambda: self.embed_pixels(batch.pixels(self.preprocess)))
         refs = cached_rows(
             embedding_cache(self._model_key(), "reference"),
             batch.reference_ids,

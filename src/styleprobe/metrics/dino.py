@@ -15,6 +15,8 @@ Embedding: the CLS token of the last hidden state, after the model's final Layer
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -62,10 +64,20 @@ class HFViT:
             model = ViTModel(ViTConfig(patch_size=8), add_pooling_layer=False)
         return cls(model.to(device).eval(), device)
 
-    @torch.inference_mode()
     def encode_images(self, images: list[Any]) -> torch.Tensor:
-        out = self.model(pixel_values=self.preprocess(images).to(self.device))
-        return out.last_hidden_state[:, 0].float().cpu()
+        return self.encode_pixels(self.preprocess(images))
+
+    @torch.inference_mode()
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=pixels.to(self.device)).last_hidden_state[:, 0].float().cpu()
+
+
+def _family(source: str) -> str:
+    """dino or dinov2: from a local folder's config.json, else from the Hub id (decides the tiny / random stand-in)."""
+    config = Path(source).expanduser() / "config.json"
+    if config.is_file():
+        return "dinov2" if json.loads(config.read_text()).get("model_type") == "dinov2" else "dino"
+    return "dinov2" if "dinov2" in source.lower() else "dino"
 
 
 @register
@@ -78,7 +90,7 @@ class StyleDINO(Scorer):
     def __init__(self, settings: ScorerSettings):
         super().__init__(settings)
         self.source = str(settings.options.get("model", DEFAULT_MODEL))
-        self.family = "dinov2" if "dinov2" in self.source.lower() else "dino"
+        self.family = _family(self.source)
 
     def describe_model(self) -> str:
         if self.settings.weights == "tiny":
@@ -104,7 +116,7 @@ class StyleDINO(Scorer):
 
     def score(self, batch: ScoreBatch) -> dict[str, np.ndarray]:
         vit = self.backbone()
-        out = batch.once((self._model_key(), "images"), lambda: vit.encode_images(batch.images))
+        out = batch.once((self._model_key(), "images"), lambda: vit.encode_pixels(batch.pixels(vit.preprocess)))
         refs = cached_rows(
             embedding_cache(self._model_key(), "reference"),
             batch.reference_ids,
