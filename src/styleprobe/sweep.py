@@ -189,6 +189,8 @@ def run(cfg: DictConfig) -> SweepResult:
         scored = scoring.score(store, todo, run_id).scored
         if todo.n_pending:
             log.info("%s: scored %s", cfg.name, ", ".join(f"{k} {v}" for k, v in scored.items()))
+        else:
+            log.info("%s: every row already has %s", cfg.name, ", ".join(s.name for s in plan.scorers))
     seconds = time.perf_counter() - start
     return SweepResult(len(plan.items), len(plan.items) - len(pending), generated, store.root, run_id, seconds, scored)
 
