@@ -92,12 +92,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def quiet() -> None:
+    """styleprobe's own library quieting (as the CLI does), plus the deprecation warnings of a timing run."""
     import warnings
 
-    import transformers
+    from styleprobe.cli import _quiet_libraries
 
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    _quiet_libraries()
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
 
