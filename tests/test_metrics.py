@@ -303,3 +303,9 @@ def test_outputs_are_preprocessed_once_per_preprocessing(photos, monkeypatch):
     for s in scorers:
         s.score(batch2)
     assert calls == [preprocess.CLIP]  # references cached from the first batch: only the outputs, once
+
+
+def test_random_weight_scorers_say_they_time_only():
+    for s in build_scorers(IMAGE_IMAGE, CPU, "random"):
+        assert s.describe_model().startswith("random-weight ") and s.describe_model().endswith("(timing only, not science)")
+        assert s.identity()["weights"] == "random"

@@ -83,9 +83,25 @@ class Scorer(ABC):
     def model_column(self) -> str:
         return f"{self.name}_model"
 
-    @abstractmethod
     def describe_model(self) -> str:
-        """The model as a reader of the table should see it, e.g. 'open_clip ViT-L-14/openai'."""
+        """The model as a reader of the table sees it; stand-in weights always say their numbers are not science."""
+        if self.settings.weights == "tiny":
+            return f"tiny random {self.family_name()} (machinery check, not science)"
+        if self.settings.weights == "random":
+            return f"random-weight {self.architecture()} (timing only, not science)"
+        return self.weights_name()
+
+    @abstractmethod
+    def family_name(self) -> str:
+        """The model family, for the tiny stand-in's label, e.g. 'open_clip'."""
+
+    @abstractmethod
+    def architecture(self) -> str:
+        """The full-size architecture, for the random-weight label, e.g. 'open_clip ViT-L-14'."""
+
+    @abstractmethod
+    def weights_name(self) -> str:
+        """The real weights, e.g. 'open_clip ViT-L-14/openai'."""
 
     def identity(self) -> dict[str, Any]:
         """Everything that determines this metric's numbers (not where it runs)."""
@@ -122,6 +138,24 @@ def cached_rows(
         for k, row in zip(missing, fresh, strict=True):
             cache[k] = row
     return torch.stack([cache[k] for k in keys])
+
+
+def output_embeddings(
+    batch: ScoreBatch, model_key: Any, preprocess: Callable[[list[Image.Image]], torch.Tensor], encode: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """The outputs' embeddings under one model, computed once per batch for every metric on that model."""
+    return batch.once((model_key, "images"), lambda: encode(batch.pixels(preprocess)))
+
+
+def reference_embeddings(
+    batch: ScoreBatch, model_key: Any, preprocess: Callable[[list[Image.Image]], torch.Tensor], encode: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """The references' embeddings under one model, each reference encoded once per process."""
+    return cached_rows(
+        embedding_cache(model_key, "reference"),
+        batch.reference_ids,
+        lambda idx: encode(preprocess([batch.references[i] for i in idx])),
+    )
 
 
 _MODELS: dict[Any, Any] = {}

@@ -29,6 +29,8 @@ from styleprobe.metrics.base import (
     cached_rows,
     cosine,
     embedding_cache,
+    output_embeddings,
+    reference_embeddings,
     register,
     shared_model,
 )
@@ -65,9 +67,6 @@ class OpenCLIP:
             raise ConfigError(f"open_clip {name}/{pretrained} resizes with {cfg['resize_mode']!r}; styleprobe implements 'shortest'")
         pre = Preprocess(size, size, tuple(cfg["mean"]), tuple(cfg["std"]), cfg.get("interpolation", "bicubic"))
         return cls(model, open_clip.get_tokenizer(name), pre, device)
-
-    def encode_images(self, images: list[Any]) -> torch.Tensor:
-        return self.encode_pixels(self.preprocess(images))
 
     @torch.inference_mode()
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -112,11 +111,13 @@ class _CLIPScorer(Scorer):
         self.model_name = str(settings.options.get("model", DEFAULT_MODEL))
         self.pretrained = str(settings.options.get("pretrained", DEFAULT_PRETRAINED))
 
-    def describe_model(self) -> str:
-        if self.settings.weights == "tiny":
-            return "tiny random open_clip (machinery check, not science)"
-        if self.settings.weights == "random":
-            return f"random-weight open_clip {self.model_name} (timing only, not science)"
+    def family_name(self) -> str:
+        return "open_clip"
+
+    def architecture(self) -> str:
+        return f"open_clip {self.model_name}"
+
+    def weights_name(self) -> str:
         return f"open_clip {self.model_name}/{self.pretrained}"
 
     def _model_key(self) -> tuple[Any, ...]:
@@ -136,7 +137,7 @@ class _CLIPScorer(Scorer):
     def images(self, batch: ScoreBatch) -> torch.Tensor:
         """The outputs' image embeddings, computed once per batch for all CLIP metrics on this model."""
         clip = self.clip()
-        return batch.once((self._model_key(), "images"), lambda: clip.encode_pixels(batch.pixels(clip.preprocess)))
+        return output_embeddings(batch, self._model_key(), clip.preprocess, clip.encode_pixels)
 
     def texts(self, texts: list[str]) -> torch.Tensor:
         """Text embeddings, each distinct text encoded once per process."""
@@ -154,13 +155,8 @@ class StyleCLIP(_CLIPScorer):
 
     def score(self, batch: ScoreBatch) -> dict[str, np.ndarray]:
         clip = self.clip()
-        out = self.images(batch)
-        refs = cached_rows(
-            embedding_cache(self._model_key(), "reference"),
-            batch.reference_ids,
-            lambda idx: clip.encode_images([batch.references[i] for i in idx]),
-        )
-        return {self.name: cosine(out, refs)}
+        refs = reference_embeddings(batch, self._model_key(), clip.preprocess, clip.encode_pixels)
+        return {self.name: cosine(self.images(batch), refs)}
 
 
 @register

@@ -25,7 +25,7 @@ from torch import nn
 
 from styleprobe.errors import ConfigError, ModelUnavailableError
 from styleprobe.metrics import preprocess
-from styleprobe.metrics.base import ScoreBatch, Scorer, cached_rows, embedding_cache, register, shared_model
+from styleprobe.metrics.base import ScoreBatch, Scorer, output_embeddings, reference_embeddings, register, shared_model
 
 log = logging.getLogger("styleprobe")
 
@@ -162,11 +162,13 @@ class StyleCSD(Scorer):
         self.filename = str(o.get("filename", HUB_FILENAME))
         self.preprocess = preprocess.CLIP
 
-    def describe_model(self) -> str:
-        if self.settings.weights == "tiny":
-            return "tiny random CSD (machinery check, not science)"
-        if self.settings.weights == "random":
-            return f"random-weight CSD {self.arch_name} (timing only, not science)"
+    def family_name(self) -> str:
+        return "CSD"
+
+    def architecture(self) -> str:
+        return f"CSD {self.arch_name}"
+
+    def weights_name(self) -> str:
         return f"CSD {self.arch_name} ({self.checkpoint or f'{self.repo}/{self.filename}'})"
 
     def _model_key(self) -> tuple[Any, ...]:
@@ -186,18 +188,11 @@ class StyleCSD(Scorer):
 
         return shared_model(self._model_key(), build)
 
-    def embed(self, images: list[Any]) -> torch.Tensor:
-        return self.embed_pixels(self.preprocess(images))
-
     @torch.inference_mode()
     def embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model()(pixels.to(self.settings.device)).float().cpu()
 
     def score(self, batch: ScoreBatch) -> dict[str, np.ndarray]:
-        out = batch.once((self._model_key(), "images"), lambda: self.embed_pixels(batch.pixels(self.preprocess)))
-        refs = cached_rows(
-            embedding_cache(self._model_key(), "reference"),
-            batch.reference_ids,
-            lambda idx: self.embed([batch.references[i] for i in idx]),
-        )
+        out = output_embeddings(batch, self._model_key(), self.preprocess, self.embed_pixels)
+        refs = reference_embeddings(batch, self._model_key(), self.preprocess, self.embed_pixels)
         return {self.name: (out.double() * refs.double()).sum(-1).numpy()}

@@ -24,7 +24,16 @@ import torch
 
 from styleprobe.errors import ModelUnavailableError
 from styleprobe.metrics import preprocess
-from styleprobe.metrics.base import ScoreBatch, Scorer, ScorerSettings, cached_rows, cosine, embedding_cache, register, shared_model
+from styleprobe.metrics.base import (
+    ScoreBatch,
+    Scorer,
+    ScorerSettings,
+    cosine,
+    output_embeddings,
+    reference_embeddings,
+    register,
+    shared_model,
+)
 
 DEFAULT_MODEL = "facebook/dino-vitb8"
 
@@ -64,9 +73,6 @@ class HFViT:
             model = ViTModel(ViTConfig(patch_size=8), add_pooling_layer=False)
         return cls(model.to(device).eval(), device)
 
-    def encode_images(self, images: list[Any]) -> torch.Tensor:
-        return self.encode_pixels(self.preprocess(images))
-
     @torch.inference_mode()
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model(pixel_values=pixels.to(self.device)).last_hidden_state[:, 0].float().cpu()
@@ -92,11 +98,13 @@ class StyleDINO(Scorer):
         self.source = str(settings.options.get("model", DEFAULT_MODEL))
         self.family = _family(self.source)
 
-    def describe_model(self) -> str:
-        if self.settings.weights == "tiny":
-            return f"tiny random {'DINOv2' if self.family == 'dinov2' else 'DINO'} ViT (machinery check, not science)"
-        if self.settings.weights == "random":
-            return f"random-weight {'DINOv2 ViT-B/14' if self.family == 'dinov2' else 'DINO ViT-B/8'} (timing only, not science)"
+    def family_name(self) -> str:
+        return f"{'DINOv2' if self.family == 'dinov2' else 'DINO'} ViT"
+
+    def architecture(self) -> str:
+        return "DINOv2 ViT-B/14" if self.family == "dinov2" else "DINO ViT-B/8"
+
+    def weights_name(self) -> str:
         return self.source
 
     def _model_key(self) -> tuple[Any, ...]:
@@ -115,11 +123,6 @@ class StyleDINO(Scorer):
         return shared_model(self._model_key(), build)
 
     def score(self, batch: ScoreBatch) -> dict[str, np.ndarray]:
-        vit = self.backbone()
-        out = batch.once((self._model_key(), "images"), lambda: vit.encode_pixels(batch.pixels(vit.preprocess)))
-        refs = cached_rows(
-            embedding_cache(self._model_key(), "reference"),
-            batch.reference_ids,
-            lambda idx: vit.encode_images([batch.references[i] for i in idx]),
-        )
-        return {self.name: cosine(out, refs)}
+        vit, key = self.backbone(), self._model_key()
+        out = output_embeddings(batch, key, vit.preprocess, vit.encode_pixels)
+        return {self.name: cosine(out, reference_embeddings(batch, key, vit.preprocess, vit.encode_pixels))}
