@@ -40,7 +40,7 @@ class ScoringPlan:
     """What will be scored, checked before any scoring model is loaded."""
 
     scorers: list[Any]
-    rows: pd.DataFrame  # the rows to consider (one per key), sorted by key
+    todo: pd.DataFrame  # the rows some metric still lacks (one per key), sorted by key
     pending: dict[str, set[str]]  # metric -> keys it still lacks
     references: dict[str, Path]  # digest -> readable file
     batch_size: int
@@ -113,9 +113,19 @@ def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}: {flat_old.get(k)!r} there, {flat_new.get(k)!r} now" for k in keys)
 
 
-def plan(store: Store, scorers: list[Any], batch_size: int, weights: str, keys: set[str] | None = None) -> ScoringPlan:
-    """Which rows each metric still lacks, with every input they need checked to exist."""
-    rows = store.rows_table()
+def plan(
+    store: Store,
+    scorers: list[Any],
+    batch_size: int,
+    weights: str,
+    keys: set[str] | None = None,
+    rows: pd.DataFrame | None = None,
+) -> ScoringPlan:
+    """Which rows each metric still lacks, with every input they need checked to exist.
+
+    `rows` is the store's generated rows when the caller has read them already.
+    """
+    rows = store.rows_table() if rows is None else rows
     if rows.empty:
         return ScoringPlan(scorers, rows, {s.name: set() for s in scorers}, {}, batch_size, weights)
     reserved = set(rows.columns)
@@ -144,7 +154,7 @@ def plan(store: Store, scorers: list[Any], batch_size: int, weights: str, keys: 
     absent = [p for p in todo.image_path if not (store.root / p).is_file()]
     if absent:
         raise ConfigError(f"{len(absent)} images named in {store.rows} are missing (e.g. {absent[0]}); rerun the sweep to remake them")
-    return ScoringPlan(scorers, rows, pending, references, batch_size, weights)
+    return ScoringPlan(scorers, todo, pending, references, batch_size, weights)
 
 
 def _open(path: Path) -> Image.Image:
@@ -158,9 +168,10 @@ def score(store: Store, p: ScoringPlan, run_id: str) -> ScoringResult:
 
     start = time.perf_counter()
     result = ScoringResult({s.name: 0 for s in p.scorers})
-    todo = p.rows[p.rows.key.isin(set().union(*p.pending.values()))] if p.pending else p.rows.iloc[:0]
+    todo = p.todo
     if todo.empty:
         return result
+    unrecorded = {s.name for s in p.scorers if store.metric_identity(s.name) is None}
     references = {d: _open(path) for d, path in p.references.items()}
     log.info("scoring %d rows: %s", len(todo), ", ".join(f"{k} {len(v)}" for k, v in p.pending.items() if v))
     for n, start_row in enumerate(range(0, len(todo), p.batch_size)):
@@ -185,8 +196,9 @@ def score(store: Store, p: ScoringPlan, run_id: str) -> ScoringResult:
                 values = s.score(batch)
                 frame = pd.DataFrame({"key": list(need), **{c: values[c] for c in s.columns}})
                 frame[s.model_column] = s.describe_model()
-                if store.metric_identity(s.name) is None:  # with the first scores, so a failed load leaves no trace
+                if s.name in unrecorded:  # with the first scores, so a failed load leaves no trace
                     store.write_metric_identity(s.name, s.identity())
+                    unrecorded.discard(s.name)
                 store.write_scores(s.name, frame, run_id, n)
                 result.scored[s.name] += len(need)
         done = min(start_row + p.batch_size, len(todo))
@@ -218,9 +230,9 @@ def run(cfg: DictConfig) -> ScoringResult:
     rows = store.rows_table()
     scorers, weights, batch_size = build(metrics, cfg.scoring, rows.base.unique() if "base" in rows else [])
     keys = shard_keys(rows.key, cfg.shard.index, cfg.shard.count)
-    p = plan(store, scorers, batch_size, weights, keys)
+    p = plan(store, scorers, batch_size, weights, keys, rows)
     run_id = new_run_id()
-    log.info("scoring %s: %d rows, %d metric values missing (weights: %s)", results_dir, len(p.rows), p.n_pending, weights)
+    log.info("scoring %s: %d rows, %d metric values missing (weights: %s)", results_dir, len(keys), p.n_pending, weights)
     if not p.n_pending:
         log.info("nothing to score")
         return ScoringResult({s.name: 0 for s in scorers})
