@@ -36,9 +36,9 @@ def _cfg(tmp_path: Path, *overrides: str):
 def test_experiments_compose(tmp_path):
     probe = _cfg(tmp_path)
     assert probe.name == "layer_probe" and probe.model.name == "tiny"
-    assert list(probe.injection.patterns) == ["none", "all", "one_hot:module"]
+    assert list(probe.injection.patterns) == ["none", "all", "style_layout", "one_hot:module"]
     sub = _cfg(tmp_path, "experiment=subtraction")
-    assert list(sub.injection.patterns) == ["all", "style", "style_layout"]
+    assert list(sub.injection.patterns) == ["none", "all", "style", "style_layout"]
     assert list(sub.injection.subtraction) == [0.0, 0.25, 0.5, 0.75, 1.0]
     sdxl = _cfg(tmp_path, "model=sdxl")
     assert sdxl.sampler.steps == 30 and sdxl.sampler.guidance == 5.0 and sdxl.sampler.height == 1024
@@ -51,8 +51,8 @@ def test_experiments_compose(tmp_path):
 def test_layer_probe_plan_covers_every_module(tmp_path):
     plan = prepare(_cfg(tmp_path, "data=small"))
     names = {it.pattern.name for it in plan.items}
-    assert len(names) == 13  # 11 one-hot modules + all + none
-    assert len(plan.items) == 13 * 2 * 2  # x 2 references x 2 prompts x 1 seed
+    assert len(names) == 14  # 11 one-hot modules + all + none + style_layout (style is one_hot:up_blocks.0.attentions.1)
+    assert len(plan.items) == 14 * 2 * 2  # x 2 references x 2 prompts x 1 seed
     assert len({it.key for it in plan.items}) == len(plan.items)
 
 

@@ -1,10 +1,11 @@
-"""The `styleprobe` command: thin Hydra entry points around `styleprobe.sweep.run` and `styleprobe.scoring.run`.
+"""The `styleprobe` command: thin Hydra entry points around the `run(cfg)` of sweep, scoring and analysis.
 
     styleprobe                                   the default sweep (layer_probe on the tiny model), scored
     styleprobe experiment=subtraction            another experiment
     styleprobe model=sdxl experiment=layer_probe the real model (GPU, Hub access or local weights)
     styleprobe -m injection=style,style_layout   a multirun; jobs share one loaded model
     styleprobe score results_dir=<folder>        score an existing results folder (fills missing metrics only)
+    styleprobe analyze results_dir=<folder>      tables, figures and the verdict report of a results folder
 
 Errors a researcher can fix are printed as one line and exit with code 2.
 """
@@ -42,7 +43,11 @@ def _drop_open_clip_info(record: logging.LogRecord) -> bool:
 
 
 #: subcommand -> (primary config in experiments/, module whose run(cfg) does the work)
-COMMANDS = {"sweep": ("config", "styleprobe.sweep"), "score": ("score", "styleprobe.scoring")}
+COMMANDS = {
+    "sweep": ("config", "styleprobe.sweep"),
+    "score": ("score", "styleprobe.scoring"),
+    "analyze": ("analyze", "styleprobe.analysis.report"),
+}
 
 
 def _task(module: str, cfg: DictConfig) -> None:
@@ -77,7 +82,7 @@ def check_group_choices(args: list[str], config_dir: Path = CONFIG_DIR) -> str |
 
 
 def main() -> None:
-    """Console entry point: `styleprobe [sweep|score] [overrides...]` (sweep when no subcommand is given)."""
+    """Console entry point: `styleprobe [sweep|score|analyze] [overrides...]` (sweep when no subcommand is given)."""
     command = "sweep"
     if len(sys.argv) > 1 and sys.argv[1] in COMMANDS:
         command = sys.argv.pop(1)

@@ -11,3 +11,7 @@ class ConfigError(StyleprobeError):
 
 class ModelUnavailableError(StyleprobeError):
     """Weights that cannot be found locally and cannot be downloaded."""
+
+
+class AnalysisError(StyleprobeError):
+    """A results table that cannot answer the question asked (missing folder, column or condition)."""

@@ -1,4 +1,4 @@
-"""One sweep job: validate -> plan -> skip done keys -> load the model -> generate -> store -> score.
+"""One sweep job: validate -> plan -> skip done keys -> load the model -> generate -> store -> score -> analyze.
 
 Everything that can be wrong with the input is checked before any model weights are loaded and
 before anything is written to the results folder. `run(cfg)` is what the CLI calls; tests call it too.
@@ -41,6 +41,7 @@ class SweepPlan:
     scorers: list[Any]  # the metrics to fill after generation (none when metrics=[])
     scoring_batch_size: int
     scoring_weights: str
+    analysis: Any = None  # AnalysisSettings when the report is written after scoring, else None
 
 
 @dataclass
@@ -52,6 +53,7 @@ class SweepResult:
     run_id: str
     seconds: float
     scored: dict[str, int] = field(default_factory=dict)  # metric -> rows scored by this job
+    report: Any = None  # the analysis.report.Report written after scoring, if any
 
 
 def _seeds(cfg: DictConfig) -> list[int]:
@@ -117,7 +119,27 @@ def prepare(cfg: DictConfig) -> SweepPlan:
     metrics = scoring.metric_configs(cfg)
     scorers, weights, scoring_batch = scoring.build(metrics, cfg.scoring, [spec.base]) if metrics else ([], "", 1)
     scoring.check_identities(store, scorers)
-    return SweepPlan(spec, sampler, items, store, str(device), batch_size, references, scorers, scoring_batch, weights)
+    analysis = _analysis_settings(cfg, scorers)
+    return SweepPlan(spec, sampler, items, store, str(device), batch_size, references, scorers, scoring_batch, weights, analysis)
+
+
+def _analysis_settings(cfg: DictConfig, scorers: list[Any]) -> Any:
+    """The report's settings when this job should write it: after scoring, on an unsharded job, if asked."""
+    if not cfg.get("analyze", False) or "analysis" not in cfg:
+        return None
+    if not scorers:
+        log.info("analysis skipped: nothing is scored (metrics=[]); run styleprobe analyze later")
+        return None
+    if cfg.shard.count > 1:
+        log.info("analysis skipped in a sharded job; run styleprobe analyze results_dir=%s when every shard is done", cfg.results_dir)
+        return None
+    from styleprobe.analysis.load import scored_columns
+    from styleprobe.analysis.report import AnalysisSettings, check_metrics
+
+    settings = AnalysisSettings.from_config(cfg.analysis)
+    columns = [c for s in scorers for c in s.columns] + scored_columns(Store(cfg.results_dir))
+    check_metrics(columns, settings, "metrics=[...] of this sweep")
+    return settings
 
 
 def new_run_id() -> str:
@@ -191,8 +213,14 @@ def run(cfg: DictConfig) -> SweepResult:
             log.info("%s: scored %s", cfg.name, ", ".join(f"{k} {v}" for k, v in scored.items()))
         else:
             log.info("%s: every row already has %s", cfg.name, ", ".join(s.name for s in plan.scorers))
+    report = None
+    if plan.analysis is not None:
+        from styleprobe.analysis.report import analyze, log_report
+
+        report = analyze(store.root, plan.analysis)
+        log_report(report, plan.analysis)
     seconds = time.perf_counter() - start
-    return SweepResult(len(plan.items), len(plan.items) - len(pending), generated, store.root, run_id, seconds, scored)
+    return SweepResult(len(plan.items), len(plan.items) - len(pending), generated, store.root, run_id, seconds, scored, report)
 
 
 def _reset_peak_memory(model: models.LoadedModel) -> None:

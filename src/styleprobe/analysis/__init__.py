@@ -1,0 +1,21 @@
+"""Analysis of styleprobe results: tables with bootstrap CIs, ablation figures and the verdict report.
+
+    from styleprobe.analysis import load_results, aggregate, paired_differences, analyze
+    table = load_results("results/tiny/layer_probe")
+    aggregate(table, "style_csd", by=["injection"])
+    analyze("results/tiny/layer_probe")          # writes results/tiny/layer_probe/analysis/report.md
+
+It reads only what the store wrote. `styleprobe analyze results_dir=...` runs `analyze` from the command line.
+"""
+
+from styleprobe.analysis.load import UNIT_COLUMNS, load_results, metric_columns, metric_label
+from styleprobe.analysis.report import AnalysisSettings, Report, analyze, default_settings
+from styleprobe.analysis.stats import Bootstrap, aggregate, bootstrap_ci, paired_differences
+from styleprobe.analysis.verdict import Criterion, judge, rank_by_style_effect
+
+__all__ = [
+    "UNIT_COLUMNS", "load_results", "metric_columns", "metric_label",
+    "AnalysisSettings", "Report", "analyze", "default_settings",
+    "Bootstrap", "aggregate", "bootstrap_ci", "paired_differences",
+    "Criterion", "judge", "rank_by_style_effect",
+]

@@ -1,0 +1,83 @@
+"""Which rows make up a named condition, and the UNet order that figures and rankings follow.
+
+A preset named in the analysis (`style`, `style_layout`) is found by name, or else by what it switches on:
+a module probe's `one_hot:up_blocks.0.attentions.1` injects exactly the layers of the `style` preset, so the
+verdict can use it without generating the same images twice.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pandas as pd
+
+from styleprobe.analysis.load import layer_names
+from styleprobe.layers import LAYOUT_MODULE, PRESETS, STYLE_MODULE
+
+#: InstantStyle's two modules on SDXL, marked in figures and rankings.
+INSTANTSTYLE_MODULES: dict[str, str] = {STYLE_MODULE: "style", LAYOUT_MODULE: "layout"}
+
+_NAME = re.compile(
+    r"^(?P<block>down_blocks|mid_block|up_blocks)(?:\.(?P<b>\d+))?"
+    r"(?:\.attentions\.(?P<a>\d+))?(?:\.transformer_blocks\.(?P<t>\d+))?"
+)
+_BLOCK_RANK = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}
+
+
+def unet_sort_key(name: str) -> tuple[int, int, int, int, str]:
+    """Data-flow order through the UNet: down blocks, mid block, up blocks; then module, then layer index."""
+    m = _NAME.match(name)
+    if not m:
+        return (9, 0, 0, 0, name)
+    return (
+        _BLOCK_RANK[m["block"]],
+        int(m["b"] or 0),
+        int(m["a"] or 0),
+        int(m["t"] or 0),
+        name,
+    )
+
+
+def unet_sorted(names: list[str]) -> list[str]:
+    return sorted(names, key=unet_sort_key)
+
+
+def module_of(layer: str) -> str:
+    """`up_blocks.0.attentions.1.transformer_blocks.3` -> `up_blocks.0.attentions.1`."""
+    return layer.split(".transformer_blocks.")[0]
+
+
+def layer_index(layer: str) -> int:
+    """The transformer layer's index within its module (0 for a whole module)."""
+    return int(layer.split(".transformer_blocks.")[1]) if ".transformer_blocks." in layer else 0
+
+
+def preset_rows(table: pd.DataFrame, name: str) -> tuple[pd.Series, str]:
+    """Rows of the condition called `name`, and where they came from (the injection name used).
+
+    By name first; else, for a preset, the rows of any pattern that switches on exactly the preset's modules
+    at one uniform scale (so `style` is found in a module probe as `one_hot:up_blocks.0.attentions.1`).
+    """
+    by_name = table["injection"].astype(str) == name
+    if by_name.any() or name not in PRESETS or PRESETS[name] is None:
+        return by_name, name
+    wanted = set(PRESETS[name] or ())
+    for injection, group in table.groupby("injection", sort=True):
+        first = group.iloc[0]
+        if set(layer_names(first["layers"])) == wanted and _uniform(first.get("layer_scales", "")):
+            return table["injection"] == injection, str(injection)
+    return by_name, name
+
+
+def _uniform(layer_scales: str) -> bool:
+    try:
+        values = set(json.loads(layer_scales).values()) if layer_scales else set()
+    except (TypeError, ValueError):
+        return False
+    return len(values) <= 1
+
+
+def is_instantstyle(target: str) -> str:
+    """'style' or 'layout' when a module or layer lies in one of InstantStyle's two modules, else ''."""
+    return INSTANTSTYLE_MODULES.get(module_of(target), "")

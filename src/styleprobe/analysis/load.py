@@ -1,0 +1,131 @@
+"""Read one or many results folders into one table, and name what its columns mean.
+
+Analysis reads only what the store wrote (rows joined with every metric's scores); it never reaches
+into generation or scoring internals. Every metric column gets a `<column>_model` companion naming the
+scorer's model, so a figure's axis can always say which model a number came from.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from styleprobe.errors import AnalysisError
+from styleprobe.store import Store
+
+log = logging.getLogger("styleprobe")
+
+#: One experimental unit: a style reference x a prompt x a seed. Conditions are compared over the same units.
+UNIT_COLUMNS: tuple[str, ...] = ("reference_digest", "prompt", "seed")
+
+#: Generation parameters that can tell two conditions apart (those that vary in a table become its conditions).
+CONDITION_COLUMNS: tuple[str, ...] = (
+    "model", "method", "injection", "scale", "subtraction",
+    "steps", "guidance", "height", "width", "scheduler", "dtype", "negative_prompt",
+)
+
+
+def load_results(results_dirs: str | Path | Sequence[str | Path]) -> pd.DataFrame:
+    """The table of one or many results folders: one row per image, metric columns joined, `results_dir` added.
+
+    The same key in two folders is the same image made twice; it is kept once (the copy with the most scores)
+    so a unit is never counted twice.
+    """
+    dirs = [results_dirs] if isinstance(results_dirs, (str, Path)) else list(results_dirs)
+    if not dirs:
+        raise AnalysisError("no results folder given; pass results_dir=<folder> (a sweep's output)")
+    frames = []
+    for d in dirs:
+        root = Path(d).expanduser()
+        if not root.is_dir():
+            raise AnalysisError(f"results folder {root} does not exist; run a sweep first (styleprobe ...) or fix the path")
+        store = Store(root)
+        if not store.row_files():
+            raise AnalysisError(f"results folder {root} has no rows/*.parquet; run a sweep into it first")
+        table = store.table()
+        for column, model in _value_column_models(store).items():
+            if column in table and f"{column}_model" not in table:
+                table[f"{column}_model"] = table[model]
+        table["results_dir"] = str(root.resolve())
+        frames.append(table)
+    table = pd.concat(frames, ignore_index=True)
+    before = len(table)
+    if table["key"].duplicated().any():
+        scores = table[metric_columns(table)].notna().sum(axis=1)
+        order = scores.sort_values(ascending=False, kind="stable").index
+        table = table.loc[order].drop_duplicates("key", keep="first").sort_index().reset_index(drop=True)
+    if len(table) < before:
+        log.info("analysis: %d images appear in more than one results folder; each is counted once", before - len(table))
+    return table
+
+
+def scored_columns(store: Store) -> list[str]:
+    """The metric value columns a results folder already has scores for."""
+    return list(_value_column_models(store))
+
+
+def _value_column_models(store: Store) -> dict[str, str]:
+    """Each metric's value columns -> its `<metric>_model` column (leak_margin is scored by leak_clip, ...)."""
+    out: dict[str, str] = {}
+    for metric in store.metrics():
+        files = store.score_files(metric)
+        if not files:
+            continue
+        for column in pq.read_schema(files[0]).names:
+            if column != "key" and not column.endswith("_model"):
+                out[column] = f"{metric}_model"
+    return out
+
+
+def metric_columns(table: pd.DataFrame) -> list[str]:
+    """The numeric columns that are scores (each has a `<column>_model` companion)."""
+    return [c for c in table.columns if f"{c}_model" in table.columns and pd.api.types.is_numeric_dtype(table[c])]
+
+
+def metric_label(table: pd.DataFrame, metric: str) -> str:
+    """`style_csd (CSD ViT-L/14 ...)`: the column and the model(s) that scored it, for axis labels and tables."""
+    column = f"{metric}_model"
+    models = sorted({str(m) for m in table[column].dropna().unique()}) if column in table else []
+    return f"{metric} ({'; '.join(models)})" if models else metric
+
+
+def model_names(table: pd.DataFrame) -> list[str]:
+    """The generating models in a table (e.g. `tiny`, `sdxl`)."""
+    return sorted(str(m) for m in table["model"].dropna().unique()) if "model" in table else []
+
+
+def is_machinery_check(table: pd.DataFrame) -> bool:
+    """Whether the numbers come from the tiny random model or stand-in scorers: they check code, not science."""
+    if "model" in table and table["model"].astype(str).str.startswith("tiny").any():
+        return True
+    labels = table[[c for c in table.columns if c.endswith("_model")]].astype(str)
+    return bool(labels.apply(lambda col: col.str.contains("machinery check|random", regex=True)).to_numpy().any())
+
+
+def varying_conditions(table: pd.DataFrame, always: Iterable[str] = ("injection",)) -> list[str]:
+    """The condition columns that take more than one value in this table (plus `always`), in a fixed order."""
+    keep = set(always)
+    return [c for c in CONDITION_COLUMNS if c in table and (c in keep or table[c].nunique(dropna=False) > 1)]
+
+
+def require_columns(table: pd.DataFrame, columns: Iterable[str], what: str) -> None:
+    """A one-line error naming the missing columns and what the table does have."""
+    if table.empty:
+        raise AnalysisError(f"{what}: the table is empty; run a sweep (and score it) before analysing")
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        have = ", ".join(metric_columns(table)) or "none"
+        raise AnalysisError(
+            f"{what}: the table has no column {', '.join(missing)}; score it first "
+            f"(styleprobe score results_dir=... metrics=[...]) or choose one of its metrics: {have}"
+        )
+
+
+def layer_names(value: str) -> list[str]:
+    """The `layers` column (a JSON list of the modules or transformer layers switched on) as a list."""
+    return list(json.loads(value)) if isinstance(value, str) and value else []

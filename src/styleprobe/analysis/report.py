@@ -1,0 +1,320 @@
+"""The analysis of a results folder: tables, figures and the verdict report, written in one atomic step.
+
+    <out_dir>/report.md              criterion (thresholds), verdict with CIs and unit counts, rankings, figures
+    <out_dir>/figures/<name>.{png,pdf}
+    <out_dir>/tables/<name>.csv      aggregates, paired differences, rankings, the verdict
+
+Everything is built in a hidden folder beside `out_dir` and renamed into place, so a killed run leaves the
+previous analysis (or none), never a half-written one. `run(cfg)` is `styleprobe analyze`; a sweep calls
+`analyze` after scoring. A section the table cannot support (no one-hot layer probe, no `none` rows) is
+skipped with the reason written in the report; a metric name that is not in the table is an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from styleprobe.analysis import figures
+from styleprobe.analysis.load import (
+    UNIT_COLUMNS,
+    is_machinery_check,
+    load_results,
+    metric_columns,
+    metric_label,
+    model_names,
+    require_columns,
+    varying_conditions,
+)
+from styleprobe.analysis.stats import Bootstrap, aggregate, paired_differences
+from styleprobe.analysis.verdict import CandidateVerdict, Criterion, judge, rank_by_style_effect
+from styleprobe.errors import AnalysisError
+from styleprobe.store import HOST
+
+log = logging.getLogger("styleprobe")
+CONFIG = Path(__file__).resolve().parents[3] / "experiments" / "analysis" / "default.yaml"
+
+
+@dataclass(frozen=True)
+class AnalysisSettings:
+    """The `analysis` config group as typed settings."""
+
+    bootstrap: Bootstrap = Bootstrap()
+    criterion: Criterion = Criterion()
+    grid_rows: tuple[str, ...] = ("none", "all", "style", "style_layout")
+    grid_columns: int = 6
+    formats: tuple[str, ...] = figures.FORMATS
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "AnalysisSettings":
+        data = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+        boot = data.get("bootstrap", {})
+        try:
+            bootstrap = Bootstrap(int(boot.get("n_boot", 2000)), float(boot.get("level", 0.95)), int(boot.get("seed", 0)))
+        except (TypeError, ValueError) as err:
+            raise AnalysisError(f"analysis.bootstrap has a value that is not a number ({err}); e.g. n_boot=2000 level=0.95") from None
+        grid = data.get("grid", {})
+        formats = tuple(data.get("formats", figures.FORMATS))
+        bad = [f for f in formats if f not in ("png", "pdf", "svg")]
+        if bad or not formats:
+            raise AnalysisError(f"analysis.formats={list(formats)}; choose from png, pdf, svg")
+        return cls(bootstrap, Criterion.from_mapping(data.get("verdict", {})), tuple(grid.get("rows", cls.grid_rows)),
+                   int(grid.get("max_columns", 6)), formats)
+
+
+def default_settings(**overrides: Any) -> AnalysisSettings:
+    """The settings in experiments/analysis/default.yaml, e.g. for a notebook; dotted overrides allowed."""
+    cfg = OmegaConf.load(CONFIG)
+    for key, value in overrides.items():
+        OmegaConf.update(cfg, key.replace("__", "."), value)
+    return AnalysisSettings.from_config(cfg)
+
+
+@dataclass
+class Report:
+    """What one analysis wrote and concluded."""
+
+    out_dir: Path
+    verdicts: list[CandidateVerdict]
+    figures: list[Path] = field(default_factory=list)
+    tables: list[Path] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # section -> why
+    seconds: float = 0.0
+
+    @property
+    def path(self) -> Path:
+        return self.out_dir / "report.md"
+
+
+def check_metrics(available: Sequence[str], settings: AnalysisSettings, where: str) -> None:
+    """The verdict's metrics must be columns the results will have; says which are, and how to choose."""
+    missing = [m for m in settings.criterion.metrics if m not in available]
+    if missing:
+        roles = dict(zip(("style_metric", "leak_metric", "text_metric"), settings.criterion.metrics))
+        fix = " ".join(f"analysis.verdict.{r}=<column>" for r, m in roles.items() if m in missing)
+        raise AnalysisError(
+            f"analysis needs {', '.join(missing)}, which {where} lacks (it has: {', '.join(available) or 'no metrics'}); "
+            f"score it (metrics=[default,...]) or set {fix}"
+        )
+
+
+def analyze(
+    results_dirs: str | Path | Sequence[str | Path], settings: AnalysisSettings = AnalysisSettings(),
+    out_dir: str | Path | None = None,
+) -> Report:
+    """Load the folders, build every table and figure the data supports, judge, write report.md atomically."""
+    start = time.perf_counter()
+    dirs = [Path(results_dirs)] if isinstance(results_dirs, (str, Path)) else [Path(d) for d in results_dirs]
+    if out_dir is None:
+        if len(dirs) != 1:
+            raise AnalysisError("several results folders: give out_dir=<folder> for the combined analysis")
+        out_dir = dirs[0] / "analysis"
+    out = Path(out_dir)
+    table = load_results(dirs)
+    require_columns(table, [*UNIT_COLUMNS, "injection"], "analysis")
+    check_metrics(metric_columns(table), settings, f"the table of {', '.join(map(str, dirs))}")
+    tmp = out.parent / f".{out.name}.{HOST}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        report = _build(table, dirs, tmp, settings)
+        _replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    report.out_dir = out
+    report.figures = [out / p.relative_to(tmp) for p in report.figures]
+    report.tables = [out / p.relative_to(tmp) for p in report.tables]
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _replace(new: Path, out: Path) -> None:
+    """Swap the finished folder into place; the old one goes only after the new one is complete."""
+    old = out.parent / f".{out.name}.{HOST}.{os.getpid()}.old"
+    if out.exists():
+        os.replace(out, old)
+    os.replace(new, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _build(table: pd.DataFrame, dirs: list[Path], tmp: Path, settings: AnalysisSettings) -> Report:
+    crit, boot = settings.criterion, settings.bootstrap
+    report = Report(tmp, [])
+    fig_dir, tab_dir = tmp / "figures", tmp / "tables"
+    tab_dir.mkdir(parents=True)
+
+    def table_out(name: str, frame: pd.DataFrame) -> None:
+        path = tab_dir / f"{name}.csv"
+        frame.to_csv(path, index=False)
+        report.tables.append(path)
+
+    def figure_out(section: str, name: str, build: Any) -> None:
+        try:
+            fig = build()
+        except AnalysisError as err:
+            report.skipped[section] = str(err)
+            return
+        report.figures.extend(figures.save(fig, fig_dir, name, settings.formats))
+
+    metrics = metric_columns(table)
+    by = varying_conditions(table)
+    table_out("aggregate", pd.concat([aggregate(table, m, by, boot=boot) for m in metrics], ignore_index=True))
+    for against in dict.fromkeys(c for c in (crit.baseline, crit.reference) if c):
+        if (table["injection"] == against).any():
+            frame = pd.concat([paired_differences(table, m, {"injection": against}, by, boot=boot) for m in metrics])
+            table_out(f"paired_vs_{against}", frame)
+    try:
+        report.verdicts = judge(table, crit, boot)
+        table_out("verdict", _verdict_table(report.verdicts))
+    except AnalysisError as err:
+        report.skipped["verdict"] = str(err)
+    rankings = rank_by_style_effect(table, crit, boot)
+    for sweep, frame in rankings.items():
+        table_out(f"ranking_{sweep}", frame)
+
+    three = list(crit.metrics)
+    for setting, part in figures.setting_tables(table):
+        suffix = "".join(f"_{k}={v}" for k, v in setting.items())
+        if (part["sweep"] == "one_hot_module").any():
+            figure_out("module bars", f"module_bars{suffix}",
+                       lambda: figures.module_bars(part, three, crit.baseline or "none", crit.reference, boot, setting))
+        if (part["sweep"] == "one_hot_layer").any():
+            figure_out("layer heatmap", f"layer_heatmap{suffix}",
+                       lambda: figures.layer_heatmap(part, three, crit.baseline or "none", boot, setting))
+    if table["subtraction"].nunique() > 1:
+        figure_out("subtraction curves", "subtraction_curves", lambda: figures.subtraction_curves(table, three, boot))
+    figure_out("trade-offs", "tradeoffs", lambda: figures.tradeoff_scatter(table, crit.style_metric, three[2:0:-1], crit.baseline, boot))
+    first_setting, first = figures.setting_tables(table)[0]
+    figure_out("image grid (styles)", "grid_styles",
+               lambda: figures.image_grid(first, settings.grid_rows, "style", settings.grid_columns, setting=first_setting))
+    figure_out("image grid (prompts)", "grid_prompts",
+               lambda: figures.image_grid(first, settings.grid_rows, "prompt", settings.grid_columns, setting=first_setting))
+    (tmp / "report.md").write_text(_markdown(table, dirs, settings, report, rankings))
+    return report
+
+
+def _verdict_table(verdicts: list[CandidateVerdict]) -> pd.DataFrame:
+    rows = []
+    for v in verdicts:
+        for c in v.checks:
+            rows.append({"candidate": v.candidate, "source": v.source, **v.setting, "criterion": c.name,
+                         "metric": c.metric, "estimate": c.estimate, "low": c.low, "high": c.high,
+                         "threshold": c.threshold, "passed": c.passed, "n_units": c.n_units, "answer": v.answer})
+    return pd.DataFrame(rows)
+
+
+def _fmt(x: float, signed: bool = True) -> str:
+    return "n/a" if pd.isna(x) else (f"{x:+.4f}" if signed else f"{x:.3f}")
+
+
+def _markdown(
+    table: pd.DataFrame, dirs: list[Path], settings: AnalysisSettings, report: Report,
+    rankings: Mapping[str, pd.DataFrame],
+) -> str:
+    crit, boot = settings.criterion, settings.bootstrap
+    lines = ["# styleprobe analysis", ""]
+    if is_machinery_check(table):
+        lines += ["> **Machinery check, not science.** These images come from the tiny embedded model (random weights)",
+                  "> and are scored by tiny random stand-ins for the metric models. The numbers exercise the analysis code;",
+                  "> they say nothing about where style lives in a real model.", ""]
+    units = {c: table[c].nunique() for c in UNIT_COLUMNS}
+    lines += [
+        f"Results: {', '.join(f'`{d}`' for d in dirs)}  ",
+        f"Generating model(s): {', '.join(model_names(table))}; {len(table)} images; "
+        f"{table['injection'].nunique()} injection conditions; condition columns that vary: {', '.join(varying_conditions(table))}.  ",
+        f"Units (the resampling unit of every CI): {units['reference_digest']} style references x {units['prompt']} prompts "
+        f"x {units['seed']} seeds = {table.groupby(list(UNIT_COLUMNS)).ngroups} units.  ",
+        f"Intervals: {boot.level:.0%} percentile bootstrap over units, {boot.n_boot} replicates, seed {boot.seed}; "
+        "differences are paired unit by unit.",
+        "", "Metrics:", "",
+    ]
+    lines += [f"- {metric_label(table, m)}" for m in metric_columns(table)]
+    lines += ["", "## Verdict: are InstantStyle's blocks enough?", "",
+              f"Criterion (settings `analysis.verdict.*`): a candidate passes when, against `{crit.reference}` on the same units,", ""]
+    lines += [f"{i}. {text}" for i, text in enumerate(crit.describe(), start=1)]
+    lines += ["", "The answer is YES only when all three hold at this confidence level.", ""]
+    if "verdict" in report.skipped:
+        lines += [f"Not judged: {report.skipped['verdict']}", ""]
+    else:
+        lines += ["| candidate | rows used | setting | style kept [CI] | Δ leakage [CI] | Δ text [CI] | units | answer |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for v in report.verdicts:
+            cells = {c.name: c for c in v.checks}
+            def cell(name: str, signed: bool) -> str:
+                c = cells.get(name)
+                return "n/a" if c is None or pd.isna(c.estimate) else f"{_fmt(c.estimate, signed)} [{_fmt(c.low, signed)}, {_fmt(c.high, signed)}]"
+            n = min((c.n_units for c in v.checks), default=0)
+            setting = ", ".join(f"{k}={x}" for k, x in v.setting.items()) or "-"
+            lines.append(f"| `{v.candidate}` | `{v.source}` | {setting} | {cell('style kept', False)} | "
+                         f"{cell('leakage lower', True)} | {cell('text followed better', True)} | {n} | "
+                         f"**{'YES' if v.answer else 'NO'}** |")
+        lines += [""]
+        for v in report.verdicts:
+            setting = ", ".join(f"{k}={x}" for k, x in v.setting.items())
+            head = f"`{v.candidate}`" + (f" ({setting})" if setting else "")
+            lines.append(f"- {head}: **{'YES' if v.answer else 'NO'}**" + ("" if v.answer else " - " + "; ".join(v.reasons())))
+        lines += [""]
+    lines += ["## Which modules and layers carry style", ""]
+    if not rankings:
+        lines += ["No generated sweep (one_hot:module, one_hot:layer, leave_one_out:...) with its baseline in this table.", ""]
+    for sweep, frame in rankings.items():
+        against = frame["against"].iloc[0]
+        loo = sweep.startswith("leave_one_out")
+        what = f"style lost when the target is left out (vs `{against}`)" if loo else f"effect of injecting only the target (vs `{against}`)"
+        lines += [f"### {sweep}: {what}", "",
+                  f"Ranked by Δ {crit.style_metric}; ★ marks InstantStyle's modules. Top {min(len(frame), 12)} of {len(frame)}.", "",
+                  f"| rank | target | Δ {crit.style_metric} [CI] | Δ {crit.leak_metric} [CI] | Δ {crit.text_metric} [CI] | units |",
+                  "|---|---|---|---|---|---|"]
+        for _, r in frame.head(12).iterrows():
+            star = f" ★ {r['instantstyle']}" if r["instantstyle"] else ""
+            def ci(role: str) -> str:
+                if f"{role}_diff" not in r:
+                    return "n/a"
+                return f"{_fmt(r[f'{role}_diff'])} [{_fmt(r[f'{role}_low'])}, {_fmt(r[f'{role}_high'])}]"
+            extra = ", ".join(f"{c}={r[c]}" for c in varying_conditions(table) if c != "injection" and c in r)
+            lines.append(f"| {r['rank']} | `{r['target']}`{star}{' (' + extra + ')' if extra else ''} | {ci('style')} | "
+                         f"{ci('leak')} | {ci('text')} | {r['n_units']} |")
+        lines += [""]
+    lines += ["## Figures", ""]
+    for path in report.figures:
+        if path.suffix == ".png":
+            rel = path.relative_to(report.out_dir)
+            lines += [f"![{path.stem}]({rel.as_posix()})  ", f"[{path.stem}.pdf]({rel.with_suffix('.pdf').as_posix()})", ""]
+    for section, why in report.skipped.items():
+        if section != "verdict":
+            lines.append(f"- {section}: skipped ({why})")
+    lines += ["", "## Tables", ""]
+    lines += [f"- [{p.name}]({p.relative_to(report.out_dir).as_posix()})" for p in report.tables]
+    lines += ["", "Regenerate with `styleprobe analyze results_dir=...`; the settings are in `experiments/analysis/default.yaml`.", ""]
+    return "\n".join(lines)
+
+
+def run(cfg: DictConfig) -> Report:
+    """`styleprobe analyze results_dir=<folder> [out_dir=...] [analysis.verdict.style_fraction=0.9 ...]`."""
+    settings = AnalysisSettings.from_config(cfg.analysis)
+    dirs = cfg.results_dir
+    dirs = list(OmegaConf.to_container(dirs, resolve=True)) if OmegaConf.is_list(dirs) else [dirs]
+    report = analyze([Path(str(d)) for d in dirs], settings, cfg.get("out_dir"))
+    log_report(report, settings)
+    return report
+
+
+def log_report(report: Report, settings: AnalysisSettings) -> None:
+    """The criterion, its thresholds and the answers, in the run log; then where the report is."""
+    for line in settings.criterion.describe():
+        log.info("verdict criterion: %s", line)
+    for v in report.verdicts:
+        setting = ", ".join(f"{k}={x}" for k, x in v.setting.items())
+        log.info("verdict %s%s: %s%s", v.candidate, f" ({setting})" if setting else "", "YES" if v.answer else "NO",
+                 "" if v.answer else " - " + "; ".join(v.reasons()))
+    if "verdict" in report.skipped:
+        log.info("verdict not judged: %s", report.skipped["verdict"])
+    log.info("analysis: %d figures, %d tables in %.1f s -> %s", len(report.figures), len(report.tables), report.seconds, report.path)
