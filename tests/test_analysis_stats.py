@@ -426,7 +426,7 @@ def test_load_results_joins_scores_and_names_each_value_columns_model(tmp_path):
 
 
 def test_load_results_concatenates_folders_and_keeps_a_shared_key_once(tmp_path):
-    """Two folders: rows of both with their folder named; a key in both is kept once (the first folder's)."""
+    """Two folders: rows of both with their folder named; a key in both (equally scored) is kept once, the first's."""
     _write_results(tmp_path / "one", [_rows_frame(["aa1", "bb2"])], _scores(["aa1", "bb2"]), clip_model="clip-A")
     _write_results(tmp_path / "two", [_rows_frame(["bb2", "dd4"])], _scores(["bb2", "dd4"], start=10.0),
                    clip_model="clip-B")
@@ -438,6 +438,38 @@ def test_load_results_concatenates_folders_and_keeps_a_shared_key_once(tmp_path)
     assert by_key.loc["dd4", "results_dir"] == str((tmp_path / "two").resolve())
     assert by_key.loc["dd4", "leak_margin_model"] == "clip-B"
     assert metric_label(table, "leak_clip") == "leak_clip (clip-A; clip-B)"
+
+
+def test_load_results_keeps_the_scored_copy_of_a_shared_key(tmp_path):
+    """A key unscored in the first folder but scored in the second keeps the second folder's scores."""
+    _write_results(tmp_path / "one", [_rows_frame(["aa1", "bb2"])], _scores(["aa1"]))
+    _write_results(tmp_path / "two", [_rows_frame(["bb2"])], _scores(["bb2"], start=7.0))
+    by_key = load_results([tmp_path / "one", tmp_path / "two"]).set_index("key")
+    assert by_key.loc["bb2", "leak_clip"] == 7.0
+    assert by_key.loc["bb2", "results_dir"] == str((tmp_path / "two").resolve())
+    assert by_key.loc["aa1", "leak_clip"] == 0.0
+
+
+def test_bootstrap_leaves_out_units_with_a_missing_value():
+    """A NaN unit is dropped before both the estimate and the resampling, so they describe the same sample."""
+    with_nan = bootstrap_ci(np.array([1.0, 2.0, np.nan]), boot=Bootstrap(n_boot=500, seed=3))
+    assert with_nan == bootstrap_ci(np.array([1.0, 2.0]), boot=Bootstrap(n_boot=500, seed=3))
+    assert with_nan[0] == 1.5
+
+
+def test_aggregate_without_condition_columns_gives_one_overall_row():
+    frame = pd.DataFrame({"reference_digest": ["a", "b", "b"], "prompt": "p", "seed": 0, "m": [1.0, 2.0, 4.0],
+                          "m_model": "x"})
+    overall = aggregate(frame, "m", by=[], boot=Bootstrap(n_boot=200))
+    assert len(overall) == 1 and overall["mean"].iloc[0] == 2.0  # units a=1 and b=3
+    assert overall["n_units"].iloc[0] == 2 and overall["n_images"].iloc[0] == 3
+    assert overall.columns.tolist() == ["metric", "mean", "low", "high", "n_units", "n_images"]
+
+
+def test_bootstrap_refuses_a_bool_replicate_count():
+    with pytest.raises(AnalysisError, match="n_boot=True"):
+        Bootstrap(n_boot=True)
+    assert Bootstrap(n_boot=np.int64(50)).n_boot == 50
 
 
 def test_load_results_refuses_missing_or_empty_input_in_one_line(tmp_path):

@@ -126,12 +126,12 @@ def test_failure_mid_run_keeps_finished_batches_and_rerun_completes(tmp_path, ti
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(cfg)
     store = Store(cfg.results_dir)
-    assert len(store.table()) == 8  # two finished batches of 4
+    assert len(store.table()) == 8  # two finished batches of 4 (of 14 patterns x 2 refs x 2 prompts = 56)
     assert not [p for p in store.root.rglob("*") if p.name.startswith(".")]
     monkeypatch.setattr(Engine, "run_batch", real)
     result = run(cfg)
-    assert result.done_before == 8 and result.generated == 52 - 8
-    assert len(store.table()) == 52 and store.table().key.is_unique
+    assert result.done_before == 8 and result.generated == 56 - 8
+    assert len(store.table()) == 56 and store.table().key.is_unique
 
 
 def _cli(args: list[str], tmp_path: Path, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -242,7 +242,7 @@ def test_killed_run_leaves_no_partial_files_and_resumes(tmp_path):
     proc.wait()
     store = Store(rows.parent)
     table = store.table()
-    assert 0 < len(table) < 52
+    assert 0 < len(table) < 56
     for rel in table.image_path:
         Image.open(store.root / rel).load()
     for f in store.row_files():
@@ -250,7 +250,7 @@ def test_killed_run_leaves_no_partial_files_and_resumes(tmp_path):
     done = subprocess.run(args, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     final = store.table()
-    assert len(final) == 52 and final.key.is_unique
+    assert len(final) == 56 and final.key.is_unique
     assert not list(store.root.rglob(".*.tmp"))
 
 
