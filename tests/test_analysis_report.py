@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -46,7 +45,7 @@ def test_sweep_ends_with_the_report(sweeps):
     assert "Machinery check, not science" in text
     assert "lower CI bound >= 0.8" in text and "upper CI bound < 0" in text and "lower CI bound > 0" in text
     assert "| `style` | `one_hot:up_blocks.0.attentions.1` |" in text and "| `style_layout` | `style_layout` |" in text
-    assert "2 style references x 2 prompts x 1 seed" in text
+    assert "2 style references x 2 prompts x 1 seed = 4 units" in text
     assert "### one_hot_module" in text and "★ style" in text
     for name in ("module_bars", "tradeoffs", "grid_styles", "grid_prompts"):
         for suffix in (".png", ".pdf"):

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 import pandas as pd
 
-from styleprobe.analysis.load import layer_names
+from styleprobe.analysis.load import layer_names, varying_conditions
 from styleprobe.layers import LAYOUT_MODULE, PRESETS, STYLE_MODULE
 
 #: InstantStyle's two modules on SDXL, marked in figures and rankings.
@@ -81,3 +82,18 @@ def _uniform(layer_scales: str) -> bool:
 def is_instantstyle(target: str) -> str:
     """'style' or 'layout' when a module or layer lies in one of InstantStyle's two modules, else ''."""
     return INSTANTSTYLE_MODULES.get(module_of(target), "")
+
+
+def split_by_setting(table: pd.DataFrame) -> list[tuple[dict[str, Any], pd.DataFrame]]:
+    """The table split by the condition columns other than injection that vary (subtraction, model, ...).
+
+    Each part is one setting: the verdict is judged and the probe figures are drawn once per setting.
+    """
+    columns = [c for c in varying_conditions(table) if c != "injection"]
+    if not columns:
+        return [({}, table)]
+    out = []
+    for values, part in table.groupby(columns, sort=True):
+        values = values if isinstance(values, tuple) else (values,)
+        out.append(({c: (v.item() if hasattr(v, "item") else v) for c, v in zip(columns, values)}, part))
+    return out

@@ -87,18 +87,6 @@ def _effects(table: pd.DataFrame, metric: str, against: str, boot: Bootstrap) ->
     return diff.assign(target=diff["injection"].map(targets))
 
 
-def setting_tables(table: pd.DataFrame) -> list[tuple[dict[str, Any], pd.DataFrame]]:
-    """The table split by the condition columns other than injection that vary (one figure per setting)."""
-    columns = [c for c in varying_conditions(table) if c != "injection"]
-    if not columns:
-        return [({}, table)]
-    out = []
-    for values, part in table.groupby(columns, sort=True):
-        values = values if isinstance(values, tuple) else (values,)
-        out.append(({c: (v.item() if hasattr(v, "item") else v) for c, v in zip(columns, values)}, part))
-    return out
-
-
 @paper
 def module_bars(
     table: pd.DataFrame, metrics: Sequence[str], baseline: str = "none", reference: str = "all",
@@ -113,7 +101,7 @@ def module_bars(
     if not (probe["sweep"] == "one_hot_module").any():
         raise _missing("module bars", "one_hot:module", "experiment=layer_probe")
     _need(probe, baseline, "module bars")
-    fig = _figure(1.9 * len(metrics) + 0.9)
+    fig = _figure(2.1 * len(metrics) + 0.9)
     axes = fig.subplots(len(metrics), 1, sharex=True, squeeze=False)[:, 0]
     for ax, metric in zip(axes, metrics):
         eff = _effects(probe, metric, baseline, boot)
@@ -131,14 +119,14 @@ def module_bars(
                        label=f"{reference} (CI shaded)" if ax is axes[0] else None)
             ax.axhspan(r["low"], r["high"], color="black", alpha=0.08, linewidth=0)
         ax.axhline(0, color="black", linewidth=0.5)
-        ax.set_ylabel(_label(table, metric, f"Δ vs {baseline}: ", 30))
+        ax.set_ylabel(_label(table, metric, f"Δ vs {baseline}: ", 26))
         ax.set_xticks(x, list(bars["target"]), rotation=35, ha="right")
         n = int(bars["n_units"].max()) if len(bars) else 0
         ax.set_title(f"{metric}: effect of injecting one module (mean, {boot.level:.0%} CI over {n} units)", loc="left")
     for kind, name in (("style", "InstantStyle style module"),
                        ("layout", "InstantStyle layout module"), ("", "other modules")):
         axes[0].bar([np.nan], [np.nan], color=COLORS[kind], label=name)
-    fig.legend(loc="outside upper center", ncols=4, frameon=False)
+    fig.legend(loc="outside lower center", ncols=4, frameon=False)
     fig.suptitle(_title(table, "One-hot module probe", setting))
     return fig
 
@@ -209,7 +197,7 @@ def subtraction_curves(
             color = colors.get(name, None)
             ax.plot(line["subtraction"], line["mean"], marker="o", markersize=3, label=name, color=color,
                     linestyle=":" if name == "none" else "-")
-            ax.fill_between(line["subtraction"], line["low"], line["high"], alpha=0.15, color=color, linewidth=0)
+            ax.fill_between(line["subtraction"], line["low"], line["high"], alpha=0.1, color=color, linewidth=0)
         ax.set_xlabel("content subtraction strength s")
         ax.set_ylabel(_label(table, metric))
     axes[0].legend(frameon=False)
@@ -324,7 +312,7 @@ def _reference_image(row: pd.Series) -> Any:
 
 
 def _row_label(ax: Any, label: str) -> None:
-    lines = [textwrap.fill(part, 18) for part in label.split("\n")]
+    lines = [textwrap.fill(part, 18, break_long_words=False) for part in label.split("\n")]
     ax.set_ylabel("\n".join(lines), rotation=0, ha="right", va="center", fontsize=6.5)
 
 

@@ -25,6 +25,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from styleprobe.analysis import figures
+from styleprobe.analysis.conditions import split_by_setting
 from styleprobe.analysis.load import (
     UNIT_COLUMNS,
     is_machinery_check,
@@ -181,7 +182,7 @@ def _build(table: pd.DataFrame, dirs: list[Path], tmp: Path, settings: AnalysisS
         table_out(f"ranking_{sweep}", frame)
 
     three = list(crit.metrics)
-    for setting, part in figures.setting_tables(table):
+    for setting, part in split_by_setting(table):
         suffix = "".join(f"_{k}={v}" for k, v in setting.items())
         if (part["sweep"] == "one_hot_module").any():
             figure_out("module bars", f"module_bars{suffix}",
@@ -192,7 +193,7 @@ def _build(table: pd.DataFrame, dirs: list[Path], tmp: Path, settings: AnalysisS
     if table["subtraction"].nunique() > 1:
         figure_out("subtraction curves", "subtraction_curves", lambda: figures.subtraction_curves(table, three, boot))
     figure_out("trade-offs", "tradeoffs", lambda: figures.tradeoff_scatter(table, crit.style_metric, three[2:0:-1], crit.baseline, boot))
-    first_setting, first = figures.setting_tables(table)[0]
+    first_setting, first = split_by_setting(table)[0]
     figure_out("image grid (styles)", "grid_styles",
                lambda: figures.image_grid(first, settings.grid_rows, "style", settings.grid_columns, setting=first_setting))
     figure_out("image grid (prompts)", "grid_prompts",
@@ -209,6 +210,10 @@ def _verdict_table(verdicts: list[CandidateVerdict]) -> pd.DataFrame:
                          "metric": c.metric, "estimate": c.estimate, "low": c.low, "high": c.high,
                          "threshold": c.threshold, "passed": c.passed, "n_units": c.n_units, "answer": v.answer})
     return pd.DataFrame(rows)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _fmt(x: float, signed: bool = True) -> str:
@@ -230,8 +235,9 @@ def _markdown(
         f"Results: {', '.join(f'`{d}`' for d in dirs)}  ",
         f"Generating model(s): {', '.join(model_names(table))}; {len(table)} images; "
         f"{table['injection'].nunique()} injection conditions; condition columns that vary: {', '.join(varying_conditions(table))}.  ",
-        f"Units (the resampling unit of every CI): {units['reference_digest']} style references x {units['prompt']} prompts "
-        f"x {units['seed']} seeds = {table.groupby(list(UNIT_COLUMNS)).ngroups} units.  ",
+        f"Units (the resampling unit of every CI): {_count(units['reference_digest'], 'style reference')} x "
+        f"{_count(units['prompt'], 'prompt')} x {_count(units['seed'], 'seed')} = "
+        f"{table.groupby(list(UNIT_COLUMNS)).ngroups} units.  ",
         f"Intervals: {boot.level:.0%} percentile bootstrap over units, {boot.n_boot} replicates, seed {boot.seed}; "
         "differences are paired unit by unit.",
         "", "Metrics:", "",

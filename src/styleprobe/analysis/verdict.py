@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from styleprobe.analysis.conditions import is_instantstyle, preset_rows, unet_sort_key
+from styleprobe.analysis.conditions import is_instantstyle, preset_rows, split_by_setting
 from styleprobe.analysis.load import require_columns, varying_conditions
 from styleprobe.analysis.stats import Bootstrap, bootstrap_ci, paired_differences, paired_units, select
 from styleprobe.errors import AnalysisError
@@ -108,15 +108,6 @@ class CandidateVerdict:
         return {**asdict(self), "answer": self.answer}
 
 
-def settings(table: pd.DataFrame) -> list[dict[str, Any]]:
-    """The combinations of the non-injection condition columns that vary (one verdict per combination)."""
-    columns = [c for c in varying_conditions(table) if c != "injection"]
-    if not columns:
-        return [{}]
-    combos = table[columns].drop_duplicates().sort_values(columns)
-    return [dict(zip(columns, row)) for row in combos.itertuples(index=False)]
-
-
 def judge(
     table: pd.DataFrame, criterion: Criterion = Criterion(), boot: Bootstrap = Bootstrap()
 ) -> list[CandidateVerdict]:
@@ -130,14 +121,14 @@ def judge(
                 f"(present: {', '.join(sorted(table['injection'].astype(str).unique()))})"
             )
     verdicts = []
-    for setting in settings(table):
+    for setting, _ in split_by_setting(table):
         where = select(table, setting)
         ref = where & (table["injection"] == criterion.reference)
         base = where & (table["injection"] == criterion.baseline) if criterion.baseline else None
         for name in criterion.candidates:
             rows, source = preset_rows(table, name)
             cand = where & rows
-            verdict = CandidateVerdict(name, source, _plain(setting))
+            verdict = CandidateVerdict(name, source, setting)
             if not cand.any():
                 verdict.checks.append(Check("present", "", np.nan, np.nan, np.nan, np.nan, False, 0,
                                             f"no rows for `{name}`; add it to injection.patterns"))
@@ -151,10 +142,6 @@ def judge(
                 ]
             verdicts.append(verdict)
     return verdicts
-
-
-def _plain(setting: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: (v.item() if hasattr(v, "item") else v) for k, v in setting.items()}
 
 
 def _interval(est: float, low: float, high: float) -> str:
@@ -241,13 +228,6 @@ def rank_by_style_effect(
         merged.insert(0, "rank", np.arange(1, len(merged) + 1))
         out[sweep] = merged
     return out
-
-
-def unet_ordered(frame: pd.DataFrame, column: str = "target") -> pd.DataFrame:
-    """The same rows in UNet data-flow order of `column` (for figures)."""
-    order = sorted(frame[column].astype(str).unique(), key=unet_sort_key)
-    rank = {name: i for i, name in enumerate(order)}
-    return frame.assign(_o=frame[column].astype(str).map(rank)).sort_values("_o", kind="stable").drop(columns="_o")
 
 
 def headline(verdicts: Sequence[CandidateVerdict]) -> str:
