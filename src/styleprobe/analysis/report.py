@@ -42,7 +42,6 @@ from styleprobe.errors import AnalysisError
 from styleprobe.store import HOST
 
 log = logging.getLogger("styleprobe")
-CONFIG = Path(__file__).resolve().parents[3] / "experiments" / "analysis" / "default.yaml"
 
 
 @dataclass(frozen=True)
@@ -73,8 +72,13 @@ class AnalysisSettings:
 
 
 def default_settings(**overrides: Any) -> AnalysisSettings:
-    """The settings in experiments/analysis/default.yaml, e.g. for a notebook; dotted overrides allowed."""
-    cfg = OmegaConf.load(CONFIG)
+    """The settings in experiments/analysis/default.yaml, e.g. for a notebook.
+
+    Overrides use dotted keys, `default_settings(**{"verdict.style_fraction": 0.9})`, or `verdict__style_fraction=0.9`.
+    """
+    from styleprobe.cli import CONFIG_DIR
+
+    cfg = OmegaConf.load(CONFIG_DIR / "analysis" / "default.yaml")
     for key, value in overrides.items():
         OmegaConf.update(cfg, key.replace("__", "."), value)
     return AnalysisSettings.from_config(cfg)
