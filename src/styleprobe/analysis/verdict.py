@@ -8,13 +8,15 @@ A candidate (`style`, `style_layout`) passes when, against injecting everywhere 
   2. leakage lower: candidate - all on the leakage metric, CI high end < -min_leak_drop;
   3. text followed better: candidate - all on text alignment, CI low end > min_text_gain.
 Every CI comes from one bootstrap over the units the conditions share. The answer is yes only when all three
-hold; otherwise no, with each unmet criterion named (contradicted, or not shown at this level).
+hold; otherwise no, with each unmet criterion named (contradicted, or not shown at this level). Each criterion is
+a one-sided test at (1 - level) / 2; requiring all of them (an intersection-union test) keeps the chance of a
+false YES at most that, 2.5% at the default 95% level.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -104,9 +106,6 @@ class CandidateVerdict:
     def reasons(self) -> list[str]:
         return [f"{c.name}: {c.note}" for c in self.checks if not c.passed]
 
-    def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "answer": self.answer}
-
 
 def judge(
     table: pd.DataFrame, criterion: Criterion = Criterion(), boot: Bootstrap = Bootstrap()
@@ -156,7 +155,8 @@ def _style_kept(
         values = paired_units(table, metric, [cand, ref])
         est, low, high = bootstrap_ci(values, lambda m: m[:, 0] / m[:, 1], boot)
         ok = bool(np.isfinite(low) and low >= crit.style_fraction)
-        note = f"ratio {_interval(est, low, high)} vs {crit.style_fraction:g} (n={len(values)})"
+        word = "kept" if ok else ("contradicted" if high < crit.style_fraction else "not shown")
+        note = f"{word}: ratio {est:.3f} [{low:.3f}, {high:.3f}] vs {crit.style_fraction:g} (n={len(values)})"
         return Check(name, metric, est, low, high, crit.style_fraction, ok, len(values), note)
     values = paired_units(table, metric, [cand, ref, base])
     n = len(values)
