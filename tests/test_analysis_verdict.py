@@ -141,6 +141,22 @@ def test_ranking_puts_the_planted_module_first_and_marks_instantstyle():
     assert (ranking["against"] == "none").all() and (ranking["n_units"] == 30).all()
 
 
+def test_leave_one_out_ranks_the_costliest_removal_first():
+    """Leave-one-out targets are ranked by the style lost against `all`, most lost first."""
+    table = _table(PLANTED, n_refs=3, n_prompts=3)
+    loo = []
+    for i, module in enumerate(MODULES):
+        part = table[table.injection == "all"].copy()
+        part["injection"], part["sweep"], part["target"] = f"leave_one_out:{module}", "leave_one_out_module", module
+        part["style_csd"] -= 0.3 if module == "up_blocks.0.attentions.1" else 0.01 * i
+        loo.append(part)
+    ranking = rank_by_style_effect(pd.concat([table, *loo], ignore_index=True), Criterion(), BOOT)["leave_one_out_module"]
+    assert (ranking["against"] == "all").all()
+    assert ranking.iloc[0]["target"] == "up_blocks.0.attentions.1" and ranking.iloc[0]["style_diff"] == pytest.approx(-0.3)
+    assert list(ranking["style_diff"]) == sorted(ranking["style_diff"])
+    assert ranking.iloc[-1]["target"] == MODULES[0] and ranking.iloc[-1]["style_diff"] == pytest.approx(0.0, abs=1e-12)
+
+
 def _flat(label: str) -> str:
     return " ".join(label.split())  # labels are wrapped to fit
 

@@ -252,6 +252,8 @@ def test_killed_run_leaves_no_partial_files_and_resumes(tmp_path):
     final = store.table()
     assert len(final) == 56 and final.key.is_unique
     assert not list(store.root.rglob(".*.tmp"))
+    report = (store.root / "analysis" / "report.md").read_text()  # the default sweep ends with its report
+    assert report.startswith("# styleprobe analysis") and "Machinery check, not science" in report
 
 
 def test_strength_and_seed_validation(tmp_path):
