@@ -562,3 +562,15 @@ def test_preset_rows_without_a_match_selects_nothing():
     for name in ("style", "not_a_preset"):
         mask, source = preset_rows(table, name)
         assert source == name and len(mask) == len(table) and not mask.any()
+
+
+def test_bootstrap_ci_agrees_with_scipys_percentile_bootstrap():
+    """The same percentile interval as scipy.stats.bootstrap (scikit-image's dependency, in the test extras)."""
+    stats = pytest.importorskip("scipy.stats", reason="scipy comes with the test extras (scikit-image)")
+    sample = np.random.default_rng(11).gamma(2.0, 1.0, size=60)  # skewed: percentile != normal interval
+    ours = bootstrap_ci(sample, boot=Bootstrap(n_boot=40000, level=0.9, seed=1))
+    theirs = stats.bootstrap((sample,), np.mean, n_resamples=40000, confidence_level=0.9, method="percentile",
+                             random_state=2).confidence_interval
+    half = (theirs.high - theirs.low) / 2
+    assert ours[1] == pytest.approx(theirs.low, abs=0.03 * half)
+    assert ours[2] == pytest.approx(theirs.high, abs=0.03 * half)
