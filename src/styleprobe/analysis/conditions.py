@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
@@ -82,6 +83,11 @@ def _uniform(layer_scales: str) -> bool:
 def is_instantstyle(target: str) -> str:
     """'style' or 'layout' when a module or layer lies in one of InstantStyle's two modules, else ''."""
     return INSTANTSTYLE_MODULES.get(module_of(target), "")
+
+
+def describe_setting(values: Mapping[str, Any]) -> str:
+    """`subtraction=0.5, model=sdxl`: fixed condition columns as written in labels, logs and reports."""
+    return ", ".join(f"{k}={v}" for k, v in values.items())
 
 
 def split_by_setting(table: pd.DataFrame) -> list[tuple[dict[str, Any], pd.DataFrame]]:

@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 
 from styleprobe.analysis.conditions import (
     INSTANTSTYLE_MODULES,
+    describe_setting,
     is_instantstyle,
     layer_index,
     module_of,
@@ -63,7 +64,7 @@ def _label(table: pd.DataFrame, metric: str, prefix: str = "", width: int = 34) 
 
 
 def _title(table: pd.DataFrame, what: str, setting: Mapping[str, Any] | None = None) -> str:
-    where = ", ".join(f"{k}={v}" for k, v in (setting or {}).items())
+    where = describe_setting(setting or {})
     models = ", ".join(model_names(table)) or "?"
     head = textwrap.fill(f"{what}; model {models}" + (f" ({where})" if where else ""), 110)
     return head + ("\nMACHINERY CHECK: tiny random model and scorers, numbers are not science" if is_machinery_check(table) else "")
@@ -190,8 +191,10 @@ def subtraction_curves(
     axes = fig.subplots(1, len(metrics), squeeze=False)[0]
     names = sorted(presets["injection"].astype(str).unique(), key=lambda n: list(PRESETS).index(n) if n in PRESETS else 99)
     colors = dict(zip(names, ["#4d4d4d", "#9467bd", COLORS["style"], COLORS["layout"], "#2ca02c", "#ff7f0e", "#17becf"]))
+    n = 0
     for ax, metric in zip(axes, metrics):
         agg = aggregate(presets, metric, by=["injection", "subtraction"], boot=boot)
+        n = max(n, int(agg["n_units"].max()))
         for name in names:
             line = agg[agg["injection"] == name].sort_values("subtraction")
             color = colors.get(name, None)
@@ -201,7 +204,6 @@ def subtraction_curves(
         ax.set_xlabel("content subtraction strength s")
         ax.set_ylabel(_label(table, metric))
     axes[0].legend(frameon=False)
-    n = int(aggregate(presets, metrics[0], by=["injection", "subtraction"], boot=Bootstrap(1, boot.level))["n_units"].max())
     fig.suptitle(_title(table, f"Content subtraction (mean, {boot.level:.0%} CI over {n} units)", setting))
     return fig
 
@@ -286,7 +288,8 @@ def image_grid(
         raise _missing("image grid", f"any of the conditions {', '.join(rows)}", "grid.rows=[...] naming injections in the table")
     fig = _figure(WIDTH / len(cols) * (len(conds) + 1) * 0.95 + 0.5, WIDTH)
     axes = fig.subplots(len(conds) + 1, len(cols), squeeze=False)
-    first = part.drop_duplicates(columns).set_index(part.drop_duplicates(columns)[columns].astype(str))
+    first = part.drop_duplicates(columns)
+    first = first.set_index(first[columns].astype(str))
     for j, col in enumerate(cols):
         show_ref = columns == "style" or j == 0  # with prompts as columns, one reference serves every column
         _show(axes[0, j], _reference_image(first.loc[col]) if show_ref else None, thumb, blank=not show_ref)

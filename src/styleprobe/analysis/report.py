@@ -25,7 +25,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from styleprobe.analysis import figures
-from styleprobe.analysis.conditions import split_by_setting
+from styleprobe.analysis.conditions import describe_setting, split_by_setting
 from styleprobe.analysis.load import (
     UNIT_COLUMNS,
     is_machinery_check,
@@ -186,7 +186,8 @@ def _build(table: pd.DataFrame, dirs: list[Path], tmp: Path, settings: AnalysisS
         table_out(f"ranking_{sweep}", frame)
 
     three = list(crit.metrics)
-    for setting, part in split_by_setting(table):
+    settings_split = split_by_setting(table)
+    for setting, part in settings_split:
         suffix = "".join(f"_{k}={v}" for k, v in setting.items())
         if (part["sweep"] == "one_hot_module").any():
             figure_out("module bars", f"module_bars{suffix}",
@@ -197,7 +198,7 @@ def _build(table: pd.DataFrame, dirs: list[Path], tmp: Path, settings: AnalysisS
     if table["subtraction"].nunique() > 1:
         figure_out("subtraction curves", "subtraction_curves", lambda: figures.subtraction_curves(table, three, boot))
     figure_out("trade-offs", "tradeoffs", lambda: figures.tradeoff_scatter(table, crit.style_metric, three[2:0:-1], crit.baseline, boot))
-    first_setting, first = split_by_setting(table)[0]
+    first_setting, first = settings_split[0]
     figure_out("image grid (styles)", "grid_styles",
                lambda: figures.image_grid(first, settings.grid_rows, "style", settings.grid_columns, setting=first_setting))
     figure_out("image grid (prompts)", "grid_prompts",
@@ -262,15 +263,12 @@ def _markdown(
                 c = cells.get(name)
                 return "n/a" if c is None or pd.isna(c.estimate) else f"{_fmt(c.estimate, signed)} [{_fmt(c.low, signed)}, {_fmt(c.high, signed)}]"
             n = min((c.n_units for c in v.checks), default=0)
-            setting = ", ".join(f"{k}={x}" for k, x in v.setting.items()) or "-"
+            setting = describe_setting(v.setting) or "-"
             lines.append(f"| `{v.candidate}` | `{v.source}` | {setting} | {cell('style kept', False)} | "
-                         f"{cell('leakage lower', True)} | {cell('text followed better', True)} | {n} | "
-                         f"**{'YES' if v.answer else 'NO'}** |")
+                         f"{cell('leakage lower', True)} | {cell('text followed better', True)} | {n} | **{v.word}** |")
         lines += [""]
         for v in report.verdicts:
-            setting = ", ".join(f"{k}={x}" for k, x in v.setting.items())
-            head = f"`{v.candidate}`" + (f" ({setting})" if setting else "")
-            lines.append(f"- {head}: **{'YES' if v.answer else 'NO'}**" + ("" if v.answer else " - " + "; ".join(v.reasons())))
+            lines.append(f"- {v.title('`')}: **{v.word}**" + ("" if v.answer else " - " + "; ".join(v.reasons())))
         lines += [""]
     lines += ["## Which modules and layers carry style", ""]
     if not rankings:
@@ -322,9 +320,7 @@ def log_report(report: Report, settings: AnalysisSettings) -> None:
     for line in settings.criterion.describe():
         log.info("verdict criterion: %s", line)
     for v in report.verdicts:
-        setting = ", ".join(f"{k}={x}" for k, x in v.setting.items())
-        log.info("verdict %s%s: %s%s", v.candidate, f" ({setting})" if setting else "", "YES" if v.answer else "NO",
-                 "" if v.answer else " - " + "; ".join(v.reasons()))
+        log.info("verdict %s: %s%s", v.title(), v.word, "" if v.answer else " - " + "; ".join(v.reasons()))
     if "verdict" in report.skipped:
         log.info("verdict not judged: %s", report.skipped["verdict"])
     log.info("analysis: %d figures, %d tables in %.1f s -> %s", len(report.figures), len(report.tables), report.seconds, report.path)

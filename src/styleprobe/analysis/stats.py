@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from styleprobe.analysis.conditions import describe_setting
 from styleprobe.analysis.load import UNIT_COLUMNS, require_columns, varying_conditions
 from styleprobe.errors import AnalysisError
 
@@ -147,12 +148,13 @@ def paired_differences(
     means = unit_means(table, metric, by, unit)
     ref = means[select(means, against)]
     if ref.empty:
-        wanted = ", ".join(f"{k}={v}" for k, v in against.items())
-        raise AnalysisError(f"paired differences: no rows with {wanted} to compare against; add that condition to the sweep")
+        raise AnalysisError(
+            f"paired differences: no rows with {describe_setting(against)} to compare against; add that condition to the sweep"
+        )
     matched = [c for c in by if c not in against]
     ref = ref[[*matched, *unit, metric]].rename(columns={metric: "_ref"})
     paired = means[~select(means, against)].merge(ref, on=[*matched, *unit], how="inner")
-    label = ", ".join(f"{k}={v}" for k, v in against.items())
+    label = describe_setting(against)
     rows = []
     for cond, group in paired.groupby(by, sort=False, dropna=False):
         cond = cond if isinstance(cond, tuple) else (cond,)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from styleprobe.analysis.conditions import is_instantstyle, preset_rows, split_by_setting
+from styleprobe.analysis.conditions import describe_setting, is_instantstyle, preset_rows, split_by_setting
 from styleprobe.analysis.load import require_columns, varying_conditions
 from styleprobe.analysis.stats import Bootstrap, bootstrap_ci, paired_differences, paired_units, select
 from styleprobe.errors import AnalysisError
@@ -103,6 +103,15 @@ class CandidateVerdict:
     def answer(self) -> bool:
         return bool(self.checks) and all(c.passed for c in self.checks)
 
+    @property
+    def word(self) -> str:
+        return "YES" if self.answer else "NO"
+
+    def title(self, quote: str = "") -> str:
+        """The candidate and, when several settings were judged, its setting: `style` (subtraction=0.5)."""
+        where = describe_setting(self.setting)
+        return f"{quote}{self.candidate}{quote}" + (f" ({where})" if where else "")
+
     def reasons(self) -> list[str]:
         return [f"{c.name}: {c.note}" for c in self.checks if not c.passed]
 
@@ -143,6 +152,11 @@ def judge(
     return verdicts
 
 
+def _outcome(ok: bool, contradicted: bool, passed: str) -> str:
+    """How a criterion came out: passed, contradicted (the CI lies on the wrong side), or not shown (it straddles)."""
+    return passed if ok else ("contradicted" if contradicted else "not shown")
+
+
 def _interval(est: float, low: float, high: float) -> str:
     return f"{est:+.4f} [{low:+.4f}, {high:+.4f}]"
 
@@ -155,7 +169,7 @@ def _style_kept(
         values = paired_units(table, metric, [cand, ref])
         est, low, high = bootstrap_ci(values, lambda m: m[:, 0] / m[:, 1], boot)
         ok = bool(np.isfinite(low) and low >= crit.style_fraction)
-        word = "kept" if ok else ("contradicted" if high < crit.style_fraction else "not shown")
+        word = _outcome(ok, high < crit.style_fraction, "kept")
         note = f"{word}: ratio {est:.3f} [{low:.3f}, {high:.3f}] vs {crit.style_fraction:g} (n={len(values)})"
         return Check(name, metric, est, low, high, crit.style_fraction, ok, len(values), note)
     values = paired_units(table, metric, [cand, ref, base])
@@ -170,7 +184,7 @@ def _style_kept(
                      f"({_interval(*effect)}, n={n}): there is no style effect to keep a share of")
     est, low, high = bootstrap_ci(values, lambda m: (m[:, 0] - m[:, 2]) / (m[:, 1] - m[:, 2]), boot)
     ok = bool(low >= crit.style_fraction)
-    word = "kept" if ok else ("contradicted" if high < crit.style_fraction else "not shown")
+    word = _outcome(ok, high < crit.style_fraction, "kept")
     note = f"{word}: share of {crit.reference}'s effect {est:.3f} [{low:.3f}, {high:.3f}] vs {crit.style_fraction:g} (n={n})"
     return Check(name, metric, est, low, high, crit.style_fraction, ok, n, note)
 
@@ -188,7 +202,7 @@ def _difference(
         ok, contradicted, side = bool(high < threshold), bool(low >= threshold), "<"
     else:
         ok, contradicted, side = bool(low > threshold), bool(high <= threshold), ">"
-    word = "holds" if ok else ("contradicted" if contradicted else "not shown")
+    word = _outcome(ok, contradicted, "holds")
     return Check(name, metric, est, low, high, threshold, ok, n,
                  f"{word}: difference {_interval(est, low, high)}, needs CI {side} {threshold:g} (n={n})")
 
@@ -232,9 +246,6 @@ def rank_by_style_effect(
 
 def headline(verdicts: Sequence[CandidateVerdict]) -> str:
     """One line per candidate: YES/NO and why not."""
-    lines = []
-    for v in verdicts:
-        where = ", ".join(f"{k}={v_}" for k, v_ in v.setting.items())
-        head = f"`{v.candidate}`" + (f" ({where})" if where else "")
-        lines.append(f"{head}: {'YES' if v.answer else 'NO'}" + ("" if v.answer else f" ({'; '.join(v.reasons())})"))
-    return "\n".join(lines)
+    return "\n".join(
+        f"{v.title('`')}: {v.word}" + ("" if v.answer else f" ({'; '.join(v.reasons())})") for v in verdicts
+    )
