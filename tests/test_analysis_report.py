@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from styleprobe.analysis import analyze, default_settings, figures, load_results
-from styleprobe.cli import CONFIG_DIR
+from styleprobe.config import CONFIG_DIR
 from styleprobe.errors import AnalysisError
 from styleprobe.sweep import prepare, run
 

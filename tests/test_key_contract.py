@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from styleprobe import models
-from styleprobe.cli import CONFIG_DIR
+from styleprobe.config import CONFIG_DIR
 from styleprobe.store import Store
 from styleprobe.sweep import prepare, run
 

@@ -17,7 +17,7 @@ from skimage import data as skdata
 from styleprobe.errors import ConfigError, ModelUnavailableError
 from styleprobe.metrics import ScoreBatch, build_scorers, registry
 from styleprobe.metrics import base as metrics_base
-from styleprobe.metrics import csd as csd_module
+from styleprobe.metrics import csd_model as csd_module
 from styleprobe.metrics.tiny import ensure_tiny_scorers, tiny_open_clip, write_csd_checkpoint
 
 CPU = torch.device("cpu")

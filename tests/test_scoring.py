@@ -13,7 +13,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from styleprobe import scoring
-from styleprobe.cli import CONFIG_DIR, check_group_choices
+from styleprobe.cli import check_group_choices
+from styleprobe.config import CONFIG_DIR
 from styleprobe.errors import ConfigError
 from styleprobe.metrics import base as metrics_base
 from styleprobe.store import Store

@@ -20,9 +20,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from styleprobe.config import CONFIG_DIR
 from styleprobe.errors import StyleprobeError
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "experiments"
 
 
 def _quiet_libraries() -> None:

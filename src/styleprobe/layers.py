@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from styleprobe.config import non_negative_number
 from styleprobe.errors import ConfigError
 
 _LAYER_RE = re.compile(
@@ -191,20 +192,10 @@ def _explicit(spec: dict[str, Any], layer_map: LayerMap) -> Pattern:
         return Pattern(name=str(name), scales=layer_map.mask(list(spec["layers"])), sweep="explicit")
     scales = [0.0] * len(layer_map)
     for layer_name, value in dict(spec["scales"]).items():
-        value = _check_number(value, f"scale of {layer_name} in pattern {name!r}")
+        value = non_negative_number(value, f"scale of {layer_name} in pattern {name!r}")
         for i in layer_map.layers_in(str(layer_name)):
             scales[i] = value
     return Pattern(name=str(name), scales=tuple(scales), sweep="explicit")
-
-
-def _check_number(value: Any, what: str) -> float:
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{what} is {value!r}, not a number; give a finite number >= 0") from None
-    if x != x or x < 0 or x == float("inf"):
-        raise ConfigError(f"{what} is {value!r}; give a finite number >= 0")
-    return x
 
 
 def native_scale_config(scales: Sequence[float], layer_map: LayerMap) -> dict[str, Any]:

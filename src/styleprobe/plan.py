@@ -9,11 +9,11 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from styleprobe.config import non_negative_number, positive_int
 from styleprobe.data import PromptSpec, StyleReference
 from styleprobe.errors import ConfigError
 from styleprobe.layers import LayerMap, Pattern
@@ -36,14 +36,11 @@ class Sampler:
     @classmethod
     def from_config(cls, cfg: Any) -> "Sampler":
         d = dict(cfg)
-        steps, height, width = d.get("steps"), d.get("height"), d.get("width")
-        for name, value in (("steps", steps), ("height", height), ("width", width)):
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"sampler.{name}={value!r}; give a positive integer")
+        steps, height, width = (positive_int(d.get(n), f"sampler.{n}") for n in ("steps", "height", "width"))
         for name, value in (("height", height), ("width", width)):
             if value % 8:
                 raise ConfigError(f"sampler.{name}={value} is not a multiple of 8; the VAE needs multiples of 8")
-        guidance = check_strengths([d.get("guidance")], "sampler.guidance")[0]
+        guidance = non_negative_number(d.get("guidance"), "sampler.guidance")
         scheduler = str(d.get("scheduler") or "default")
         if scheduler != "default" and not _is_scheduler_class(scheduler):
             raise ConfigError(
@@ -57,24 +54,6 @@ def _is_scheduler_class(name: str) -> bool:
     import diffusers
 
     return name.endswith("Scheduler") and hasattr(diffusers, name)
-
-
-def check_strengths(values: Sequence[Any], what: str) -> list[float]:
-    """Every value a finite number >= 0, or a one-line error naming it."""
-    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
-        values = [values]  # a single number given where a list is expected
-    out = []
-    for v in values:
-        try:
-            x = float(v)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{what} has {v!r}, not a number; give finite numbers >= 0") from None
-        if math.isnan(x) or math.isinf(x) or x < 0:
-            raise ConfigError(f"{what} has {v!r}; give finite numbers >= 0 (e.g. {what}=[0,0.5,1])")
-        out.append(x)
-    if not out:
-        raise ConfigError(f"{what} is empty; give at least one value")
-    return out
 
 
 @dataclass(frozen=True)

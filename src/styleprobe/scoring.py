@@ -25,7 +25,9 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
+from styleprobe.config import positive_int
 from styleprobe.errors import ConfigError
+from styleprobe.runs import new_run_id, save_run_config
 from styleprobe.store import Store
 
 log = logging.getLogger("styleprobe")
@@ -80,9 +82,7 @@ def build(metrics: Mapping[str, Mapping[str, Any]], scoring: DictConfig, bases: 
     from styleprobe.metrics import build_scorers
     from styleprobe.models import resolve_device
 
-    batch_size = scoring.batch_size
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ConfigError(f"scoring.batch_size={batch_size!r}; give a positive integer")
+    batch_size = positive_int(scoring.batch_size, "scoring.batch_size")
     weights = resolve_weights(str(scoring.weights), bases)
     scorers = build_scorers(metrics, resolve_device(str(scoring.device)), weights)
     return scorers, weights, batch_size
@@ -218,8 +218,6 @@ def shard_keys(keys: Iterable[str], index: int, count: int) -> set[str]:
 
 def run(cfg: DictConfig) -> ScoringResult:
     """`styleprobe score`: score an existing results folder with the configured metrics."""
-    from styleprobe.sweep import new_run_id, save_run_config
-
     results_dir = Path(str(cfg.results_dir))
     store = Store(results_dir)
     if not store.row_files():

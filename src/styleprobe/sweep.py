@@ -7,7 +7,6 @@ before anything is written to the results folder. `run(cfg)` is what the CLI cal
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -18,11 +17,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from styleprobe import models
 from styleprobe import scoring
+from styleprobe.config import as_list, non_negative_numbers, positive_int, seeds
 from styleprobe.data import StyleReference, load_prompts, load_style_set
 from styleprobe.errors import ConfigError
 from styleprobe.layers import LayerMap, expand_patterns
-from styleprobe.plan import Sampler, WorkItem, build_plan, check_strengths, shard
-from styleprobe.store import HOST, Store, atomic_write
+from styleprobe.plan import Sampler, WorkItem, build_plan, shard
+from styleprobe.runs import new_run_id, save_run_config
+from styleprobe.store import Store
 
 log = logging.getLogger("styleprobe")
 
@@ -56,24 +57,6 @@ class SweepResult:
     report: Any = None  # the analysis.report.Report written after scoring, if any
 
 
-def _seeds(cfg: DictConfig) -> list[int]:
-    seeds = cfg.seeds if OmegaConf.is_list(cfg.seeds) else [cfg.seeds]
-    out = []
-    for s in seeds:
-        if not isinstance(s, int) or isinstance(s, bool) or s < 0:
-            raise ConfigError(f"seeds has {s!r}; give non-negative integers, e.g. seeds=[0,1,2]")
-        out.append(s)
-    if not out:
-        raise ConfigError("seeds is empty; give at least one seed, e.g. seeds=[0]")
-    return out
-
-
-def _as_list(value: Any) -> list[Any]:
-    if OmegaConf.is_list(value):
-        return list(OmegaConf.to_container(value, resolve=True))
-    return [value]
-
-
 def layer_map_for(spec: models.ModelSpec) -> LayerMap:
     """The layer map from the UNet's config alone, built on the `meta` device (no weights read)."""
     return LayerMap.from_unet(models.build_unet_structure(models.load_unet_config(spec)))
@@ -83,22 +66,20 @@ def prepare(cfg: DictConfig) -> SweepPlan:
     """Validate every input and expand the plan; raises ConfigError with a one-line fix."""
     spec = models.ModelSpec.from_config(cfg.model)
     sampler = Sampler.from_config(cfg.sampler)
-    scales = check_strengths(_as_list(cfg.injection.scale), "injection.scale")
-    subtractions = check_strengths(_as_list(cfg.injection.subtraction), "injection.subtraction")
+    scales = non_negative_numbers(cfg.injection.scale, "injection.scale")
+    subtractions = non_negative_numbers(cfg.injection.subtraction, "injection.subtraction")
     if spec.adapter.kind == "plus" and any(subtractions):
         raise ConfigError(
             f"model {spec.name} uses a patch-token ('plus') adapter, which has no global embedding to subtract from; "
             "set injection.subtraction=[0]"
         )
-    seeds = _seeds(cfg)
+    seed_list = seeds(cfg.seeds)
     references = load_style_set(cfg.data.style_set)
-    prompts = load_prompts(cfg.data.prompts if isinstance(cfg.data.prompts, str) else _as_list(cfg.data.prompts))
-    batch_size = cfg.engine.batch_size
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"engine.batch_size={batch_size!r}; give a positive integer")
+    prompts = load_prompts(cfg.data.prompts if isinstance(cfg.data.prompts, str) else as_list(cfg.data.prompts))
+    batch_size = positive_int(cfg.engine.batch_size, "engine.batch_size")
     layer_map = layer_map_for(spec)
     presets = OmegaConf.to_container(cfg.model.presets, resolve=True) if cfg.model.get("presets") else {}
-    patterns = expand_patterns(_as_list(cfg.injection.patterns), layer_map, presets)
+    patterns = expand_patterns(as_list(cfg.injection.patterns), layer_map, presets)
     device = models.resolve_device(cfg.engine.device)
     dtype = str(models.resolve_dtype(spec.dtype, device)).removeprefix("torch.")
     items = build_plan(
@@ -111,7 +92,7 @@ def prepare(cfg: DictConfig) -> SweepPlan:
         subtractions=subtractions,
         references=references,
         prompts=prompts,
-        seeds=seeds,
+        seeds=seed_list,
         sampler=sampler,
     )
     items = shard(items, cfg.shard.index, cfg.shard.count)
@@ -140,33 +121,6 @@ def _analysis_settings(cfg: DictConfig, scorers: list[Any]) -> Any:
     columns = [c for s in scorers for c in s.columns] + scored_columns(Store(cfg.results_dir))
     check_metrics(columns, settings, "metrics=[...] of this sweep")
     return settings
-
-
-def new_run_id() -> str:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-%f")
-    return f"{stamp}-{HOST}-{os.getpid()}"
-
-
-def save_run_config(store: Store, run_id: str, cfg: DictConfig, summary: dict[str, Any]) -> Path:
-    """The full, resolved config of this run (with Hydra's choices and overrides when run from the CLI)."""
-    container = OmegaConf.to_container(cfg, resolve=True)
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        hc = HydraConfig.get()
-        container["_hydra"] = {
-            "choices": OmegaConf.to_container(hc.runtime.choices),
-            "overrides": list(hc.overrides.task),
-            "job": hc.job.name,
-            "job_num": hc.job.get("num"),
-        }
-    except ValueError:
-        pass  # called as a library, not from the Hydra app
-    container["_run"] = summary
-    path = store.runs / run_id / "config.yaml"
-    text = OmegaConf.to_yaml(OmegaConf.create(container))
-    atomic_write(path, lambda tmp: tmp.write_text(text))
-    return path
 
 
 def run(cfg: DictConfig) -> SweepResult:

@@ -38,6 +38,7 @@ from styleprobe.analysis.load import (
 )
 from styleprobe.analysis.stats import Bootstrap, aggregate, paired_differences
 from styleprobe.analysis.verdict import CandidateVerdict, Criterion, judge, rank_by_style_effect
+from styleprobe.config import CONFIG_DIR
 from styleprobe.errors import AnalysisError
 from styleprobe.store import HOST
 
@@ -76,8 +77,6 @@ def default_settings(**overrides: Any) -> AnalysisSettings:
 
     Overrides use dotted keys, `default_settings(**{"verdict.style_fraction": 0.9})`, or `verdict__style_fraction=0.9`.
     """
-    from styleprobe.cli import CONFIG_DIR
-
     cfg = OmegaConf.load(CONFIG_DIR / "analysis" / "default.yaml")
     for key, value in overrides.items():
         OmegaConf.update(cfg, key.replace("__", "."), value)

@@ -47,7 +47,7 @@ def tiny_open_clip(cache_dir: Path | None = None) -> tuple[str, str]:
 
 def write_csd_checkpoint(path: Path, arch: str = "tiny", seed: int = SEED) -> dict[str, torch.Tensor]:
     """A CSD checkpoint of random weights in the original training format; returns the unprefixed state."""
-    from styleprobe.metrics.csd import ARCHS, CSDModel
+    from styleprobe.metrics.csd_model import ARCHS, CSDModel
 
     torch.manual_seed(seed)
     state = CSDModel(ARCHS[arch]).state_dict()

@@ -1,0 +1,109 @@
+"""CSD's model (Somepalli et al. 2024, learn2phoenix/CSD) and its checkpoint format, apart from the scorer.
+
+The architecture is the OpenAI CLIP ViT-L/14 vision tower without its projection, plus a style and a content
+head, with CSD's parameter names, so the original `checkpoint.pth` (`model_state_dict`, `module.` prefixes) loads
+strictly. The scorer (`csd.py`) and the tiny stand-ins (`tiny.py`) both build on it.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from styleprobe.errors import ConfigError
+
+HUB_REPO = "tomg-group-umd/CSD-ViT-L"
+HUB_FILENAME = "pytorch_model.bin"
+
+
+@dataclass(frozen=True)
+class CSDArch:
+    """The vision tower's shape. `vit_large` is CSD's published model; `tiny` the offline stand-in."""
+
+    width: int
+    layers: int
+    head_width: int
+    patch_size: int
+    image_size: int
+    style_dim: int
+
+
+ARCHS = {
+    "vit_large": CSDArch(width=1024, layers=24, head_width=64, patch_size=14, image_size=224, style_dim=768),
+    "tiny": CSDArch(width=32, layers=2, head_width=16, patch_size=32, image_size=224, style_dim=24),
+}
+
+
+class CSDModel(nn.Module):
+    """CLIP vision tower without projection + style and content heads, with CSD's parameter names."""
+
+    def __init__(self, arch: CSDArch):
+        super().__init__()
+        from open_clip.model import _build_vision_tower
+
+        vision_cfg = {
+            "layers": arch.layers,
+            "width": arch.width,
+            "head_width": arch.head_width,
+            "patch_size": arch.patch_size,
+            "image_size": arch.image_size,
+        }
+        self.backbone = _build_vision_tower(arch.style_dim, vision_cfg, quick_gelu=True)  # OpenAI CLIP: QuickGELU
+        self.last_layer_style = nn.Parameter(self.backbone.proj.detach().clone())
+        self.last_layer_content = nn.Parameter(self.backbone.proj.detach().clone())
+        self.backbone.proj = None  # CSD reads the 1024-d CLS before CLIP's projection
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """L2-normalised style vectors, (N, style_dim)."""
+        feature = self.backbone(pixels)
+        return nn.functional.normalize(feature @ self.last_layer_style, dim=1, p=2)
+
+
+def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """CSD's state dict from `checkpoint.pth` / `pytorch_model.bin`: `model_state_dict` taken, `module.` stripped.
+
+    Fails with one line when the file is not a CSD checkpoint.
+    """
+    try:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            # The original checkpoint also pickles training state (numpy scalars); it is the published file.
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same one-line error
+        why = str(err).strip().splitlines()[0][:120] if str(err).strip() else ""
+        raise ConfigError(f"CSD checkpoint {path} cannot be read ({type(err).__name__}: {why}); is it CSD's checkpoint.pth?") from err
+    state = obj.get("model_state_dict", obj) if isinstance(obj, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(
+            f"CSD checkpoint {path} holds no state dict (expected a dict with 'model_state_dict'); "
+            f"download CSD's checkpoint.pth or {HUB_REPO}/{HUB_FILENAME}"
+        )
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_csd(path: Path, arch: CSDArch) -> CSDModel:
+    """Build the architecture and load the checkpoint strictly; a wrong file fails loudly, naming the keys."""
+    state = read_checkpoint(path)
+    model = CSDModel(arch)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ConfigError(
+            f"CSD checkpoint {path} does not fit CSD's model: {len(missing)} missing keys (e.g. {missing[:3]}), "
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}); give CSD's checkpoint.pth or {HUB_REPO}/{HUB_FILENAME}"
+        )
+    wrong = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in expected.items() if state[k].shape != v.shape]
+    if wrong:
+        k, got, want = wrong[0]
+        raise ConfigError(
+            f"CSD checkpoint {path}: {len(wrong)} tensors have the wrong shape (e.g. {k} is {got}, the "
+            f"{'tiny' if arch is ARCHS['tiny'] else 'vit_large'} model needs {want}); is metrics.<name>.arch right?"
+        )
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    return model.eval()
