@@ -35,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -188,7 +189,7 @@ def run_baseline(model, items, sampler, layer_map, references) -> dict[str, Any]
     images = {}
     with native_processors(pipe.unet):
         for it in items:
-            pipe.set_ip_adapter_scale(native_scale_config([s * it.scale for s in it.pattern.scales], layer_map))
+            pipe.set_ip_adapter_scale(native_scale_config([s * it.knobs.scale for s in it.pattern.scales], layer_map))
             out = pipe(
                 prompt=it.prompt.prompt,
                 ip_adapter_image=references[it.reference.digest],
@@ -202,16 +203,16 @@ def run_baseline(model, items, sampler, layer_map, references) -> dict[str, Any]
     return images
 
 
-def engine_order(items):
-    """The order `Engine.generate` batches items in."""
-    return sorted(items, key=lambda it: (it.reference.digest, it.prompt.prompt, it.seed, it.key))
-
-
 def run_engine(model, items, sampler, batch_size, path: str) -> dict[str, Any]:
-    """A fresh Engine (empty encoding caches) over the items, in the batches `generate` would make."""
-    from styleprobe.engine import Engine
+    """The engine over the items, with empty encoding caches, in the batches `generate` would make."""
+    from styleprobe.engine import Engine, batch_order
 
-    engine = Engine(model, sampler, batch_size)
+    model.prompts.clear()
+    for state in model.attached.values():  # the adapter's reference and content caches
+        for cache in (getattr(state, "references", None), getattr(state, "contents", None)):
+            if cache is not None:
+                cache.clear()
+    engine = Engine(model, batch_size)
     if path == "generate":
         from PIL import Image
 
@@ -226,12 +227,12 @@ def run_engine(model, items, sampler, batch_size, path: str) -> dict[str, Any]:
                 with Image.open(store.root / rel) as im:
                     images[key] = im.copy()
         return images
-    ordered = engine_order(items)
     images = {}
-    for b in range(0, len(ordered), batch_size):
-        batch = ordered[b : b + batch_size]
-        for it, im in zip(batch, engine.run_batch(batch), strict=True):
-            images[it.key] = im
+    for group in batch_order(items):
+        for b in range(0, len(group), batch_size):
+            batch = group[b : b + batch_size]
+            for it, im in zip(batch, engine.run_batch(batch), strict=True):
+                images[it.key] = im
     return images
 
 
@@ -281,8 +282,11 @@ def main(argv: list[str] | None = None) -> int:
     import diffusers
     from styleprobe import models
     from styleprobe.data import load_prompts, load_style_set
-    from styleprobe.layers import LayerMap, expand_patterns, native_scale_config
-    from styleprobe.plan import Sampler, build_plan
+    from styleprobe.engine import Engine
+    from styleprobe.layers import LayerMap, native_scale_config
+    from styleprobe.methods import method, parse_entries
+    from styleprobe.plan import build_plan
+    from styleprobe.sampler import Sampler
 
     spec, preset = model_spec(args)
     resolution = args.resolution or int(preset["resolution"])
@@ -292,14 +296,20 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     model = models.load(spec, args.device)
+    Engine(model).use(method("ip_adapter"), sampler)  # loads the adapter
     load_seconds = time.perf_counter() - t0
     pipe = model.pipe
     layer_map = LayerMap.from_unet(pipe.unet)
 
-    if args.patterns.strip().isdigit():
-        patterns = expand_patterns(DEFAULT_PATTERNS.split(","), layer_map)[: int(args.patterns)]
-    else:
-        patterns = expand_patterns([s for s in args.patterns.split(",") if s.strip()], layer_map)
+    count = int(args.patterns) if args.patterns.strip().isdigit() else None
+    specs = DEFAULT_PATTERNS.split(",") if count else [s for s in args.patterns.split(",") if s.strip()]
+    entries = parse_entries(
+        {"ip_adapter": {}}, patterns=specs, presets={}, model={},
+        sampler={"steps": steps, "guidance": guidance, "height": resolution, "width": resolution},
+        layer_map=lambda site: LayerMap.from_unet(pipe.unet, site),
+    )
+    entries = [replace(e, patterns=e.patterns[:count]) for e in entries]
+    patterns = list(entries[0].patterns)
     for p in patterns:
         try:
             native_scale_config(p.scales, layer_map)
@@ -308,10 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     references = load_style_set("builtin:shapes_small")[: args.references]
     prompts = load_prompts("builtin:objects_small")[: args.prompts]
     dtype_name = str(model.dtype).removeprefix("torch.")
-    items = build_plan(
-        model=spec, dtype=dtype_name, method="ip_adapter", layer_map=layer_map, patterns=patterns, scales=[1.0],
-        subtractions=[0.0], references=references, prompts=prompts, seeds=list(range(args.seeds)), sampler=sampler,
-    )
+    items = build_plan(model=spec, dtype=dtype_name, entries=entries, references=references, prompts=prompts,
+                       seeds=list(range(args.seeds)))
     ref_images = {r.digest: r.load() for r in references}  # decoded once, as a researcher would
     n = len(items)
     print(

@@ -42,12 +42,29 @@ def tiny_spec():
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_spec):
-    """The tiny pipeline with its adapter and styleprobe's processors (shared: tests must not mutate it)."""
+    """The tiny pipeline (shared: tests must not mutate it), loaded once per session."""
     from styleprobe.cli import _quiet_libraries
     from styleprobe.models import load
 
     _quiet_libraries()
     return load(tiny_spec, "cpu")
+
+
+@pytest.fixture
+def tiny_ip(tiny_model):
+    """The tiny pipeline set up for IP-Adapter: its adapter loaded and styleprobe's attn2 processors in place."""
+    from styleprobe.engine import Engine
+    from styleprobe.methods import method
+
+    ip = method("ip_adapter")
+    Engine(tiny_model).use(ip, _sampler())
+    return tiny_model
+
+
+def _sampler():
+    from styleprobe.sampler import Sampler
+
+    return Sampler(steps=2, guidance=5.0, height=64, width=64)
 
 
 @pytest.fixture(scope="session")
@@ -66,3 +83,29 @@ def keep_tiny_loaded(tiny_model):
     yield
     models._LOADED.clear()
     models._LOADED.update(saved)
+
+
+@pytest.fixture
+def make_items():
+    """Work items for a model without a config tree: make_items(model, method, references, patterns=[...], **knobs).
+
+    Knobs given as lists are swept; `prompts` are (prompt, subject) texts, `sampler` a Sampler (2 steps by default).
+    """
+    from styleprobe.data import PromptSpec
+    from styleprobe.layers import LayerMap
+    from styleprobe.methods import parse_entries
+    from styleprobe.plan import build_plan
+
+    def make(model, method, references, patterns=("all",), prompts=("a teapot",), seeds=(0,), sampler=None, **knobs):
+        sampler = sampler or _sampler()
+        fields = {f: getattr(sampler, f) for f in ("steps", "guidance", "height", "width", "scheduler", "negative_prompt")}
+        fields["scheduler_options"] = dict(sampler.scheduler_options)
+        entries = parse_entries(
+            {method: knobs}, patterns=list(patterns), presets={}, sampler=fields, model={},
+            layer_map=lambda site: LayerMap.from_unet(model.pipe.unet, site),
+        )
+        dtype = str(model.dtype).removeprefix("torch.")
+        return build_plan(model=model.spec, dtype=dtype, entries=entries, references=references,
+                          prompts=[PromptSpec(p, p) for p in prompts], seeds=list(seeds))
+
+    return make

@@ -33,7 +33,7 @@ def sweeps(tmp_path_factory, tiny_model):
     root = tmp_path_factory.mktemp("analysis")
     module = run(_cfg(root, METRICS))
     layers = run(_cfg(root, METRICS, "experiment=layer_probe_layers", "analyze=false"))
-    sub = run(_cfg(root, METRICS, "experiment=subtraction", "injection.subtraction=[0.0,1.0]", "analyze=false"))
+    sub = run(_cfg(root, METRICS, "experiment=subtraction", "method.ip_adapter.subtraction=[0.0,1.0]", "analyze=false"))
     return {"module": module, "layers": layers, "subtraction": sub}
 
 

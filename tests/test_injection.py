@@ -10,20 +10,20 @@ import numpy as np
 import pytest
 import torch
 
-from styleprobe.engine import per_sample_adapter_inputs
 from styleprobe.injection import LayerScaledIPAttnProcessor, native_processors
 from styleprobe.layers import expand_patterns, native_scale_config
+from styleprobe.methods.ip_adapter import per_sample_adapter_inputs
 from styleprobe.subtraction import adapter_inputs, encode_references
 
 BATCH_TOL = 1e-4
 STEPS, SIZE, GUIDANCE = 3, 64, 5.0
 
 
-@pytest.fixture(scope="module")
-def setup(tiny_model, references):
-    pipe = tiny_model.pipe
-    cond, uncond = encode_references(tiny_model, [references[0].load()])
-    embeds = pipe.encode_prompt(["a cat on a chair"], device=tiny_model.device, num_images_per_prompt=1, do_classifier_free_guidance=True)
+@pytest.fixture
+def setup(tiny_ip, references):
+    pipe = tiny_ip.pipe
+    cond, uncond = encode_references(tiny_ip, [references[0].load()])
+    embeds = pipe.encode_prompt(["a cat on a chair"], device=tiny_ip.device, num_images_per_prompt=1, do_classifier_free_guidance=True)
     return pipe, cond, uncond, embeds
 
 
@@ -84,12 +84,12 @@ def test_batched_patterns_equal_one_call_per_pattern(setup):
     assert min(float(np.abs(singles[0] - s).max()) for s in singles[1:]) > 1e-3
 
 
-def test_batch_mixing_references_equals_one_call_per_reference(tiny_model, references, setup):
+def test_batch_mixing_references_equals_one_call_per_reference(tiny_ip, references, setup):
     """Each sample keeps its own reference: diffusers alone would repeat one reference over the batch."""
     pipe, _, _, embeds = setup
     state = pipe.unet.styleprobe_state
     all_ = expand_patterns(["all"], state.layer_map)[0]
-    cond, uncond = encode_references(tiny_model, [r.load() for r in references[:3]])
+    cond, uncond = encode_references(tiny_ip, [r.load() for r in references[:3]])
     with state.use(torch.tensor([all_.scales])):
         singles = [_generate(pipe, embeds, adapter_inputs(cond[i : i + 1], uncond[i : i + 1], True))[0] for i in range(3)]
     with state.use(torch.tensor([all_.scales] * 3)):
@@ -127,8 +127,8 @@ def test_scale_zero_sample_in_mixed_batch_is_untouched(setup):
     assert np.abs(mixed[0] - alone).max() > 1e-3
 
 
-def test_processors_reuse_the_adapters_trained_weights(tiny_model):
-    pipe = tiny_model.pipe
+def test_processors_reuse_the_adapters_trained_weights(tiny_ip):
+    pipe = tiny_ip.pipe
     ours = [p for p in pipe.unet.attn_processors.values() if isinstance(p, LayerScaledIPAttnProcessor)]
     assert len(ours) == len(pipe.unet.styleprobe_state.layer_map)
     for p in ours:
@@ -138,8 +138,8 @@ def test_processors_reuse_the_adapters_trained_weights(tiny_model):
     assert sum(isinstance(p, LayerScaledIPAttnProcessor) for p in pipe.unet.attn_processors.values()) == len(ours)
 
 
-def test_scales_of_wrong_shape_are_rejected(tiny_model):
-    state = tiny_model.pipe.unet.styleprobe_state
+def test_scales_of_wrong_shape_are_rejected(tiny_ip):
+    state = tiny_ip.pipe.unet.styleprobe_state
     with pytest.raises(ValueError, match="scales must have shape"):
         with state.use(torch.ones(2, len(state.layer_map) + 1)):
             pass

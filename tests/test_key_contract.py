@@ -16,6 +16,7 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from styleprobe import models
+from styleprobe.cli import MOVED
 from styleprobe.config import CONFIG_DIR
 from styleprobe.store import Store
 from styleprobe.sweep import prepare, run
@@ -24,8 +25,6 @@ RECORD = Path(__file__).parent / "data" / "ip_adapter_b5ca8c3"
 PLANS = json.loads((RECORD / "plans.json").read_text())["configs"]
 SDXL_UNET = json.loads((Path(__file__).parent / "data" / "sdxl_unet_config.json").read_text())
 
-#: Config paths that moved since the recording, old -> new.
-MOVED: dict[str, str] = {}
 #: The command that wrote results/ (see its runs/*/config.yaml).
 RUN_OVERRIDES = ["experiment=custom", "data=small", "data.prompts=[a red bicycle]", "injection.patterns=[none,style]",
                  "injection.subtraction=[0.0,0.5]", "analyze=false"]

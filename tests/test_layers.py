@@ -52,7 +52,7 @@ def test_sd15_full_size_map_has_16_single_layer_modules():
 
 
 def test_tiny_map_keeps_sdxl_names_with_varying_depth(tiny_model):
-    lm = tiny_model.pipe.unet.styleprobe_state.layer_map
+    lm = LayerMap.from_unet(tiny_model.pipe.unet)
     assert len(lm.modules) == 11
     assert STYLE_MODULE in lm.modules and LAYOUT_MODULE in lm.modules
     depth = {m: sum(1 for layer in lm.layers if layer.module == m) for m in lm.modules}
@@ -128,11 +128,11 @@ def test_duplicate_and_empty_patterns(sdxl_map):
         expand_patterns([], sdxl_map)
 
 
-def test_native_scale_config_matches_diffusers_expansion(tiny_model):
+def test_native_scale_config_matches_diffusers_expansion(tiny_ip):
     """Every module one-hot, written in diffusers' form, sets exactly the same layers in diffusers itself."""
     from styleprobe.injection import native_processors
 
-    pipe = tiny_model.pipe
+    pipe = tiny_ip.pipe
     lm = pipe.unet.styleprobe_state.layer_map
     patterns = expand_patterns(["style", "style_layout", "all", "none", "one_hot:module"], lm)
     with native_processors(pipe.unet):

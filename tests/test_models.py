@@ -13,7 +13,8 @@ from styleprobe.models import AdapterSpec, ModelSpec
 from styleprobe.tiny import ensure_tiny
 
 
-def test_tiny_adapter_checkpoint_is_in_h94_format(tiny_model):
+def test_tiny_adapter_checkpoint_is_in_h94_format(tiny_ip):
+    tiny_model = tiny_ip
     root = ensure_tiny()
     with safe_open(str(root / "IP-Adapter" / "sdxl_models" / "ip-adapter_sdxl.safetensors"), "pt") as f:
         keys = set(f.keys())
@@ -32,10 +33,10 @@ def test_tiny_adapter_checkpoint_is_in_h94_format(tiny_model):
     assert image_encoder["projection_dim"] == text_encoder_2["projection_dim"] == 32  # one shared (bigG-like) space
 
 
-def test_loaded_adapter_weights_are_the_checkpoints(tiny_model):
+def test_loaded_adapter_weights_are_the_checkpoints(tiny_ip):
     """load_ip_adapter put the checkpoint's to_k_ip into the layer it names (processor index order)."""
     root = ensure_tiny()
-    unet = tiny_model.pipe.unet
+    unet = tiny_ip.pipe.unet
     names = list(unet.attn_processors)
     processors = unet.attn_processors
     with safe_open(str(root / "IP-Adapter" / "sdxl_models" / "ip-adapter_sdxl.safetensors"), "pt") as f:
@@ -96,15 +97,13 @@ def test_identity_names_base_and_adapter():
     assert spec.identity["base"] == "stabilityai/stable-diffusion-xl-base-1.0"
 
 
-def test_local_folders_and_bfloat16_load_through_the_same_path(tiny_spec, references, keep_tiny_loaded):
+def test_local_folders_and_bfloat16_load_through_the_same_path(tiny_spec, references, keep_tiny_loaded, make_items):
     """Absolute local folders (as a researcher's downloaded copies) and a half-precision dtype."""
     from dataclasses import replace
 
     import torch
 
     from styleprobe.engine import Engine
-    from styleprobe.layers import expand_patterns
-    from styleprobe.plan import Sampler, build_plan
 
     root = ensure_tiny()
     spec = replace(
@@ -115,14 +114,7 @@ def test_local_folders_and_bfloat16_load_through_the_same_path(tiny_spec, refere
     )
     model = models.load(spec, "cpu")
     assert model.dtype == torch.bfloat16 and model.pipe.unet.dtype == torch.bfloat16
-    lm = model.pipe.unet.styleprobe_state.layer_map
-    sampler = Sampler(steps=2, guidance=5.0, height=64, width=64)
-    from styleprobe.data import PromptSpec
-
-    items = build_plan(
-        model=spec, dtype="bfloat16", method="ip_adapter", layer_map=lm, patterns=expand_patterns(["style"], lm),
-        scales=[1.0], subtractions=[0.5], references=references[:1], prompts=[PromptSpec("a cat", "a cat")],
-        seeds=[0], sampler=sampler,
-    )
-    images = Engine(model, sampler).run_batch(items)
+    items = make_items(model, "ip_adapter", references[:1], patterns=["style"], prompts=["a cat"], subtraction=0.5)
+    assert items[0].row["dtype"] == "bfloat16"
+    images = Engine(model).run_batch(items)
     assert images[0].size == (64, 64)

@@ -7,33 +7,20 @@ import torch
 
 from styleprobe.engine import Engine
 from styleprobe.errors import ConfigError
+from styleprobe.methods import method
 from styleprobe.models import load
-from styleprobe.plan import Sampler, build_plan
 from styleprobe.subtraction import check_subtraction, supports_subtraction
-
-SAMPLER = Sampler(steps=2, guidance=5.0, height=64, width=64)
-
-
-def _items(model, references, subtractions, prompts=("a teapot",)):
-    from styleprobe.data import PromptSpec
-
-    lm = model.pipe.unet.styleprobe_state.layer_map
-    from styleprobe.layers import expand_patterns
-
-    return build_plan(
-        model=model.spec, dtype="float32", method="ip_adapter", layer_map=lm,
-        patterns=expand_patterns(["all"], lm), scales=[1.0], subtractions=subtractions,
-        references=references, prompts=[PromptSpec(p, p) for p in prompts], seeds=[0], sampler=SAMPLER,
-    )
 
 
 def _projection_inputs(model, items):
     """Run one batch and capture what the adapter's image projection receives."""
     seen = []
+    engine = Engine(model, batch_size=len(items))
+    engine.use(items[0].method, items[0].sampler)
     proj = model.pipe.unet.encoder_hid_proj.image_projection_layers[0]
     hook = proj.register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach().clone()))
     try:
-        Engine(model, SAMPLER, batch_size=len(items)).run_batch(items)
+        engine.run_batch(items)
     finally:
         hook.remove()
     return seen[0]
@@ -49,12 +36,12 @@ def _expected_bigg(model, references, items):
         image = pipe.image_encoder(pixels).image_embeds[0]
         ids = pipe.tokenizer_2(it.reference.content, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
         text = pipe.text_encoder_2(ids).text_embeds[0]
-        rows.append(image - it.subtraction * text)
+        rows.append(image - it.knobs.subtraction * text)
     return torch.stack(rows)
 
 
-def test_bigg_subtraction_feeds_the_formula_to_the_projection(tiny_model, references):
-    items = _items(tiny_model, references[:2], [0.0, 0.5, 1.0])
+def test_bigg_subtraction_feeds_the_formula_to_the_projection(tiny_model, references, make_items):
+    items = make_items(tiny_model, "ip_adapter", references[:2], subtraction=[0.0, 0.5, 1.0])
     fed = _projection_inputs(tiny_model, items)
     n = len(items)
     assert fed.shape == (2 * n, 32)  # CFG: unconditional half first
@@ -62,11 +49,11 @@ def test_bigg_subtraction_feeds_the_formula_to_the_projection(tiny_model, refere
     expected = _expected_bigg(tiny_model, references, items)
     torch.testing.assert_close(fed[n:], expected, atol=1e-5, rtol=1e-5)
     # and strength really matters: s=1 differs from s=0 for the same reference
-    by_s = {it.subtraction: fed[n + i] for i, it in enumerate(items) if it.reference == references[0]}
+    by_s = {it.knobs.subtraction: fed[n + i] for i, it in enumerate(items) if it.reference == references[0]}
     assert (by_s[1.0] - by_s[0.0]).abs().max() > 1e-3
 
 
-def test_vit_h_adapter_subtracts_in_its_own_text_tower(tiny_spec, references, keep_tiny_loaded):
+def test_vit_h_adapter_subtracts_in_its_own_text_tower(tiny_spec, references, keep_tiny_loaded, make_items):
     """The ViT-H layout: a separate encoder and text tower, not SDXL's text_encoder_2."""
     from dataclasses import replace
 
@@ -80,20 +67,21 @@ def test_vit_h_adapter_subtracts_in_its_own_text_tower(tiny_spec, references, ke
         content_text_encoder="tiny:CLIP-ViT-H-14-text",
     )
     model = load(spec, "cpu")
-    items = _items(model, references[:1], [0.0, 0.8])
+    items = make_items(model, "ip_adapter", references[:1], subtraction=[0.0, 0.8])
     fed = _projection_inputs(model, items)
     assert fed.shape == (4, 24)  # the ViT-H space of the tiny model is 24-d, bigG's 32-d
     with torch.inference_mode():
         pixels = model.pipe.feature_extractor(references[0].load(), return_tensors="pt").pixel_values
         image = model.pipe.image_encoder(pixels).image_embeds[0]
-        tok = model.content_tokenizer
+        tok, tower = method("ip_adapter").state(model).text_tower
         ids = tok(references[0].content, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
-        text = model.content_text_encoder(ids).text_embeds[0]
-    expected = torch.stack([image - it.subtraction * text for it in items])
+        text = tower(ids).text_embeds[0]
+    expected = torch.stack([image - it.knobs.subtraction * text for it in items])
     torch.testing.assert_close(fed[2:], expected, atol=1e-5, rtol=1e-5)
 
 
-def test_plus_adapter_with_strength_fails_clearly(tiny_model, monkeypatch):
+def test_plus_adapter_with_strength_fails_clearly(tiny_ip, monkeypatch):
+    tiny_model = tiny_ip
     """A patch-token adapter has no global embedding: s != 0 is an error, s == 0 is fine."""
     from diffusers.models.embeddings import IPAdapterPlusImageProjection
 
@@ -104,5 +92,5 @@ def test_plus_adapter_with_strength_fails_clearly(tiny_model, monkeypatch):
     monkeypatch.setitem(layers._modules, "0", plus)
     assert not supports_subtraction(unet)
     check_subtraction(tiny_model, [0.0])
-    with pytest.raises(ConfigError, match="patch-token .'plus'. adapter; set injection.subtraction=\\[0\\]"):
+    with pytest.raises(ConfigError, match="patch-token .'plus'. adapter; set method.ip_adapter.subtraction=\\[0\\]"):
         check_subtraction(tiny_model, [0.0, 0.5])

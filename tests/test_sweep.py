@@ -17,6 +17,7 @@ from PIL import Image
 from styleprobe import models
 from styleprobe.config import CONFIG_DIR
 from styleprobe.errors import ConfigError
+from styleprobe.sampler import Sampler
 from styleprobe.store import Store
 from styleprobe.sweep import prepare, run
 
@@ -39,9 +40,10 @@ def test_experiments_compose(tmp_path):
     assert list(probe.injection.patterns) == ["none", "all", "style_layout", "one_hot:module"]
     sub = _cfg(tmp_path, "experiment=subtraction")
     assert list(sub.injection.patterns) == ["none", "all", "style", "style_layout"]
-    assert list(sub.injection.subtraction) == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert list(sub.method.ip_adapter.subtraction) == [0.0, 0.25, 0.5, 0.75, 1.0]
     sdxl = _cfg(tmp_path, "model=sdxl")
-    assert sdxl.sampler.steps == 30 and sdxl.sampler.guidance == 5.0 and sdxl.sampler.height == 1024
+    resolved = Sampler.resolve(sdxl.sampler, {}, sdxl.model)  # null sampler settings: the model preset's
+    assert (resolved.steps, resolved.guidance, resolved.height, resolved.scheduler) == (30, 5.0, 1024, "default")
     vit_h = _cfg(tmp_path, "model=sdxl_vit_h")
     assert vit_h.model.adapter.image_encoder_folder == "models/image_encoder"
     assert vit_h.model.content_text_encoder == "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
@@ -60,7 +62,7 @@ def test_keys_are_stable_and_sensitive(tmp_path):
     base = {it.row["injection"] + it.row["style"] + it.row["prompt"]: it.key for it in prepare(_cfg(tmp_path, "data=small")).items}
     again = {it.row["injection"] + it.row["style"] + it.row["prompt"]: it.key for it in prepare(_cfg(tmp_path, "data=small")).items}
     assert base == again
-    for override in ("seeds=[1]", "sampler.steps=5", "sampler.guidance=3.0", "injection.scale=[0.5]", "sampler.negative_prompt=blurry"):
+    for override in ("seeds=[1]", "sampler.steps=5", "sampler.guidance=3.0", "method.ip_adapter.scale=[0.5]", "sampler.negative_prompt=blurry"):
         changed = {it.row["injection"] + it.row["style"] + it.row["prompt"]: it.key for it in prepare(_cfg(tmp_path, "data=small", override)).items}
         assert set(changed.values()).isdisjoint(base.values()), override
 
@@ -74,7 +76,7 @@ def test_shards_partition_the_plan(tmp_path):
 
 
 def test_run_writes_images_and_table_then_resumes(tmp_path, tiny_model):
-    cfg = _cfg(tmp_path, "data=small", "injection=style", "injection.subtraction=[0.0,0.5]", "seeds=[0,1]")
+    cfg = _cfg(tmp_path, "data=small", "injection=style", "method.ip_adapter.subtraction=[0.0,0.5]", "seeds=[0,1]")
     loads = models.LOAD_COUNT["n"]
     first = run(cfg)
     assert first.generated == 16 and first.done_before == 0  # 2 references x 2 prompts x 2 seeds x 2 strengths
@@ -157,8 +159,8 @@ def _bad_inputs(tmp_path: Path) -> list[tuple[list[str], str]]:
         (["injection.patterns=[up_blocks.9]"], "unknown layer name 'up_blocks.9'"),
         (["injection.patterns=[style_only]"], "unknown layer name 'style_only'"),
         (["injection.patterns=[one_hot:modules]"], "unknown sweep"),
-        (["injection.subtraction=[nan]"], "injection.subtraction has nan"),
-        (["injection.subtraction=[-0.5]"], "injection.subtraction has -0.5"),
+        (["method.ip_adapter.subtraction=[nan]"], "method.ip_adapter.subtraction is nan"),
+        (["method.ip_adapter.subtraction=[-0.5]"], "method.ip_adapter.subtraction is -0.5"),
         ([f"data.prompts={empty}"], "prompt set is empty"),
     ]
 
@@ -259,23 +261,28 @@ def test_killed_run_leaves_no_partial_files_and_resumes(tmp_path):
 def test_strength_and_seed_validation(tmp_path):
     with pytest.raises(ConfigError, match="seeds has -1"):
         prepare(_cfg(tmp_path, "seeds=[-1]"))
-    with pytest.raises(ConfigError, match="injection.scale has inf"):
-        prepare(_cfg(tmp_path, "injection.scale=[inf]"))
+    with pytest.raises(ConfigError, match="method.ip_adapter.scale is inf"):
+        prepare(_cfg(tmp_path, "method.ip_adapter.scale=[inf]"))
     with pytest.raises(ConfigError, match="not a diffusers scheduler"):
         prepare(_cfg(tmp_path, "sampler.scheduler=EulerScheduler"))
     with pytest.raises(ConfigError, match="multiple of 8"):
         prepare(_cfg(tmp_path, "sampler.height=60"))
     with pytest.raises(ConfigError, match="patch-token"):
-        prepare(_cfg(tmp_path, "model.adapter.kind=plus", "injection.subtraction=[0.5]"))
+        prepare(_cfg(tmp_path, "model.adapter.kind=plus", "method.ip_adapter.subtraction=[0.5]"))
 
 
 def test_scheduler_choice_does_not_leak_into_the_next_job(tiny_model):
     """Jobs of one process share the pipeline: `default` always means the pipeline's own scheduler."""
     from styleprobe.engine import Engine
-    from styleprobe.plan import Sampler
+    from styleprobe.methods import method
+    from styleprobe.sampler import Sampler
 
     own = type(tiny_model.default_scheduler)
-    Engine(tiny_model, Sampler(2, 5.0, 64, 64, scheduler="DDIMScheduler"))
+    ip = method("ip_adapter")
+    Engine(tiny_model).use(ip, Sampler(2, 5.0, 64, 64, scheduler="DDIMScheduler"))
     assert type(tiny_model.pipe.scheduler).__name__ == "DDIMScheduler"
-    Engine(tiny_model, Sampler(2, 5.0, 64, 64))
+    assert tiny_model.pipe.scheduler.config.clip_sample  # DDIM's own default, over the pipeline's config
+    Engine(tiny_model).use(ip, Sampler(2, 5.0, 64, 64, scheduler="DDIMScheduler", scheduler_options=(("clip_sample", False),)))
+    assert not tiny_model.pipe.scheduler.config.clip_sample  # the option wins
+    Engine(tiny_model).use(ip, Sampler(2, 5.0, 64, 64))
     assert type(tiny_model.pipe.scheduler) is own and own.__name__ == "EulerDiscreteScheduler"

@@ -81,6 +81,23 @@ def check_group_choices(args: list[str], config_dir: Path = CONFIG_DIR) -> str |
     return None
 
 
+#: Settings that moved, old path -> new path: an old command gets a one-line pointer instead of Hydra's error.
+MOVED = {
+    "injection.scale": "method.ip_adapter.scale",
+    "injection.subtraction": "method.ip_adapter.subtraction",
+}
+
+
+def check_moved(args: list[str]) -> str | None:
+    """A one-line error for an override of a setting that moved, naming where it lives now."""
+    for arg in args:
+        path = arg.partition("=")[0].lstrip("+~")
+        if path in MOVED:
+            value = arg.partition("=")[2]
+            return f"{path} is now {MOVED[path]} (a knob of IP-Adapter's method entry); e.g. {MOVED[path]}={value or '[0,0.5]'}"
+    return None
+
+
 def main() -> None:
     """Console entry point: `styleprobe [sweep|score|analyze] [overrides...]` (sweep when no subcommand is given)."""
     command = "sweep"
@@ -94,7 +111,7 @@ def main() -> None:
     if command != "sweep" and not flags and not any(a.startswith("results_dir=") for a in sys.argv[1:]):
         print(f"styleprobe: error: {command} needs a results folder; give results_dir=<folder>, e.g. results_dir=results/tiny/layer_probe", file=sys.stderr)
         sys.exit(2)
-    bad = check_group_choices(sys.argv[1:])
+    bad = check_group_choices(sys.argv[1:]) or check_moved(sys.argv[1:])
     if bad:
         print(f"styleprobe: error: {bad}", file=sys.stderr)
         sys.exit(2)

@@ -1,55 +1,32 @@
-"""The generation engine: pending work items -> batched pipeline calls -> the store.
+"""The generation engine: pending work items -> batched pipeline calls -> the store, for every method alike.
 
-Items that differ only in injection pattern, adapter scale, subtraction strength, reference, prompt or
-seed share one batched call: per-sample layer scales go to styleprobe's attn2 processors, per-sample
-adapter inputs (with content subtraction applied) and prompt embeddings go to the pipeline as
-precomputed embeddings, and each sample gets its own CPU generator seeded with its seed, so its initial
-noise, and with it the image, do not depend on what else shares the batch or on the device.
-Each reference image, content label and prompt is encoded once per process.
+Items are grouped by method entry, sampler and the method's batch key, and ordered so that a batch shares
+references and prompts. For each group the engine sets the pipeline up for the method (`activate`, after
+`deactivate` of whichever ran before), sets the scheduler, lets the method prepare its per-reference work
+(`prepare`) and then runs batches through `Method.run_batch`. Methods build their calls with the engine's
+helpers: prompt embeddings encoded once per process, each sample's initial noise from its own CPU generator
+seeded with its seed (so an image does not depend on what else shares its batch, nor on the device), and one
+`denoise` call of the pipeline.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from PIL import Image
 
+from styleprobe.methods.base import REGISTRY
 from styleprobe.models import LoadedModel
-from styleprobe.plan import Sampler, WorkItem
+from styleprobe.plan import WorkItem
+from styleprobe.sampler import Sampler
 from styleprobe.store import Store
-from styleprobe.subtraction import adapter_inputs, encode_content, encode_references, subtract
 
 log = logging.getLogger(__name__)
-
-
-@contextmanager
-def per_sample_adapter_inputs(pipe: Any, embeds: list[torch.Tensor]) -> Iterator[list[torch.Tensor]]:
-    """Give each sample of a pipeline call its own adapter input.
-
-    diffusers' pipelines treat `ip_adapter_image_embeds` as one reference for the whole call and repeat it
-    batch-size times; styleprobe's batches mix references and subtraction strengths, so for the duration of
-    the call the pipeline takes the (2B, 1, dim) tensor as it is.
-    """
-    pipe.prepare_ip_adapter_image_embeds = lambda *args, **kwargs: [e.to(pipe.device) for e in embeds]
-    try:
-        yield embeds
-    finally:
-        del pipe.prepare_ip_adapter_image_embeds
-
-
-@dataclass
-class EncodingCache:
-    """Reference, content and prompt encodings of one model, computed once."""
-
-    references: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
-    contents: dict[str, torch.Tensor] = field(default_factory=dict)
-    prompts: dict[tuple[str, str], tuple[torch.Tensor, ...]] = field(default_factory=dict)
 
 
 @dataclass
@@ -57,107 +34,109 @@ class EngineStats:
     generated: int = 0
     batches: int = 0
     seconds: float = 0.0
+    prepare_seconds: dict[str, float] = field(default_factory=dict)  # method entry -> per-reference work
+    generate_seconds: dict[str, float] = field(default_factory=dict)  # method entry -> its batches
+    generated_by: dict[str, int] = field(default_factory=dict)  # method entry -> images
+
+
+def batch_order(items: Sequence[WorkItem]) -> list[list[WorkItem]]:
+    """Items grouped into runs that may share a pipeline call: same entry, sampler and batch key.
+
+    Within a group items are ordered by reference, prompt and seed, so each batch holds few references.
+    """
+    entries = list(dict.fromkeys(it.entry.name for it in items))
+    groups: dict[tuple[Any, ...], list[WorkItem]] = {}
+    for it in items:
+        groups.setdefault((entries.index(it.entry.name), repr(it.sampler), repr(it.method.batch_key(it))), []).append(it)
+    return [
+        sorted(group, key=lambda it: (it.reference.digest, it.prompt.prompt, it.seed, it.key))
+        for _, group in sorted(groups.items(), key=lambda kv: kv[0])
+    ]
 
 
 class Engine:
     """Generates images for work items with one loaded model."""
 
-    def __init__(self, model: LoadedModel, sampler: Sampler, batch_size: int = 8):
+    def __init__(self, model: LoadedModel, batch_size: int = 8):
         self.model = model
-        self.sampler = sampler
         self.batch_size = max(1, int(batch_size))
-        self.cache = EncodingCache()
-        self.state = model.pipe.unet.styleprobe_state
-        self._set_scheduler(sampler.scheduler)
 
-    def _set_scheduler(self, name: str) -> None:
+    # the pipeline's state ------------------------------------------------------------------------------
+    def use(self, method: Any, sampler: Sampler) -> None:
+        """Set the pipeline up for `method` (others stand down first) with `sampler`'s scheduler."""
+        if self.model.active != method.name:
+            for other in list(self.model.attached):
+                if other != method.name:
+                    REGISTRY[other]().deactivate(self.model)
+            self.model.active = method.name
+        method.activate(self.model)
+        self._set_scheduler(sampler)
+
+    def _set_scheduler(self, sampler: Sampler) -> None:
         import diffusers
 
         default = self.model.default_scheduler
-        if name == "default":
+        if sampler.scheduler == "default":
             self.model.pipe.scheduler = default
         else:
-            self.model.pipe.scheduler = getattr(diffusers, name).from_config(default.config)
+            cls = getattr(diffusers, sampler.scheduler)
+            self.model.pipe.scheduler = cls.from_config(default.config, **dict(sampler.scheduler_options))
 
-    @property
-    def guidance(self) -> bool:
-        return self.sampler.guidance > 1.0
+    # helpers for methods ---------------------------------------------------------------------------------
+    def _prompt(self, text: str, sampler: Sampler) -> tuple[torch.Tensor | None, ...]:
+        key = (text, sampler.negative_prompt, sampler.guided)
+        if key not in self.model.prompts:
+            with torch.inference_mode():
+                out = self.model.pipe.encode_prompt(
+                    prompt=[text],
+                    device=self.model.device,
+                    num_images_per_prompt=1,
+                    do_classifier_free_guidance=sampler.guided,
+                    negative_prompt=[sampler.negative_prompt] if sampler.negative_prompt else None,
+                )
+            self.model.prompts[key] = tuple(t[0] if t is not None else None for t in out)
+        return self.model.prompts[key]
 
-    # encodings ---------------------------------------------------------------------------------
-    def _reference(self, item: WorkItem) -> tuple[torch.Tensor, torch.Tensor]:
-        key = item.reference.digest
-        if key not in self.cache.references:
-            cond, uncond = encode_references(self.model, [item.reference.load()])
-            self.cache.references[key] = (cond[0], uncond[0])
-        return self.cache.references[key]
-
-    def _content(self, text: str) -> torch.Tensor:
-        if text not in self.cache.contents:
-            self.cache.contents[text] = encode_content(self.model, [text])[0]
-        return self.cache.contents[text]
-
-    def _prompt(self, prompt: str) -> tuple[torch.Tensor, ...]:
-        key = (prompt, self.sampler.negative_prompt)
-        if key not in self.cache.prompts:
-            out = self.model.pipe.encode_prompt(
-                prompt=[prompt],
-                device=self.model.device,
-                num_images_per_prompt=1,
-                do_classifier_free_guidance=self.guidance,
-                negative_prompt=[self.sampler.negative_prompt] if self.sampler.negative_prompt else None,
-            )
-            self.cache.prompts[key] = tuple(t[0] if t is not None else None for t in out)
-        return self.cache.prompts[key]
-
-    # batches -----------------------------------------------------------------------------------
-    def adapter_embeds(self, items: Sequence[WorkItem]) -> list[torch.Tensor]:
-        """Per-sample adapter inputs: reference embedding minus s x content embedding (cond half only)."""
-        refs = [self._reference(it) for it in items]
-        cond = torch.stack([r[0] for r in refs])
-        uncond = torch.stack([r[1] for r in refs])
-        strengths = torch.tensor([it.subtraction for it in items])
-        if bool(torch.any(strengths != 0)):
-            text = torch.stack([self._content(it.reference.content) for it in items])
-            cond = subtract(cond, text, strengths)
-        return adapter_inputs(cond, uncond, self.guidance)
-
-    def layer_scales(self, items: Sequence[WorkItem]) -> torch.Tensor:
-        """(batch, n_layers): each item's pattern times its adapter scale."""
-        return torch.tensor([[s * it.scale for s in it.pattern.scales] for it in items], dtype=torch.float32)
-
-    def prompt_kwargs(self, items: Sequence[WorkItem]) -> dict[str, torch.Tensor]:
-        encoded = [self._prompt(it.prompt.prompt) for it in items]
+    def prompt_embeds(self, texts: Sequence[str], sampler: Sampler) -> dict[str, torch.Tensor]:
+        """The pipeline's prompt-embedding arguments for one prompt per sample (each encoded once per process)."""
+        encoded = [self._prompt(t, sampler) for t in texts]
         names = (
             ["prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds"]
             if self.model.spec.family == "sdxl"
             else ["prompt_embeds", "negative_prompt_embeds"]
         )
-        return {
-            name: torch.stack([e[i] for e in encoded])
-            for i, name in enumerate(names)
-            if encoded[0][i] is not None
-        }
+        return {name: torch.stack([e[i] for e in encoded]) for i, name in enumerate(names) if encoded[0][i] is not None}
 
-    def run_batch(self, items: Sequence[WorkItem]) -> list[Image.Image]:
-        """One pipeline call for a batch of items; returns their images in order."""
-        generators = [torch.Generator("cpu").manual_seed(int(it.seed)) for it in items]
+    def noise(self, seeds: Sequence[int], sampler: Sampler) -> torch.Tensor:
+        """Each sample's initial latents from its own CPU generator: the draws the pipeline itself would make."""
+        from diffusers.utils.torch_utils import randn_tensor
+
         pipe = self.model.pipe
-        with (
-            torch.inference_mode(),
-            self.state.use(self.layer_scales(items)),
-            per_sample_adapter_inputs(pipe, self.adapter_embeds(items)) as embeds,
-        ):
-            out = pipe(
-                **self.prompt_kwargs(items),
-                ip_adapter_image_embeds=embeds,
-                generator=generators,
-                num_inference_steps=self.sampler.steps,
-                guidance_scale=self.sampler.guidance,
-                height=self.sampler.height,
-                width=self.sampler.width,
-                output_type="pil",
+        shape = (len(seeds), pipe.unet.config.in_channels, sampler.height // pipe.vae_scale_factor,
+                 sampler.width // pipe.vae_scale_factor)
+        generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+        return randn_tensor(shape, generator=generators, device=self.model.device, dtype=self.model.dtype)
+
+    def denoise(self, sampler: Sampler, prompts: Sequence[str], latents: torch.Tensor, **kwargs: Any) -> list[Image.Image]:
+        """One pipeline call: one prompt and one initial latent per sample; extra pipeline arguments as given."""
+        with torch.inference_mode():
+            out = self.model.pipe(
+                **self.prompt_embeds(prompts, sampler),
+                latents=latents,
+                num_inference_steps=sampler.steps,
+                guidance_scale=sampler.guidance,
+                height=sampler.height,
+                width=sampler.width,
+                output_type=kwargs.pop("output_type", "pil"),
+                **kwargs,
             )
         return list(out.images)
+
+    # running ---------------------------------------------------------------------------------------------
+    def run_batch(self, items: Sequence[WorkItem]) -> list[Image.Image]:
+        """One pipeline call for items of one group (see `batch_order`); their images in order."""
+        self.use(items[0].method, items[0].sampler)
+        return items[0].method.run_batch(self, items)
 
     def generate(
         self,
@@ -169,14 +148,27 @@ class Engine:
         """Generate every item, writing each batch to the store as soon as it is done."""
         stats = EngineStats()
         start = time.perf_counter()
-        ordered = sorted(items, key=lambda it: (it.reference.digest, it.prompt.prompt, it.seed, it.key))
-        for b in range(0, len(ordered), self.batch_size):
-            batch = ordered[b : b + self.batch_size]
-            images = self.run_batch(batch)
-            store.write_batch([dict(it.row) for it in batch], images, run_id, stats.batches)
-            stats.batches += 1
-            stats.generated += len(batch)
-            if on_batch:
-                on_batch(stats.generated, len(ordered))
+        groups = batch_order(items)
+        total = sum(len(g) for g in groups)
+        prepared: set[str] = set()
+        for group in groups:
+            entry, method = group[0].entry, group[0].method
+            self.use(method, group[0].sampler)
+            if entry.name not in prepared:  # once per entry, for all of its pending items
+                t0 = time.perf_counter()
+                method.prepare(self, [it for it in items if it.entry.name == entry.name], store)
+                stats.prepare_seconds[entry.name] = time.perf_counter() - t0
+                prepared.add(entry.name)
+            for b in range(0, len(group), self.batch_size):
+                batch = group[b : b + self.batch_size]
+                t0 = time.perf_counter()
+                images = self.run_batch(batch)
+                store.write_batch([dict(it.row) for it in batch], images, run_id, stats.batches)
+                stats.generate_seconds[entry.name] = stats.generate_seconds.get(entry.name, 0.0) + time.perf_counter() - t0
+                stats.generated_by[entry.name] = stats.generated_by.get(entry.name, 0) + len(batch)
+                stats.batches += 1
+                stats.generated += len(batch)
+                if on_batch:
+                    on_batch(stats.generated, total)
         stats.seconds = time.perf_counter() - start
         return stats

@@ -1,10 +1,13 @@
-"""The layer map of a UNet and the injection patterns defined on it.
+"""The layer map of a UNet and the layer patterns defined on it.
 
-The map is derived from the UNet's modules (never hard-coded), so it is right for SDXL (70 cross-attention
-layers in 11 modules), SD1.5 (16 in 16) and the tiny model alike. A pattern is a scale per layer: a
-0/1 mask times the adapter scale, or explicit per-layer scales. Names at any granularity select layers:
-a block (`up_blocks.0`), a module (`up_blocks.0.attentions.1`) or one transformer layer
-(`up_blocks.0.attentions.1.transformer_blocks.3`, with or without the trailing `.attn2`).
+The map is derived from the UNet's modules (never hard-coded), so it is right for SDXL (70 transformer layers
+in 11 modules), SD1.5 (16 in 16) and the tiny model alike. Each transformer layer has two attention sites,
+self-attention `attn1` and cross-attention `attn2`; a method names the one it acts on (IP-Adapter's image
+branch lives in `attn2`, StyleAligned shares `attn1`), and its map lists that site of every layer, so the same
+patterns probe every method. A pattern is a scale per layer: a 0/1 mask (times IP-Adapter's scale), or
+explicit per-layer scales. Names at any granularity select layers: a block (`up_blocks.0`), a module
+(`up_blocks.0.attentions.1`) or one transformer layer (`up_blocks.0.attentions.1.transformer_blocks.3`, with or
+without the trailing site, e.g. `.attn2`).
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from styleprobe.errors import ConfigError
 
 _LAYER_RE = re.compile(
     r"^(?P<block>(?:down_blocks|up_blocks)\.\d+|mid_block)\.(?P<attn>attentions\.\d+)"
-    r"\.transformer_blocks\.(?P<index>\d+)\.attn2$"
+    r"\.transformer_blocks\.(?P<index>\d+)\.(?P<site>attn[12])$"
 )
+SITES = ("attn1", "attn2")
 
 # InstantStyle (arXiv 2404.02733), SDXL: style = up_blocks.0.attentions.1, layout = down_blocks.2.attentions.1.
 STYLE_MODULE = "up_blocks.0.attentions.1"
@@ -35,8 +39,8 @@ SWEEPS = ("one_hot:block", "one_hot:module", "one_hot:layer", "leave_one_out:mod
 
 
 @dataclass(frozen=True)
-class CrossAttnLayer:
-    """One cross-attention (`attn2`) layer: where IP-Adapter adds the image branch."""
+class AttentionLayer:
+    """One attention site of one transformer layer (`attn2` for IP-Adapter, `attn1` for StyleAligned)."""
 
     name: str  # up_blocks.0.attentions.1.transformer_blocks.3.attn2
     block: str  # up_blocks.0
@@ -45,8 +49,8 @@ class CrossAttnLayer:
 
     @property
     def short(self) -> str:
-        """The transformer layer's name without `.attn2`."""
-        return self.name.removesuffix(".attn2")
+        """The transformer layer's name without its site (`.attn1` / `.attn2`)."""
+        return self.name.rsplit(".", 1)[0]
 
 
 @dataclass(frozen=True)
@@ -60,11 +64,12 @@ class Pattern:
 
 
 class LayerMap:
-    """Every cross-attention layer of a UNet, grouped by block and module, in UNet order."""
+    """One attention site of every transformer layer of a UNet, grouped by block and module, in UNet order."""
 
-    def __init__(self, layers: Sequence[CrossAttnLayer]):
+    def __init__(self, layers: Sequence[AttentionLayer], site: str = "attn2"):
         if not layers:
-            raise ConfigError("this UNet has no cross-attention layers; IP-Adapter injection needs a text-conditioned UNet")
+            raise ConfigError("this UNet has no transformer layers; layer probes need a text-conditioned UNet")
+        self.site = site
         self.layers = tuple(layers)
         self.names = tuple(layer.name for layer in self.layers)
         self.blocks = tuple(dict.fromkeys(layer.block for layer in self.layers))
@@ -72,15 +77,17 @@ class LayerMap:
         self._index = {layer.name: i for i, layer in enumerate(self.layers)}
 
     @classmethod
-    def from_unet(cls, unet: Any) -> "LayerMap":
-        """Read the map off a UNet's module tree (works on the `meta` device: no weights needed)."""
+    def from_unet(cls, unet: Any, site: str = "attn2") -> "LayerMap":
+        """Read the map of one site off a UNet's module tree (works on the `meta` device: no weights needed)."""
+        if site not in SITES:
+            raise ValueError(f"unknown attention site {site!r}; use one of {', '.join(SITES)}")
         layers = []
         for name, _ in unet.named_modules():
             m = _LAYER_RE.match(name)
-            if m:
+            if m and m["site"] == site:
                 block, attn, index = m["block"], m["attn"], int(m["index"])
-                layers.append(CrossAttnLayer(name=name, block=block, module=f"{block}.{attn}", index=index))
-        return cls(layers)
+                layers.append(AttentionLayer(name=name, block=block, module=f"{block}.{attn}", index=index))
+        return cls(layers, site)
 
     def __len__(self) -> int:
         return len(self.layers)
@@ -91,7 +98,7 @@ class LayerMap:
     def layers_in(self, name: str) -> list[int]:
         """Indices of the layers a block, module or layer name selects; unknown names fail listing valid ones."""
         name = name.strip()
-        full = name if name.endswith(".attn2") else f"{name}.attn2"
+        full = name if name.endswith(f".{self.site}") else f"{name}.{self.site}"
         if full in self._index:
             return [self._index[full]]
         hits = [i for i, layer in enumerate(self.layers) if layer.module == name or layer.block == name]

@@ -3,13 +3,15 @@
 A preset (the `model` config group) names a base pipeline, an IP-Adapter checkpoint in h94's layout and
 the text tower whose CLIP space matches the adapter's image encoder (used for content subtraction).
 Sources are Hub ids, local folders, or `tiny:<folder>` (the embedded model, built on first use).
+`load` reads the base pipeline only: what a method adds to it (IP-Adapter's adapter and processors,
+StyleAligned's shared attention) is the method's business, attached on first use and kept on the model.
 Loaded models are kept per process, so every job of a basic-launcher multirun reuses them.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -72,15 +74,18 @@ class ModelSpec:
             )
 
     @property
+    def base_identity(self) -> dict[str, Any]:
+        """What about the base pipeline determines an image: part of every item's key."""
+        return {"name": self.name, "base": self.base, "variant": self.variant, "revision": self.revision}
+
+    @property
+    def adapter_id(self) -> str:
+        return f"{self.adapter.source}/{self.adapter.subfolder}/{self.adapter.weight_name}"
+
+    @property
     def identity(self) -> dict[str, Any]:
-        """What about the model determines an image: part of every item's key."""
-        return {
-            "name": self.name,
-            "base": self.base,
-            "adapter": f"{self.adapter.source}/{self.adapter.subfolder}/{self.adapter.weight_name}",
-            "variant": self.variant,
-            "revision": self.revision,
-        }
+        """The base pipeline's identity with the IP-Adapter checkpoint's: what IP-Adapter items are keyed by."""
+        return {**self.base_identity, "adapter": self.adapter_id}
 
 
 def resolve_source(source: str) -> str:
@@ -105,7 +110,7 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def _unavailable(what: str, source: str, subfolder: str | None, err: Exception) -> ModelUnavailableError:
+def unavailable(what: str, source: str, subfolder: str | None, err: Exception) -> ModelUnavailableError:
     where = f"{source}" + (f" (subfolder {subfolder})" if subfolder else "")
     if Path(source).is_absolute() or source.startswith("."):
         fix = f"the local folder {source} lacks it; point the preset at a folder with the Hub repository's layout"
@@ -126,7 +131,7 @@ def load_unet_config(spec: ModelSpec) -> dict[str, Any]:
     try:
         return dict(UNet2DConditionModel.load_config(base, subfolder="unet", revision=spec.revision))
     except (OSError, ValueError) as err:
-        raise _unavailable("the UNet config", base, "unet", err) from err
+        raise unavailable("the UNet config", base, "unet", err) from err
 
 
 def build_unet_structure(unet_config: dict[str, Any]):
@@ -139,15 +144,16 @@ def build_unet_structure(unet_config: dict[str, Any]):
 
 @dataclass
 class LoadedModel:
-    """A pipeline with its IP-Adapter loaded, plus the text tower for content subtraction."""
+    """A base pipeline, with what methods attached to it (keyed by method name) and per-process caches."""
 
     spec: ModelSpec
     pipe: Any
     device: torch.device
     dtype: torch.dtype
-    content_tokenizer: Any = None
-    content_text_encoder: Any = None
     default_scheduler: Any = None  # the pipeline's own, restored whenever a run asks for `default`
+    attached: dict[str, Any] = field(default_factory=dict)  # method name -> its state on this pipeline
+    active: str | None = None  # the method the pipeline is set up for now
+    prompts: dict[tuple[str, str, bool], tuple[Any, ...]] = field(default_factory=dict)  # encoded prompts
 
 
 _LOADED: dict[tuple, LoadedModel] = {}
@@ -155,7 +161,7 @@ LOAD_COUNT = {"n": 0}  # how many times weights were read in this process (tests
 
 
 def load(spec: ModelSpec, device: str = "auto") -> LoadedModel:
-    """Load (or reuse) the preset's pipeline and adapter; one model is kept per process at a time."""
+    """Load (or reuse) the preset's base pipeline; one model is kept per process at a time."""
     dev = resolve_device(device)
     dt = resolve_dtype(spec.dtype, dev)
     key = (spec, str(dev), str(dt))
@@ -187,31 +193,13 @@ def _load(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> LoadedMo
     try:
         pipe = _pipeline_class(spec.family).from_pretrained(base, **kwargs)
     except (OSError, ValueError) as err:
-        raise _unavailable("the base pipeline", base, None, err) from err
-    adapter_src = resolve_source(spec.adapter.source)
-    try:
-        pipe.load_ip_adapter(
-            adapter_src,
-            subfolder=spec.adapter.subfolder,
-            weight_name=spec.adapter.weight_name,
-            image_encoder_folder=spec.adapter.image_encoder_folder,
-        )
-    except (OSError, ValueError) as err:
-        raise _unavailable(f"the IP-Adapter {spec.adapter.weight_name}", adapter_src, spec.adapter.subfolder, err) from err
+        raise unavailable("the base pipeline", base, None, err) from err
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
-    model = LoadedModel(spec=spec, pipe=pipe, device=device, dtype=dtype, default_scheduler=pipe.scheduler)
-    if spec.content_text_encoder:
-        model.content_tokenizer, model.content_text_encoder = _load_text_tower(
-            resolve_source(spec.content_text_encoder), device, dtype
-        )
-    from styleprobe.injection import install
-
-    install(pipe.unet)
-    return model
+    return LoadedModel(spec=spec, pipe=pipe, device=device, dtype=dtype, default_scheduler=pipe.scheduler)
 
 
-def _load_text_tower(source: str, device: torch.device, dtype: torch.dtype):
+def load_text_tower(source: str, device: torch.device, dtype: torch.dtype):
     """A CLIP text tower with its projection (e.g. ViT-H's), for content text in the adapter's space."""
     from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
@@ -219,5 +207,5 @@ def _load_text_tower(source: str, device: torch.device, dtype: torch.dtype):
         tokenizer = CLIPTokenizer.from_pretrained(source)
         encoder = CLIPTextModelWithProjection.from_pretrained(source, dtype=dtype)
     except (OSError, ValueError) as err:
-        raise _unavailable("the content text encoder", source, None, err) from err
+        raise unavailable("the content text encoder", source, None, err) from err
     return tokenizer, encoder.to(device).eval()

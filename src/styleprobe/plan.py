@@ -1,7 +1,11 @@
 """Expand an experiment into work items, each keyed by a hash of every parameter behind its image.
 
-The key is how a sweep resumes (done keys are skipped) and how shards split a plan: a job with
-`shard.index=i, shard.count=n` takes the items whose key falls in bucket i of n.
+The plan crosses each method entry's knob combinations and layer patterns with the shared axes (style
+reference, prompt, seed); the method's sampler is part of the entry. The key is how a sweep resumes (done keys
+are skipped) and how shards split a plan: a job with `shard.index=i, shard.count=n` takes the items whose key
+falls in bucket i of n. What an item's key hashes is the shared columns plus the method's `key_fields`, the
+model's identity (with the method's `model_identity`), the per-layer scales and the reference's content hash:
+for IP-Adapter exactly what styleprobe hashed before methods were plug-ins.
 """
 
 from __future__ import annotations
@@ -13,61 +17,36 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from styleprobe.config import non_negative_number, positive_int
 from styleprobe.data import PromptSpec, StyleReference
 from styleprobe.errors import ConfigError
-from styleprobe.layers import LayerMap, Pattern
+from styleprobe.layers import Pattern
+from styleprobe.methods.base import Method, MethodEntry, Parts
 from styleprobe.models import ModelSpec
+from styleprobe.sampler import Sampler
 
 KEY_LENGTH = 20
 
 
 @dataclass(frozen=True)
-class Sampler:
-    """Settings of the denoising loop shared by every item of a run."""
-
-    steps: int
-    guidance: float
-    height: int
-    width: int
-    scheduler: str = "default"
-    negative_prompt: str = ""
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> "Sampler":
-        d = dict(cfg)
-        steps, height, width = (positive_int(d.get(n), f"sampler.{n}") for n in ("steps", "height", "width"))
-        for name, value in (("height", height), ("width", width)):
-            if value % 8:
-                raise ConfigError(f"sampler.{name}={value} is not a multiple of 8; the VAE needs multiples of 8")
-        guidance = non_negative_number(d.get("guidance"), "sampler.guidance")
-        scheduler = str(d.get("scheduler") or "default")
-        if scheduler != "default" and not _is_scheduler_class(scheduler):
-            raise ConfigError(
-                f"sampler.scheduler={scheduler!r} is not a diffusers scheduler; use default or a class name "
-                "such as EulerDiscreteScheduler, DDIMScheduler, DPMSolverMultistepScheduler"
-            )
-        return cls(steps, guidance, height, width, scheduler, str(d.get("negative_prompt") or ""))
-
-
-def _is_scheduler_class(name: str) -> bool:
-    import diffusers
-
-    return name.endswith("Scheduler") and hasattr(diffusers, name)
-
-
-@dataclass(frozen=True)
 class WorkItem:
-    """One image to make: a pattern, strengths, a reference, a prompt, a seed."""
+    """One image to make: a method entry with its knobs, a pattern, a reference, a prompt, a seed."""
 
     key: str
     row: dict[str, Any]  # every parameter, as the table stores it
-    pattern: Pattern
-    scale: float
-    subtraction: float
+    entry: MethodEntry
+    knobs: Any  # the method's knob values (its Knobs dataclass)
+    pattern: Pattern  # on the method's site, as the method applies it
     reference: StyleReference
     prompt: PromptSpec
     seed: int
+
+    @property
+    def method(self) -> Method:
+        return self.entry.method
+
+    @property
+    def sampler(self) -> Sampler:
+        return self.entry.sampler
 
 
 def item_key(params: dict[str, Any]) -> str:
@@ -75,63 +54,80 @@ def item_key(params: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:KEY_LENGTH]
 
 
+def make_item(parts: Parts, entry: MethodEntry) -> WorkItem:
+    """The item of one combination: its key and its row."""
+    method, sampler, ref, prompt = entry.method, parts.sampler, parts.reference, parts.prompt
+    layer_map = entry.layer_map
+    pattern = method.effective_pattern(parts.pattern, parts.knobs, layer_map)
+    parts = Parts(**{**parts.__dict__, "pattern": pattern})
+    layer_scales = {n: s for n, s in zip(layer_map.names, pattern.scales) if s}
+    shared = {  # stored in the row and part of the key
+        "dtype": parts.dtype,
+        "method": method.name,
+        "injection": pattern.name,
+        "style": ref.style,
+        "content": ref.content,
+        "prompt": prompt.prompt,
+        "negative_prompt": sampler.negative_prompt,
+        "seed": parts.seed,
+        "steps": sampler.steps,
+        "guidance": sampler.guidance,
+        "height": sampler.height,
+        "width": sampler.width,
+        "scheduler": sampler.scheduler_id,
+    }
+    model_identity = {**parts.spec.base_identity, **method.model_identity(parts.spec)}
+    key = item_key({**shared, **method.key_fields(parts), "model": model_identity, "layer_scales": layer_scales,
+                    "reference": ref.digest})
+    row = {
+        "key": key,
+        **shared,
+        **method.row_fields(parts),
+        "model": parts.spec.name,
+        "sweep": pattern.sweep,
+        "target": pattern.target,
+        "layers": json.dumps(layer_map.active_names(pattern.scales)),
+        "n_layers": len(layer_scales),
+        "layer_scales": json.dumps(layer_scales),
+        "reference": str(ref.image),
+        "reference_digest": ref.digest,
+        "subject": prompt.subject,
+        "prompt_used": method.prompt_used(parts),
+        "base": parts.spec.base,
+    }
+    return WorkItem(key, row, entry, parts.knobs, pattern, ref, prompt, parts.seed)
+
+
 def build_plan(
     *,
     model: ModelSpec,
     dtype: str,
-    method: str,
-    layer_map: LayerMap,
-    patterns: Sequence[Pattern],
-    scales: Sequence[float],
-    subtractions: Sequence[float],
+    entries: Sequence[MethodEntry],
     references: Sequence[StyleReference],
     prompts: Sequence[PromptSpec],
     seeds: Sequence[int],
-    sampler: Sampler,
 ) -> list[WorkItem]:
-    """The full cross product; item keys hash every parameter that determines the image."""
-    items = []
-    for ref, prompt, seed, pattern, scale, sub in itertools.product(
-        references, prompts, seeds, patterns, scales, subtractions
-    ):
-        layer_scales = {n: s for n, s in zip(layer_map.names, pattern.scales) if s}
-        shared = {  # stored in the row and part of the key
-            "dtype": dtype,
-            "method": method,
-            "injection": pattern.name,
-            "scale": scale,
-            "subtraction": sub,
-            "style": ref.style,
-            "content": ref.content,
-            "prompt": prompt.prompt,
-            "negative_prompt": sampler.negative_prompt,
-            "seed": seed,
-            "steps": sampler.steps,
-            "guidance": sampler.guidance,
-            "height": sampler.height,
-            "width": sampler.width,
-            "scheduler": sampler.scheduler,
-        }
-        key = item_key(
-            {**shared, "model": model.identity, "layer_scales": layer_scales, "reference": ref.digest}
+    """The full cross product, per method entry; an item planned twice (two entries alike) is kept once."""
+    items: dict[str, WorkItem] = {}
+    for entry in entries:
+        entry.method.check_entry(entry, model)
+        for knobs in entry.variants:
+            use = entry.method.content_label_use(knobs)
+            if use:
+                _require_content(references, f"{entry.method.name}'s {use}")
+            for ref, prompt, seed, pattern in itertools.product(references, prompts, seeds, entry.patterns):
+                item = make_item(Parts(model, dtype, entry.sampler, knobs, pattern, ref, prompt, seed), entry)
+                items.setdefault(item.key, item)
+    return list(items.values())
+
+
+def _require_content(references: Sequence[StyleReference], use: str) -> None:
+    missing = [r for r in references if not r.content.strip()]
+    if missing:
+        raise ConfigError(
+            f"style reference {missing[0].image} has no content label, which {use} needs ({len(missing)} of "
+            f"{len(references)} lack one); fill in the manifest's content column with what each image shows, e.g. a rabbit"
         )
-        row = {
-            "key": key,
-            **shared,
-            "model": model.name,
-            "sweep": pattern.sweep,
-            "target": pattern.target,
-            "layers": json.dumps(layer_map.active_names(pattern.scales)),
-            "n_layers": len(layer_scales),
-            "layer_scales": json.dumps(layer_scales),
-            "reference": str(ref.image),
-            "reference_digest": ref.digest,
-            "subject": prompt.subject,
-            "base": model.base,
-            "adapter": model.identity["adapter"],
-        }
-        items.append(WorkItem(key, row, pattern, scale, sub, ref, prompt, seed))
-    return items
 
 
 def check_shard(index: int, count: int) -> None:

@@ -6,10 +6,14 @@
     <results_dir>/references/<digest><suffix>     a copy of each style reference, so scoring runs anywhere
     <results_dir>/scores/<metric>/metric.yaml     what the metric is (scorer, model, options)
     <results_dir>/scores/<metric>/<run_id>-<n>.parquet   key + the metric's columns, one file per scored batch
+    <results_dir>/artefacts/<kind>/<key[:2]>/<key>.safetensors   per-reference work of a method (e.g. inverted
+                                                  latents), keyed by everything that determines it
 
 Every file is written to a hidden temp name and renamed into place, images before the row file that
 names them, so a row means its image exists and a run killed mid-way loses at most the batch in flight.
-Each job writes only files carrying its own run id, so parallel jobs (shards) never write the same file;
+An artefact's file name is its key, so two jobs that make the same one write the same bytes, and a rerun
+finds it and computes nothing. Each job writes only files carrying its own run id, so parallel jobs (shards)
+never write the same row or score file;
 the table is the union of the row files, with one row per key, joined by key with every metric's scores.
 """
 
@@ -50,6 +54,7 @@ class Store:
         self.runs = self.root / "runs"
         self.scores = self.root / "scores"
         self.references = self.root / "references"
+        self.artefacts = self.root / "artefacts"
 
     def image_path(self, key: str) -> Path:
         return self.images / key[:2] / f"{key}.png"
@@ -150,10 +155,39 @@ class Store:
         atomic_write(out, lambda tmp: frame.to_parquet(tmp, index=False))
         return out
 
+    def artefact_path(self, kind: str, key: str, suffix: str = ".safetensors") -> Path:
+        return self.artefacts / kind / key[:2] / f"{key}{suffix}"
+
+    def has_artefact(self, kind: str, key: str) -> bool:
+        return self.artefact_path(kind, key).is_file()
+
+    def write_tensors(self, kind: str, key: str, tensors: dict[str, Any], metadata: dict[str, Any]) -> Path:
+        """A keyed artefact of tensors, with what made it (and what it cost) as JSON-encoded metadata."""
+        import json
+
+        from safetensors.torch import save_file
+
+        path = self.artefact_path(kind, key)
+        meta = {k: json.dumps(v) for k, v in metadata.items()}
+        contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+        atomic_write(path, lambda tmp: save_file(contiguous, str(tmp), metadata=meta))
+        return path
+
+    def read_tensors(self, kind: str, key: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The tensors and the decoded metadata of an artefact written by `write_tensors`."""
+        import json
+
+        from safetensors import safe_open
+
+        with safe_open(str(self.artefact_path(kind, key)), "pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+        return tensors, meta
+
     def clean_stale_temp(self) -> int:
         """Remove temp files left by killed processes of this host (live ones are left alone)."""
         removed = 0
-        for folder in (self.images, self.rows, self.scores, self.references):
+        for folder in (self.images, self.rows, self.scores, self.references, self.artefacts):
             if not folder.exists():
                 continue
             for tmp in folder.rglob(f".*.{HOST}.*.tmp"):

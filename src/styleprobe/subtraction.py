@@ -12,6 +12,7 @@ Here `s` is per sample, so one batch can carry several strengths.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from PIL import Image
@@ -33,7 +34,7 @@ def check_subtraction(model: LoadedModel, strengths: Sequence[float]) -> None:
     if any(s != 0 for s in strengths) and not supports_subtraction(model.pipe.unet):
         raise ConfigError(
             f"content subtraction needs a global-embedding IP-Adapter, but {model.spec.adapter.weight_name} is a "
-            f"patch-token ('plus') adapter; set injection.subtraction=[0] or use a non-plus adapter"
+            f"patch-token ('plus') adapter; set method.ip_adapter.subtraction=[0] or use a non-plus adapter"
         )
 
 
@@ -56,12 +57,16 @@ def encode_references(model: LoadedModel, images: Sequence[Image.Image]) -> tupl
 
 
 @torch.inference_mode()
-def encode_content(model: LoadedModel, texts: Sequence[str]) -> torch.Tensor:
-    """CLIP text embeddings of content labels, in the adapter's image-embedding space: (n, dim)."""
-    if model.content_text_encoder is not None:
-        tok = model.content_tokenizer
+def encode_content(model: LoadedModel, texts: Sequence[str], text_tower: tuple[Any, Any] | None = None) -> torch.Tensor:
+    """CLIP text embeddings of content labels, in the adapter's image-embedding space: (n, dim).
+
+    `text_tower` is (tokenizer, encoder) of a separate tower in the image encoder's space (ViT-H adapters);
+    None uses the pipeline's `text_encoder_2` pooled projection (SDXL with the bigG encoder).
+    """
+    if text_tower is not None:
+        tok, encoder = text_tower
         ids = tok(list(texts), padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
-        return model.content_text_encoder(ids.input_ids.to(model.device)).text_embeds
+        return encoder(ids.input_ids.to(model.device)).text_embeds
     pipe = model.pipe
     if getattr(pipe, "text_encoder_2", None) is None:
         raise ConfigError(

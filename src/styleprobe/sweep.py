@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,11 +18,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from styleprobe import models
 from styleprobe import scoring
-from styleprobe.config import as_list, non_negative_numbers, positive_int, seeds
+from styleprobe.config import as_list, positive_int, seeds
 from styleprobe.data import StyleReference, load_prompts, load_style_set
-from styleprobe.errors import ConfigError
-from styleprobe.layers import LayerMap, expand_patterns
-from styleprobe.plan import Sampler, WorkItem, build_plan, shard
+from styleprobe.layers import LayerMap
+from styleprobe.methods import MethodEntry, parse_entries
+from styleprobe.plan import WorkItem, build_plan, shard
 from styleprobe.runs import new_run_id, save_run_config
 from styleprobe.store import Store
 
@@ -33,7 +34,7 @@ class SweepPlan:
     """A validated job: what to make and where, before any model is loaded."""
 
     spec: models.ModelSpec
-    sampler: Sampler
+    entries: list[MethodEntry]
     items: list[WorkItem]
     store: Store
     device: str
@@ -57,51 +58,44 @@ class SweepResult:
     report: Any = None  # the analysis.report.Report written after scoring, if any
 
 
-def layer_map_for(spec: models.ModelSpec) -> LayerMap:
-    """The layer map from the UNet's config alone, built on the `meta` device (no weights read)."""
-    return LayerMap.from_unet(models.build_unet_structure(models.load_unet_config(spec)))
+def layer_maps_for(spec: models.ModelSpec) -> Callable[[str], LayerMap]:
+    """The layer map of each attention site, from the UNet's config alone on the `meta` device (no weights read)."""
+    unet = models.build_unet_structure(models.load_unet_config(spec))
+    maps: dict[str, LayerMap] = {}
+
+    def site_map(site: str) -> LayerMap:
+        if site not in maps:
+            maps[site] = LayerMap.from_unet(unet, site)
+        return maps[site]
+
+    return site_map
 
 
 def prepare(cfg: DictConfig) -> SweepPlan:
     """Validate every input and expand the plan; raises ConfigError with a one-line fix."""
     spec = models.ModelSpec.from_config(cfg.model)
-    sampler = Sampler.from_config(cfg.sampler)
-    scales = non_negative_numbers(cfg.injection.scale, "injection.scale")
-    subtractions = non_negative_numbers(cfg.injection.subtraction, "injection.subtraction")
-    if spec.adapter.kind == "plus" and any(subtractions):
-        raise ConfigError(
-            f"model {spec.name} uses a patch-token ('plus') adapter, which has no global embedding to subtract from; "
-            "set injection.subtraction=[0]"
-        )
     seed_list = seeds(cfg.seeds)
     references = load_style_set(cfg.data.style_set)
     prompts = load_prompts(cfg.data.prompts if isinstance(cfg.data.prompts, str) else as_list(cfg.data.prompts))
     batch_size = positive_int(cfg.engine.batch_size, "engine.batch_size")
-    layer_map = layer_map_for(spec)
-    presets = OmegaConf.to_container(cfg.model.presets, resolve=True) if cfg.model.get("presets") else {}
-    patterns = expand_patterns(as_list(cfg.injection.patterns), layer_map, presets)
+    entries = parse_entries(
+        OmegaConf.to_container(cfg.method, resolve=True) if cfg.get("method") else {},
+        patterns=as_list(cfg.injection.patterns),
+        presets=OmegaConf.to_container(cfg.model.presets, resolve=True) if cfg.model.get("presets") else {},
+        sampler=OmegaConf.to_container(cfg.sampler, resolve=True),
+        model=OmegaConf.to_container(cfg.model, resolve=True),
+        layer_map=layer_maps_for(spec),
+    )
     device = models.resolve_device(cfg.engine.device)
     dtype = str(models.resolve_dtype(spec.dtype, device)).removeprefix("torch.")
-    items = build_plan(
-        model=spec,
-        dtype=dtype,
-        method=str(cfg.method),
-        layer_map=layer_map,
-        patterns=patterns,
-        scales=scales,
-        subtractions=subtractions,
-        references=references,
-        prompts=prompts,
-        seeds=seed_list,
-        sampler=sampler,
-    )
+    items = build_plan(model=spec, dtype=dtype, entries=entries, references=references, prompts=prompts, seeds=seed_list)
     items = shard(items, cfg.shard.index, cfg.shard.count)
     store = Store(cfg.results_dir)
     metrics = scoring.metric_configs(cfg)
     scorers, weights, scoring_batch = scoring.build(metrics, cfg.scoring, [spec.base]) if metrics else ([], "", 1)
     scoring.check_identities(store, scorers)
     analysis = _analysis_settings(cfg, scorers)
-    return SweepPlan(spec, sampler, items, store, str(device), batch_size, references, scorers, scoring_batch, weights, analysis)
+    return SweepPlan(spec, entries, items, store, str(device), batch_size, references, scorers, scoring_batch, weights, analysis)
 
 
 def _analysis_settings(cfg: DictConfig, scorers: list[Any]) -> Any:
@@ -143,12 +137,10 @@ def run(cfg: DictConfig) -> SweepResult:
     generated = 0
     if pending:
         from styleprobe.engine import Engine
-        from styleprobe.subtraction import check_subtraction
 
         model = models.load(plan.spec, plan.device)
-        check_subtraction(model, [it.subtraction for it in pending])
         _reset_peak_memory(model)
-        engine = Engine(model, plan.sampler, plan.batch_size)
+        engine = Engine(model, plan.batch_size)
         every = max(1, len(pending) // 10)
         stats = engine.generate(
             pending,
@@ -157,6 +149,9 @@ def run(cfg: DictConfig) -> SweepResult:
             on_batch=lambda n, total: n % every < plan.batch_size and log.info("generated %d/%d", n, total),
         )
         generated = stats.generated
+        for entry, seconds in stats.prepare_seconds.items():
+            if seconds >= 0.1:
+                log.info("%s: per-reference preparation took %.1f s", entry, seconds)
         _log_peak_memory(model)
     log.info("%s: generated %d images in %.1f s; table: %d rows", cfg.name, generated, time.perf_counter() - start, len(store.done_keys()))
     scored: dict[str, int] = {}

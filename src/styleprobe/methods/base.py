@@ -1,0 +1,219 @@
+"""What every method is to the rest of styleprobe: a plug-in with a few hooks, called the same way for all.
+
+A method (IP-Adapter, StyleAligned, ...) says
+- which attention site of each transformer layer its layer patterns act on (`site`), so `all`, `none`,
+  `style`, one-hot and leave-one-out sweeps mean the same thing for every method;
+- its own knobs (`Knobs`, a frozen dataclass): each knob given as a list in the config is swept, and the
+  plan crosses the knobs with the shared axes (style reference, prompt, seed, pattern);
+- what its rows carry and its keys hash beyond the shared columns (`row_fields`, `key_fields`);
+- how its items may share one pipeline call (`batch_key`);
+- what it sets up on a loaded pipeline (`activate` / `deactivate`), what it prepares once per reference
+  (`prepare`: encodings, inverted latents, trained weights), and how it runs one batch (`run_batch`).
+Plan, engine, store, scoring and analysis only call these hooks; nothing outside a method's own module
+asks which method it is. A new method is one module with a `@register`ed subclass plus one config file in
+`experiments/method/`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import types
+import typing
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from styleprobe.config import as_list
+from styleprobe.data import PromptSpec, StyleReference
+from styleprobe.errors import ConfigError
+from styleprobe.layers import LayerMap, Pattern, expand_patterns
+from styleprobe.sampler import Sampler
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from styleprobe.engine import Engine
+    from styleprobe.models import LoadedModel, ModelSpec
+    from styleprobe.plan import WorkItem
+    from styleprobe.store import Store
+
+#: Entry settings that are not knobs: the plug-in's name, the sampler defaults, the entry's own layer patterns.
+ENTRY_SETTINGS = ("type", "sampler", "patterns")
+
+
+@dataclass(frozen=True)
+class Parts:
+    """Everything that makes one item, as the method hooks see it while the plan is built."""
+
+    spec: ModelSpec
+    dtype: str
+    sampler: Sampler
+    knobs: Any
+    pattern: Pattern
+    reference: StyleReference
+    prompt: PromptSpec
+    seed: int
+
+
+class Method(ABC):
+    """A way of putting a reference's style into generation. Subclasses set the class attributes and hooks."""
+
+    name: ClassVar[str]  # the registry name: the `method` row column, part of every key
+    site: ClassVar[str]  # "attn1" | "attn2": the attention site of each transformer layer its patterns select
+    Knobs: ClassVar[type]  # frozen dataclass of the method's own settings, with the published defaults
+    unkeyed: ClassVar[frozenset[str]] = frozenset()  # knobs recorded in rows that do not change the image
+
+    # planning: no model is loaded -------------------------------------------------------------------
+    def check_knobs(self, knobs: Any, where: str) -> None:
+        """Values the types allow but the method does not (negative strengths, unknown modes)."""
+
+    def check_entry(self, entry: "MethodEntry", spec: "ModelSpec") -> None:
+        """Settings that only make sense together (a sampler the method cannot run, a model it cannot use)."""
+
+    def content_label_use(self, knobs: Any) -> str:
+        """What items with these knobs use the reference's content label (manifest column `content`) for; "" if nothing."""
+        return ""
+
+    def effective_pattern(self, pattern: Pattern, knobs: Any, layer_map: LayerMap) -> Pattern:
+        """The layers an item really acts on, when a knob switches some of the pattern's layers off."""
+        return pattern
+
+    def model_identity(self, spec: "ModelSpec") -> dict[str, Any]:
+        """What the method loads besides the base pipeline that determines an image (an adapter checkpoint)."""
+        return {}
+
+    def prompt_used(self, parts: Parts) -> str:
+        """The prompt the method gives the pipeline for this item (the target prompt itself by default)."""
+        return parts.prompt.prompt
+
+    def key_fields(self, parts: Parts) -> dict[str, Any]:
+        """The method's part of the item key: its knobs (those that change the image)."""
+        return {k: v for k, v in dataclasses.asdict(parts.knobs).items() if k not in self.unkeyed}
+
+    def row_fields(self, parts: Parts) -> dict[str, Any]:
+        """The method's columns in the table: its knobs, and anything else a reader needs to know."""
+        return dataclasses.asdict(parts.knobs)
+
+    def batch_key(self, item: "WorkItem") -> tuple[Any, ...]:
+        """Items with equal keys (and equal samplers) may share one pipeline call."""
+        return ()
+
+    # generation ---------------------------------------------------------------------------------------
+    @abstractmethod
+    def activate(self, model: "LoadedModel") -> None:
+        """Set the pipeline up for this method's calls, attaching what it needs on first use."""
+
+    @abstractmethod
+    def deactivate(self, model: "LoadedModel") -> None:
+        """Leave the pipeline as the base model for other methods' calls (cheaply: no weights are freed)."""
+
+    def prepare(self, engine: "Engine", items: Sequence["WorkItem"], store: "Store") -> None:
+        """Per-reference work for these items, done once and kept (in memory or as keyed artefacts)."""
+
+    @abstractmethod
+    def run_batch(self, engine: "Engine", items: Sequence["WorkItem"]) -> list["Image.Image"]:
+        """One pipeline call for items of one batch key; their images, in order."""
+
+
+#: name -> plug-in class, filled by @register.
+REGISTRY: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def method(name: str) -> Method:
+    """The plug-in called `name`, or a one-line error listing the valid names."""
+    if name not in REGISTRY:
+        raise ConfigError(f"unknown method {name!r}; choose one of {', '.join(sorted(REGISTRY))} (experiments/method/)")
+    return REGISTRY[name]()
+
+
+def knob_names(name: str) -> list[str]:
+    return [f.name for f in dataclasses.fields(REGISTRY[name].Knobs)]
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    """One entry of the `method` config group: a plug-in with the knob combinations and patterns it sweeps."""
+
+    name: str  # the entry's name in the config (usually the plug-in's)
+    method: Method
+    variants: tuple[Any, ...]  # Knobs instances, one per combination of the swept knobs
+    patterns: tuple[Pattern, ...]  # on this method's site
+    layer_map: LayerMap
+    sampler: Sampler
+
+
+def parse_entries(
+    methods: Mapping[str, Any],
+    *,
+    patterns: Sequence[Any],
+    presets: Mapping[str, Sequence[str] | None],
+    sampler: Mapping[str, Any],
+    model: Mapping[str, Any],
+    layer_map: Callable[[str], LayerMap],
+) -> list[MethodEntry]:
+    """The `method` group as entries, every knob and pattern checked; `layer_map(site)` gives a site's map."""
+    if not methods:
+        raise ConfigError("no method chosen; e.g. method=ip_adapter or method=[ip_adapter,style_aligned]")
+    entries = []
+    for entry_name, body in methods.items():
+        body = dict(body or {})
+        plugin = method(str(body.get("type", entry_name)))
+        where = f"method.{entry_name}"
+        knobs = {k: v for k, v in body.items() if k not in ENTRY_SETTINGS}
+        valid = knob_names(plugin.name)
+        unknown = sorted(set(knobs) - set(valid))
+        if unknown:
+            raise ConfigError(
+                f"unknown knob(s) {', '.join(unknown)} for {where} ({plugin.name}); valid: {', '.join(valid)}"
+            )
+        variants = _variants(plugin, knobs, where)
+        sampler_defaults = dict(body.get("sampler") or {})
+        entry_sampler = Sampler.resolve(sampler, sampler_defaults, model, where=f"{where}.sampler" if sampler_defaults else "sampler")
+        lm = layer_map(plugin.site)
+        specs = as_list(body["patterns"]) if body.get("patterns") is not None else list(patterns)
+        expanded = tuple(expand_patterns(specs, lm, presets))
+        entry = MethodEntry(str(entry_name), plugin, variants, expanded, lm, entry_sampler)
+        entries.append(entry)
+    return entries
+
+
+def _variants(plugin: Method, given: Mapping[str, Any], where: str) -> tuple[Any, ...]:
+    """Every combination of the knobs given as lists (the others at their given or default value)."""
+    hints = typing.get_type_hints(plugin.Knobs)
+    names = [f.name for f in dataclasses.fields(plugin.Knobs)]
+    choices = {n: [_coerce(v, hints[n], f"{where}.{n}") for v in as_list(given[n])] for n in names if n in given}
+    for n, values in choices.items():
+        if not values:
+            raise ConfigError(f"{where}.{n} is an empty list; give at least one value")
+    out: list[Any] = []
+    for combo in itertools.product(*choices.values()):
+        knobs = plugin.Knobs(**dict(zip(choices, combo)))
+        plugin.check_knobs(knobs, where)
+        if knobs not in out:
+            out.append(knobs)
+    return tuple(out)
+
+
+def _coerce(value: Any, hint: Any, what: str) -> Any:
+    """A config value as the knob's declared type (bool, int, float, str, or one of them or None)."""
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if value is None and type(None) in options:
+        return None
+    for t in options:
+        if t is bool and isinstance(value, bool):
+            return value
+        if t is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if t is str and isinstance(value, str):
+            return value
+    names = " or ".join("null" if t is type(None) else ("true/false" if t is bool else t.__name__) for t in options)
+    raise ConfigError(f"{what}={value!r}; give {names}")
