@@ -130,7 +130,7 @@ def test_builtin_shapes_small_is_prefix_of_shapes(shapes_dirs, tmp_path: Path) -
     small = load_style_set("builtin:shapes_small", cache_dir=tmp_path / "c")
     assert len(small) == 2
     assert [(r.style, r.content, r.digest) for r in small] == [(r.style, r.content, r.digest) for r in full[:2]]
-    assert small[0].image.parent == (tmp_path / "c" / "styles" / "shapes_small-v1").resolve()
+    assert small[0].image.parent == (tmp_path / "c" / "styles" / "shapes_small-v2").resolve()
 
 
 def test_builtin_second_call_reuses_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -146,13 +146,13 @@ def test_builtin_second_call_reuses_files(tmp_path: Path, monkeypatch: pytest.Mo
     assert second == first
     assert {r.image: r.image.stat().st_mtime_ns for r in second} == before
     # Only the finished folder remains: no temp build dirs left next to it.
-    assert sorted(p.name for p in (cache / "styles").iterdir()) == ["shapes_small-v1"]
+    assert sorted(p.name for p in (cache / "styles").iterdir()) == ["shapes_small-v2"]
 
 
 def test_builtin_uses_env_cache_by_default(_cache_in_tmp: Path) -> None:
     assert default_cache_dir() == _cache_in_tmp
     refs = load_style_set("builtin:shapes_small")
-    assert refs[0].image.parent == (_cache_in_tmp / "styles" / "shapes_small-v1").resolve()
+    assert refs[0].image.parent == (_cache_in_tmp / "styles" / "shapes_small-v2").resolve()
 
 
 def test_default_cache_dir_falls_back_to_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -165,21 +165,21 @@ def test_default_cache_dir_falls_back_to_home(tmp_path: Path, monkeypatch: pytes
 
 def test_killed_build_leaves_nothing_half_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cache = tmp_path / "c"
-    real_pastel = data._SHAPES[1][3]
+    real_pastel = data._SHAPES[1][4]
     calls = {"n": 0}
 
     def dies_midway() -> Image.Image:
         calls["n"] += 1
         raise KeyboardInterrupt  # like Ctrl-C after the first image was written
 
-    patched = (data._SHAPES[0], data._SHAPES[1][:3] + (dies_midway,))
+    patched = (data._SHAPES[0], data._SHAPES[1][:4] + (dies_midway,))
     monkeypatch.setitem(data._BUILTIN_STYLE_SETS, "shapes_small", patched)
     with pytest.raises(KeyboardInterrupt):
         load_style_set("builtin:shapes_small", cache_dir=cache)
     assert calls["n"] == 1
     assert list((cache / "styles").iterdir()) == []
 
-    monkeypatch.setitem(data._BUILTIN_STYLE_SETS, "shapes_small", (data._SHAPES[0], data._SHAPES[1][:3] + (real_pastel,)))
+    monkeypatch.setitem(data._BUILTIN_STYLE_SETS, "shapes_small", (data._SHAPES[0], data._SHAPES[1][:4] + (real_pastel,)))
     assert len(load_style_set("builtin:shapes_small", cache_dir=cache)) == 2
 
 
@@ -196,7 +196,7 @@ def test_race_loser_discards_its_build(tmp_path: Path) -> None:
 
 
 def test_damaged_stale_target_is_rebuilt(tmp_path: Path) -> None:
-    stale = tmp_path / "c" / "styles" / "shapes_small-v1"
+    stale = tmp_path / "c" / "styles" / "shapes_small-v2"
     stale.mkdir(parents=True)
     (stale / "junk.png").write_text("half", encoding="utf-8")  # no manifest: not a finished build
     refs = load_style_set("builtin:shapes_small", cache_dir=tmp_path / "c")
@@ -264,9 +264,8 @@ def test_digest_tracks_image_bytes(tmp_path: Path) -> None:
         ("non_csv_file", ["not a manifest .csv"]),
         ("empty_file", ["empty"]),
         ("header_only", ["empty", "one row per reference"]),
-        ("missing_columns", ["missing column(s) style, content", "found: image, name", "image,style,content"]),
+        ("missing_columns", ["missing column(s) style", "found: image, name", "image,style (and, for most methods, content)"]),
         ("empty_style", ["empty style cell", "row 2"]),
-        ("empty_content", ["empty content cell", "row 3"]),
         ("empty_image", ["empty image cell", "row 2"]),
         ("image_missing", ["reference image not found", "nothere.png", "row 2", "fix the path"]),
         ("text_as_png", ["not a readable image", "fake.png", "row 2"]),
@@ -295,8 +294,6 @@ def test_style_set_validation_errors(case: str, keywords: list[str], tmp_path: P
         _manifest(root, "image,name\nok.png,x\n")
     elif case == "empty_style":
         _manifest(root, "image,style,content\nok.png, ,a cat\n")
-    elif case == "empty_content":
-        _manifest(root, "image,style,content\nok.png,oil,a cat\nok.png,oil,\n")
     elif case == "empty_image":
         _manifest(root, "image,style,content\n,oil,a cat\n")
     elif case == "image_missing":
@@ -323,6 +320,20 @@ def test_style_set_validation_errors(case: str, keywords: list[str], tmp_path: P
         assert kw in msg, (kw, msg)
 
 
+def test_content_and_style_prompt_are_optional(tmp_path: Path) -> None:
+    """A blank content label is allowed (the method that needs one says so); style_prompt is read when given."""
+    root = tmp_path / "set"
+    root.mkdir()
+    _png(root / "ok.png")
+    _manifest(root, "image,style,content,style_prompt\nok.png,oil,a cat,thick impasto oil painting\nok.png,oil,,\n")
+    with_label, without = load_style_set(root)
+    assert (with_label.content, with_label.style_prompt) == ("a cat", "thick impasto oil painting")
+    assert (without.content, without.style_prompt) == ("", "")
+    _manifest(root, "image,style\nok.png,ink\n")
+    (only,) = load_style_set(root)
+    assert (only.style, only.content, only.style_prompt) == ("ink", "", "")
+
+
 def test_validation_does_not_import_torch() -> None:
     code = (
         "import sys; import styleprobe.data as d; "
@@ -345,7 +356,7 @@ def test_builtin_prompts() -> None:
     for p in objs:
         assert p.prompt.startswith(p.subject) and p.subject.startswith("a ")
     # Subjects must not overlap the built-in style contents, or content leakage is unmeasurable.
-    shapes = {c for _, _, c, _ in data._SHAPES}
+    shapes = {c for _, _, c, _, _ in data._SHAPES}
     assert not shapes & {p.subject for p in objs}
     assert load_prompts("builtin:objects_small") == objs[:2]
     objs.append(PromptSpec("x", "x"))

@@ -1,7 +1,9 @@
 """Style sets and prompt sets: the inputs of a sweep, loaded and validated before any model is touched.
 
-A *style set* is a list of reference images, each with the name of its style and a short label of
-what it depicts (the label is later used for CLIP content subtraction). A *prompt set* is a list
+A *style set* is a list of reference images, each with the name of its style, a short label of what it
+depicts (`content`: used by IP-Adapter's content subtraction, StyleAligned's inversion caption and the leakage
+metrics; may be blank where nothing needs it) and optionally a longer style description (`style_prompt`, for
+methods that write the style into the prompt). A *prompt set* is a list
 of target prompts, each with the subject it names. Everything here is cheap (PIL + numpy only, no
 torch) so a bad config fails in well under a second with a one-line ``ConfigError``.
 """
@@ -38,9 +40,11 @@ __all__ = [
 BUILTIN_PREFIX = "builtin:"
 MANIFEST_NAME = "manifest.csv"
 MANIFEST_COLUMNS: tuple[str, ...] = ("image", "style", "content")
+REQUIRED_COLUMNS: tuple[str, ...] = ("image", "style")  # content may be blank: only some methods and metrics need it
+OPTIONAL_COLUMNS: tuple[str, ...] = ("content", "style_prompt")
 PROMPT_EXTENSIONS: tuple[str, ...] = (".txt", ".csv", ".yaml", ".yml", ".json")
 # Bump when the generated pictures change, so old caches are never silently reused.
-_BUILTIN_VERSION = "v1"
+_BUILTIN_VERSION = "v2"  # v2: the manifest gained style_prompt (same images, same digests)
 _SIZE = 256
 
 
@@ -71,11 +75,13 @@ def _file_digest(path: str, mtime_ns: int, size: int) -> str:
 
 @dataclass(frozen=True)
 class StyleReference:
-    """One style reference image; ``content`` says what it shows so it can be subtracted later."""
+    """One style reference image; ``content`` says what it shows ("" when unknown), ``style_prompt`` describes its
+    style at more length than ``style`` for methods that put the style into the prompt (StyleAligned)."""
 
     image: Path
     style: str
     content: str
+    style_prompt: str = ""
 
     @property
     def digest(self) -> str:
@@ -202,15 +208,16 @@ def _mosaic_house() -> Image.Image:
     return Image.fromarray(img, "RGB")
 
 
-# (file name, style, content, generator). Order matters: *_small sets are prefixes.
-_SHAPES: tuple[tuple[str, str, str, Callable[[], Image.Image]], ...] = (
-    ("00_neon_grid.png", "neon_grid", "a circle", _neon_grid_circle),
-    ("01_pastel_dots.png", "pastel_dots", "a square", _pastel_dots_square),
-    ("02_ink_hatching.png", "ink_hatching", "a triangle", _ink_hatching_triangle),
-    ("03_mosaic.png", "mosaic", "a house", _mosaic_house),
+_Entry = tuple[str, str, str, str, Callable[[], Image.Image]]
+# (file name, style, content, style_prompt, generator). Order matters: *_small sets are prefixes.
+_SHAPES: tuple[_Entry, ...] = (
+    ("00_neon_grid.png", "neon_grid", "a circle", "glowing neon lines on a dark grid", _neon_grid_circle),
+    ("01_pastel_dots.png", "pastel_dots", "a square", "pastel halftone dots", _pastel_dots_square),
+    ("02_ink_hatching.png", "ink_hatching", "a triangle", "black ink cross-hatching on cream paper", _ink_hatching_triangle),
+    ("03_mosaic.png", "mosaic", "a house", "a mosaic of square tiles", _mosaic_house),
 )
 
-_BUILTIN_STYLE_SETS: dict[str, tuple[tuple[str, str, str, Callable[[], Image.Image]], ...]] = {
+_BUILTIN_STYLE_SETS: dict[str, tuple[_Entry, ...]] = {
     "shapes": _SHAPES,
     "shapes_small": _SHAPES[:2],
 }
@@ -221,15 +228,15 @@ def builtin_style_sets() -> list[str]:
     return sorted(_BUILTIN_STYLE_SETS)
 
 
-def _write_builtin(folder: Path, entries: Iterable[tuple[str, str, str, Callable[[], Image.Image]]]) -> None:
+def _write_builtin(folder: Path, entries: Iterable[_Entry]) -> None:
     """Render every image and the manifest into ``folder`` (a private temp dir)."""
-    rows: list[tuple[str, str, str]] = []
-    for filename, style, content, make in entries:
+    rows: list[tuple[str, str, str, str]] = []
+    for filename, style, content, style_prompt, make in entries:
         make().save(folder / filename, format="PNG")  # no metadata, so bytes are reproducible
-        rows.append((filename, style, content))
+        rows.append((filename, style, content, style_prompt))
     with open(folder / MANIFEST_NAME, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
-        w.writerow(MANIFEST_COLUMNS)
+        w.writerow((*MANIFEST_COLUMNS, "style_prompt"))
         w.writerows(rows)
 
 
@@ -311,14 +318,14 @@ def _read_manifest(manifest: Path) -> list[StyleReference]:
         )
     _, header = rows[0]
     header = [h.strip().lower() for h in header]
-    missing = [c for c in MANIFEST_COLUMNS if c not in header]
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
         raise _error(
             f"style set: manifest {manifest} is missing column(s) {', '.join(missing)} "
             f"(found: {', '.join(h for h in header if h) or 'none'}); "
-            f"the header row must include {','.join(MANIFEST_COLUMNS)}"
+            f"the header row must include {','.join(REQUIRED_COLUMNS)} (and, for most methods, content)"
         )
-    idx = {c: header.index(c) for c in MANIFEST_COLUMNS}
+    idx = {c: header.index(c) for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if c in header}
     if len(rows) == 1:
         raise _error(
             f"style set: manifest is empty (header only): {manifest}; add one row per reference image (image,style,content)"
@@ -328,7 +335,7 @@ def _read_manifest(manifest: Path) -> list[StyleReference]:
     for line, row in rows[1:]:
         where = f"row {line} of {manifest}"
         cells = {c: (row[i].strip() if i < len(row) else "") for c, i in idx.items()}
-        for col in MANIFEST_COLUMNS:
+        for col in REQUIRED_COLUMNS:
             if not cells[col]:
                 raise _error(f"style set: empty {col} cell in {where}; fill in the {col} column for every row")
         image = Path(cells["image"]).expanduser()
@@ -340,7 +347,8 @@ def _read_manifest(manifest: Path) -> list[StyleReference]:
                 f"style set: reference image not found: {image} ({where}); fix the path in the manifest or add the file"
             )
         _check_image(image, where)
-        refs.append(StyleReference(image=image, style=cells["style"], content=cells["content"]))
+        refs.append(StyleReference(image=image, style=cells["style"], content=cells.get("content", ""),
+                                   style_prompt=cells.get("style_prompt", "")))
     return refs
 
 

@@ -57,9 +57,10 @@ def batch_order(items: Sequence[WorkItem]) -> list[list[WorkItem]]:
 class Engine:
     """Generates images for work items with one loaded model."""
 
-    def __init__(self, model: LoadedModel, batch_size: int = 8):
+    def __init__(self, model: LoadedModel, batch_size: int = 8, output_type: str = "pil"):
         self.model = model
         self.batch_size = max(1, int(batch_size))
+        self.output_type = output_type  # "pil" for the store; "latent" or "np" to inspect a method's outputs
 
     # the pipeline's state ------------------------------------------------------------------------------
     def use(self, method: Any, sampler: Sampler) -> None:
@@ -127,7 +128,7 @@ class Engine:
                 guidance_scale=sampler.guidance,
                 height=sampler.height,
                 width=sampler.width,
-                output_type=kwargs.pop("output_type", "pil"),
+                output_type=self.output_type,
                 **kwargs,
             )
         return list(out.images)

@@ -6,7 +6,7 @@
 Importing this package registers every method.
 """
 
-from styleprobe.methods import ip_adapter  # noqa: F401 - importing registers the method
+from styleprobe.methods import ip_adapter, style_aligned  # noqa: F401 - importing registers the methods
 from styleprobe.methods.base import REGISTRY, Method, MethodEntry, Parts, knob_names, method, parse_entries, register
 
 __all__ = ["REGISTRY", "Method", "MethodEntry", "Parts", "knob_names", "method", "parse_entries", "register"]

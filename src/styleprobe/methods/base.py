@@ -64,6 +64,7 @@ class Method(ABC):
     site: ClassVar[str]  # "attn1" | "attn2": the attention site of each transformer layer its patterns select
     Knobs: ClassVar[type]  # frozen dataclass of the method's own settings, with the published defaults
     unkeyed: ClassVar[frozenset[str]] = frozenset()  # knobs recorded in rows that do not change the image
+    sampler_defaults: ClassVar[dict[str, Any]] = {}  # the method's own sampler settings (below `sampler.*`)
 
     # planning: no model is loaded -------------------------------------------------------------------
     def check_knobs(self, knobs: Any, where: str) -> None:
@@ -174,8 +175,8 @@ def parse_entries(
                 f"unknown knob(s) {', '.join(unknown)} for {where} ({plugin.name}); valid: {', '.join(valid)}"
             )
         variants = _variants(plugin, knobs, where)
-        sampler_defaults = dict(body.get("sampler") or {})
-        entry_sampler = Sampler.resolve(sampler, sampler_defaults, model, where=f"{where}.sampler" if sampler_defaults else "sampler")
+        sampler_defaults = {**plugin.sampler_defaults, **dict(body.get("sampler") or {})}
+        entry_sampler = Sampler.resolve(sampler, sampler_defaults, model, where=f"{where}.sampler")
         lm = layer_map(plugin.site)
         specs = as_list(body["patterns"]) if body.get("patterns") is not None else list(patterns)
         expanded = tuple(expand_patterns(specs, lm, presets))

@@ -201,6 +201,7 @@ class LeakCLIP(_CLIPScorer):
         target = cosine(out, self.texts(subject_texts))
         margin = leak - target
         same = np.array([c.lower() == s.lower() for c, s in zip(content_texts, subject_texts, strict=True)])
-        free = np.where(same, np.nan, (margin < 0).astype(float))
-        margin = np.where(same, np.nan, margin)
-        return {self.name: leak, self.margin_column: margin, self.free_column: free}
+        unlabelled = np.array([not c.strip() for c in batch.contents])  # no content label: leakage undefined
+        free = np.where(same | unlabelled, np.nan, (margin < 0).astype(float))
+        margin = np.where(same | unlabelled, np.nan, margin)
+        return {self.name: np.where(unlabelled, np.nan, leak), self.margin_column: margin, self.free_column: free}

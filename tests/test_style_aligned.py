@@ -1,0 +1,217 @@
+"""StyleAligned: the same numbers as google/style-aligned's own code, per-sample batching, inversion as an artefact.
+
+The golden file was written by the original code on the tiny model (tests/data/style_aligned_golden/make_golden.py
+says exactly how). Measured differences to it: about 3e-5 absolute on final latents of magnitude ~40 (float32
+summation order), and 0.0 on the inverted trajectory.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from styleprobe.data import PromptSpec, StyleReference
+from styleprobe.engine import Engine
+from styleprobe.errors import ConfigError
+from styleprobe.layers import LayerMap
+from styleprobe.methods import parse_entries
+from styleprobe.plan import build_plan
+from styleprobe.shared_attention import switched_off
+from styleprobe.store import Store
+
+GOLDEN = Path(__file__).parent / "data" / "style_aligned_golden" / "golden.safetensors"
+TARGETS = ["a cat sitting on a chair", "a lighthouse on a rocky coast"]
+MODEL = {"resolution": 64, "steps": 4, "guidance": 5.0}  # the tiny preset's sampler settings
+GENERATED = {"reference_mode": "generated", "share_group_norm": False, "shared_score_shift": 0.0, "reference_seed": 10}
+
+
+@pytest.fixture(scope="module")
+def golden() -> dict[str, torch.Tensor]:
+    with safe_open(str(GOLDEN), "pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}
+
+
+@pytest.fixture(scope="module")
+def neon(references) -> StyleReference:
+    """The golden files' reference: builtin:shapes' first image, described as make_golden.py describes it."""
+    return StyleReference(references[0].image, "neon", "a circle", "neon glow")
+
+
+def _items(model, reference, knobs, targets=TARGETS, seeds=(11, 12), patterns=("all",), sampler=None):
+    """One item per (target, seed) pair, in order, for the `style_aligned` method with `knobs`."""
+    entries = parse_entries(
+        {"style_aligned": knobs}, patterns=list(patterns), presets={}, sampler=sampler or {}, model=MODEL,
+        layer_map=lambda site: LayerMap.from_unet(model.pipe.unet, site),
+    )
+    items = []
+    for target, seed in zip(targets, seeds):
+        items += build_plan(model=model.spec, dtype="float32", entries=entries, references=[reference],
+                            prompts=[PromptSpec(target, target)], seeds=[seed])
+    return items
+
+
+def _latents(model, items, store, output_type="latent") -> torch.Tensor:
+    engine = Engine(model, batch_size=len(items), output_type=output_type)
+    engine.use(items[0].method, items[0].sampler)
+    items[0].method.prepare(engine, items, store)
+    out = engine.run_batch(items)
+    return torch.stack([torch.as_tensor(o) for o in out])
+
+
+@pytest.mark.parametrize(
+    "case, knobs, steps, guidance, targets",
+    [
+        ("generated", GENERATED, 50, 5.0, TARGETS),
+        ("knobs", {**GENERATED, "adain_values": True, "shared_score_scale": 0.5, "shared_score_shift": 0.3,
+                   "share_group_norm": True, "only_self_level": 0.3}, 30, 5.0, TARGETS),
+        ("full", {**GENERATED, "full_attention_share": True}, 30, 5.0, TARGETS[:1]),
+        ("inverted", {}, 50, 10.0, TARGETS),
+    ],
+)
+def test_matches_the_original_code(case, knobs, steps, guidance, targets, tiny_model, neon, golden, tmp_path):
+    items = _items(tiny_model, neon, knobs, targets, sampler={"steps": steps, "guidance": guidance})
+    ours = _latents(tiny_model, items, Store(tmp_path))
+    theirs = golden[f"{case}/latents"][1:]  # row 0 is the reference sample
+    assert ours.shape == theirs.shape
+    torch.testing.assert_close(ours, theirs, atol=1e-3, rtol=1e-4)
+    assert (ours - golden["generated/latents"][1 : 1 + len(targets)]).abs().max() > 1.0 or case == "generated"
+
+
+def test_inversion_equals_the_original_and_is_stored_once(tiny_model, neon, golden, tmp_path, monkeypatch):
+    store = Store(tmp_path)
+    items = _items(tiny_model, neon, {}, sampler={"steps": 50})
+    engine = Engine(tiny_model)
+    engine.use(items[0].method, items[0].sampler)
+    items[0].method.prepare(engine, items, store)
+    key = items[0].row["inversion_key"]
+    assert key and {it.row["inversion_key"] for it in items} == {key}  # one reference, one inversion
+    zts, meta = store.read_tensors("inversion", key)
+    torch.testing.assert_close(zts["zts"], golden["inverted/zts"], atol=1e-6, rtol=0)
+    assert meta["steps"] == 50 and meta["guidance"] == 2.0 and meta["caption"] == "a circle, neon glow." and meta["seconds"] > 0
+    # a new process (empty memory) reads it back instead of inverting again
+    tiny_model.attached["style_aligned"].inversions.clear()
+    import styleprobe.inversion as inversion
+
+    monkeypatch.setattr(inversion, "ddim_invert", lambda *a, **k: pytest.fail("inverted twice"))
+    items[0].method.prepare(engine, items, store)
+    assert torch.equal(tiny_model.attached["style_aligned"].inversions[key][0], zts["zts"])
+    # and another results folder gets its own copy from memory, still without inverting again
+    other = Store(tmp_path / "other")
+    items[0].method.prepare(engine, items, other)
+    assert torch.equal(other.read_tensors("inversion", key)[0]["zts"], zts["zts"])
+
+
+def test_an_image_does_not_depend_on_its_batch(tiny_model, references, tmp_path):
+    """Mixed references, prompts, seeds and patterns in one call: each image as when made alone."""
+    sampler = {"steps": 8}
+    mixed = []
+    for ref, pattern, seed, target in [(references[0], "all", 3, TARGETS[0]), (references[1], "style", 4, TARGETS[1]),
+                                       (references[0], "none", 5, TARGETS[1]), (references[1], "all", 3, TARGETS[0])]:
+        mixed += _items(tiny_model, ref, {}, [target], [seed], [pattern], sampler)
+    store = Store(tmp_path)
+    together = _latents(tiny_model, mixed, store, "np")
+    alone = torch.cat([_latents(tiny_model, [it], store, "np") for it in mixed])
+    assert (together - alone).abs().max() < 1e-4
+    assert (alone[0] - alone[3]).abs().max() > 1e-2  # the two references really differ
+
+
+def test_the_layer_pattern_selects_where_attention_is_shared(tiny_model, references, tmp_path):
+    items = _items(tiny_model, references[2], {}, [TARGETS[0]] * 3, [0] * 3, ["none", "style", "all"], {"steps": 8})
+    by_pattern = {}
+    for it in items:
+        by_pattern[it.pattern.name] = _latents(tiny_model, [it], Store(tmp_path), "np")
+    assert items[1].row["layers"] == '["up_blocks.0.attentions.1"]'  # attn1 sites, named like IP-Adapter's
+    for a, b in (("none", "style"), ("style", "all"), ("none", "all")):
+        assert (by_pattern[a] - by_pattern[b]).abs().max() > 1e-3, (a, b)
+
+
+def test_without_a_plan_the_processors_compute_the_plain_model(tiny_model, tmp_path):
+    """StyleAligned's processors and norms, installed but with nothing shared, leave the base model's numbers."""
+    from diffusers import StableDiffusionXLPipeline
+
+    from styleprobe.methods import method
+    from styleprobe.models import resolve_source
+    from styleprobe.sampler import Sampler
+
+    engine = Engine(tiny_model, output_type="np")
+    sampler = Sampler(3, 5.0, 64, 64)
+    engine.use(method("style_aligned"), sampler)
+    ours = engine.denoise(sampler, ["a teapot"], engine.noise([7], sampler))[0]
+    plain = StableDiffusionXLPipeline.from_pretrained(resolve_source(tiny_model.spec.base))
+    plain.set_progress_bar_config(disable=True)
+    with torch.inference_mode():
+        theirs = plain("a teapot", latents=engine.noise([7], sampler), num_inference_steps=3, guidance_scale=5.0,
+                       height=64, width=64, output_type="np").images[0]
+    assert abs(ours - theirs).max() == 0.0
+
+
+def test_methods_take_turns_on_one_pipeline(tiny_model, references, make_items, tmp_path):
+    """IP-Adapter, then StyleAligned, then IP-Adapter again: the same IP-Adapter image both times."""
+    ip = make_items(tiny_model, "ip_adapter", references[:1], patterns=["style"])
+    sa = _items(tiny_model, references[1], {}, [TARGETS[0]], [0], ["all"], {"steps": 8})
+    engine = Engine(tiny_model, output_type="np")
+    first = engine.run_batch(ip)[0]
+    _latents(tiny_model, sa, Store(tmp_path), "np")
+    assert tiny_model.pipe.unet.encoder_hid_proj is None  # the adapter stood aside for StyleAligned
+    assert abs(engine.run_batch(ip)[0] - first).max() == 0.0
+
+
+def test_only_self_level_follows_the_original_rule_and_guards_its_division():
+    # the original's _get_switch_vec: every (n // int(level * n))-th layer, flipped above one half
+    assert switched_off(10, 0.3) == [i % 3 == 0 for i in range(10)]
+    assert switched_off(10, 0.75) == [i % 5 != 0 for i in range(10)]
+    assert switched_off(10, 0.8) == [i != 0 for i in range(10)]  # 1 - 0.8 = 0.1999..: one layer kept, as the original
+    assert switched_off(10, 0.0) == [False] * 10 and switched_off(10, 1.0) == [True] * 10
+    assert switched_off(28, 0.01) == [False] * 28  # the original divides by zero here
+    assert switched_off(28, 0.99) == [True] * 28
+
+
+def test_prompts_follow_the_original_convention(tiny_model, neon):
+    (item,) = _items(tiny_model, neon, {}, [TARGETS[0]], [0])
+    assert item.row["prompt_used"] == "a cat sitting on a chair, neon glow."
+    assert item.row["reference_prompt"] == "a circle, neon glow."
+    assert item.row["prompt"] == TARGETS[0]  # the target prompt stays the unit and text alignment's text
+    assert (item.row["steps"], item.row["guidance"]) == (50, 10.0)
+    assert item.row["scheduler"] == "DDIMScheduler(clip_sample=False, set_alpha_to_one=False, steps_offset=0)"
+    assert math.isclose(item.row["shared_score_shift"], math.log(2))
+    plain_style = replace(neon, style_prompt="")
+    (other,) = _items(tiny_model, plain_style, {}, [TARGETS[0]], [0])
+    assert other.row["prompt_used"] == "a cat sitting on a chair, neon." and other.key != item.key
+
+
+def test_share_layer_norm_is_recorded_not_keyed(tiny_model, neon):
+    (on,) = _items(tiny_model, neon, {"share_layer_norm": True}, [TARGETS[0]], [0])
+    (off,) = _items(tiny_model, neon, {"share_layer_norm": False}, [TARGETS[0]], [0])
+    assert on.key == off.key and (on.row["share_layer_norm"], off.row["share_layer_norm"]) == (True, False)
+
+
+@pytest.mark.parametrize(
+    "knobs, sampler, patterns, fragment",
+    [
+        ({"adain_query": True}, {}, ["all"], "unknown knob(s) adain_query for method.style_aligned (style_aligned); valid: reference_mode, adain_queries"),
+        ({"reference_mode": "copied"}, {}, ["all"], "reference_mode='copied'; choose one of inversion, generated"),
+        ({"inversion_steps": 30}, {}, ["all"], "inverted in 30 steps but generated in 50"),
+        ({}, {"scheduler": "EulerDiscreteScheduler"}, ["all"], "must use DDIMScheduler, not EulerDiscreteScheduler"),
+        ({"inversion_offset": 8}, {"steps": 8}, ["all"], "inversion_offset=8 needs more than 8 steps"),
+        ({}, {}, [{"name": "half", "scales": {"mid_block": 0.5}}], "shares a layer or not"),
+        ({"adain_keys": "yes"}, {}, ["all"], "adain_keys='yes'; give true/false"),
+        ({"prompt_template": "{prompt} in {mood}"}, {}, ["all"], "prompt_template='{prompt} in {mood}' cannot be filled"),
+    ],
+)
+def test_bad_settings_fail_in_one_line(tiny_model, neon, knobs, sampler, patterns, fragment):
+    with pytest.raises(ConfigError) as err:
+        _items(tiny_model, neon, knobs, [TARGETS[0]], [0], patterns, sampler)
+    assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_reference_without_content_label_is_named(tiny_model, neon):
+    with pytest.raises(ConfigError, match=r"has no content label, which style_aligned's reference caption for DDIM "
+                                          r"inversion .* fill in the manifest's content column"):
+        _items(tiny_model, replace(neon, content=""), {}, [TARGETS[0]], [0])
+    (item,) = _items(tiny_model, replace(neon, content=""), {"reference_prompt_template": "{style}"}, [TARGETS[0]], [0])
+    assert item.row["reference_prompt"] == "neon glow"  # a caption without {content} needs no label
