@@ -132,6 +132,61 @@ def test_verdict_per_setting_and_missing_conditions():
         Criterion.from_mapping({"style_fractoin": 0.9})
 
 
+def _two_methods(ip_subtractions=(0.0,), sa_norms=(True,)) -> pd.DataFrame:
+    """IP-Adapter rows (scale, subtraction) with the planted effect, StyleAligned rows (its own knob, no subtraction)
+    without one, on the same units; each method with its own sampler, as in a real multi-method sweep."""
+    ip = _table(PLANTED, n_refs=3, n_prompts=3, subtractions=ip_subtractions).assign(
+        method="ip_adapter", steps=4, guidance=5.0, knob_columns='["scale", "subtraction"]')
+    parts = [ip]
+    for i, norms in enumerate(sa_norms):
+        sa = _table(NULL, n_refs=3, n_prompts=3, seed=1 + i).drop(columns=["scale", "subtraction"]).assign(
+            method="style_aligned", steps=50, guidance=10.0, share_group_norm=norms,
+            knob_columns='["share_group_norm", "shared_score_shift"]', shared_score_shift=0.69)
+        parts.append(sa)
+    return pd.concat(parts, ignore_index=True)
+
+
+def test_methods_are_judged_apart_and_none_of_their_rows_is_dropped():
+    from styleprobe.analysis.conditions import split_by_setting
+    from styleprobe.analysis.load import varying_conditions
+
+    table = _two_methods(ip_subtractions=(0.0, 0.5))
+    # steps and guidance follow from the method: they are not conditions of their own
+    assert varying_conditions(table) == ["method", "injection", "subtraction"]
+    parts = split_by_setting(table)
+    assert sum(len(part) for _, part in parts) == len(table)  # StyleAligned rows (no subtraction) are kept
+    verdicts = judge(table, Criterion(), BOOT)
+    answers = {(v.setting["method"], v.title(), v.candidate): v.answer for v in verdicts}
+    assert len(verdicts) == 6  # (ip_adapter x 2 strengths + style_aligned) x 2 candidates
+    assert all(a for (m, _, _), a in answers.items() if m == "ip_adapter")
+    assert not any(a for (m, _, _), a in answers.items() if m == "style_aligned")
+    sa = [v for v in verdicts if v.setting["method"] == "style_aligned"]
+    assert all(c.n_units == 9 for v in sa for c in v.checks)  # its rows are found (subtraction NaN selects them)
+    sa_titles = [t for (m, t, _), _ in answers.items() if m == "style_aligned"]
+    assert sa_titles == ["style (method=style_aligned)", "style_layout (method=style_aligned)"]  # no subtraction=nan
+
+
+def test_a_swept_knob_of_one_method_is_a_condition():
+    from styleprobe.analysis.load import varying_conditions
+    from styleprobe.analysis.stats import aggregate
+
+    table = _two_methods(sa_norms=(True, False))
+    assert varying_conditions(table) == ["method", "injection", "share_group_norm"]
+    agg = aggregate(table, "style_csd", boot=BOOT)
+    sa = agg[agg["method"] == "style_aligned"]
+    assert sorted(sa["share_group_norm"].astype(str).unique()) == ["False", "True"]
+    assert (sa["n_units"] == 9).all() and (agg[agg["method"] == "ip_adapter"]["n_units"] == 9).all()
+
+
+def test_the_tradeoff_figure_marks_each_method(tmp_path):
+    fig = figures.tradeoff_scatter(_two_methods(), "style_csd", ["text_clip", "leak_clip"], "none", BOOT)
+    legend = fig.legends[0]
+    assert legend.get_title().get_text() == "method"
+    assert [t.get_text() for t in legend.get_texts()] == ["ip_adapter", "style_aligned"]
+    markers = {line.get_marker() for ax in fig.axes for line in ax.lines if line.get_marker() not in (None, "None", "")}
+    assert {"o", "s"} <= markers
+
+
 def test_ranking_puts_the_planted_module_first_and_marks_instantstyle():
     ranking = rank_by_style_effect(_table(PLANTED), Criterion(), BOOT)["one_hot_module"]
     assert ranking.iloc[0]["target"] == "up_blocks.0.attentions.1" and ranking.iloc[0]["instantstyle"] == "style"

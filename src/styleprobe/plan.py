@@ -10,6 +10,7 @@ for IP-Adapter exactly what styleprobe hashed before methods were plug-ins.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -93,6 +94,7 @@ def make_item(parts: Parts, entry: MethodEntry) -> WorkItem:
         "reference_digest": ref.digest,
         "subject": prompt.subject,
         "prompt_used": method.prompt_used(parts),
+        "knob_columns": json.dumps([f.name for f in dataclasses.fields(parts.knobs)]),
         "base": parts.spec.base,
     }
     return WorkItem(key, row, entry, parts.knobs, pattern, ref, prompt, parts.seed)

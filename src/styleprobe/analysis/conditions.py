@@ -86,20 +86,28 @@ def is_instantstyle(target: str) -> str:
 
 
 def describe_setting(values: Mapping[str, Any]) -> str:
-    """`subtraction=0.5, model=sdxl`: fixed condition columns as written in labels, logs and reports."""
-    return ", ".join(f"{k}={v}" for k, v in values.items())
+    """`method=ip_adapter, subtraction=0.5`: fixed condition columns as written in labels, logs and reports.
+
+    A column another method does not have (NaN in its rows) is left out of that method's description.
+    """
+    return ", ".join(f"{k}={v}" for k, v in values.items() if not _missing(v))
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
 
 
 def split_by_setting(table: pd.DataFrame) -> list[tuple[dict[str, Any], pd.DataFrame]]:
-    """The table split by the condition columns other than injection that vary (subtraction, model, ...).
+    """The table split by the condition columns other than injection that vary (method, subtraction, model, ...).
 
-    Each part is one setting: the verdict is judged and the probe figures are drawn once per setting.
+    Each part is one setting: the verdict is judged and the probe figures are drawn once per setting. Rows of a
+    method without one of those columns (StyleAligned has no `subtraction`) form their own part, never dropped.
     """
     columns = [c for c in varying_conditions(table) if c != "injection"]
     if not columns:
         return [({}, table)]
     out = []
-    for values, part in table.groupby(columns, sort=True):
+    for values, part in table.groupby(columns, sort=True, dropna=False):
         values = values if isinstance(values, tuple) else (values,)
         out.append(({c: (v.item() if hasattr(v, "item") else v) for c, v in zip(columns, values)}, part))
     return out

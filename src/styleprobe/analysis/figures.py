@@ -28,7 +28,14 @@ from styleprobe.analysis.conditions import (
     preset_rows,
     unet_sort_key,
 )
-from styleprobe.analysis.load import is_machinery_check, metric_label, model_names, require_columns, varying_conditions
+from styleprobe.analysis.load import (
+    is_machinery_check,
+    method_names,
+    metric_label,
+    model_names,
+    require_columns,
+    varying_conditions,
+)
 from styleprobe.analysis.stats import Bootstrap, aggregate, paired_differences, select
 from styleprobe.layers import PRESETS
 
@@ -36,6 +43,7 @@ WIDTH = 7.0  # inches: a two-column paper's text width
 FONT = {"font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "xtick.labelsize": 7, "ytick.labelsize": 7,
         "legend.fontsize": 7, "figure.titlesize": 9}
 COLORS = {"style": "#d62728", "layout": "#1f77b4", "": "#8c8c8c"}
+MARKERS = ("o", "s", "^", "D", "v", "P")  # one per method in a figure that shows several
 FORMATS = ("png", "pdf")
 
 
@@ -64,9 +72,10 @@ def _label(table: pd.DataFrame, metric: str, prefix: str = "", width: int = 34) 
 
 
 def _title(table: pd.DataFrame, what: str, setting: Mapping[str, Any] | None = None) -> str:
-    where = describe_setting(setting or {})
+    where = describe_setting({k: v for k, v in (setting or {}).items() if k not in ("model", "method")})  # named next
     models = ", ".join(model_names(table)) or "?"
-    head = textwrap.fill(f"{what}; model {models}" + (f" ({where})" if where else ""), 110)
+    methods = ", ".join(method_names(table)) or "?"
+    head = textwrap.fill(f"{what}; model {models}, method {methods}" + (f" ({where})" if where else ""), 110)
     return head + ("\nMACHINERY CHECK: tiny random model and scorers, numbers are not science" if is_machinery_check(table) else "")
 
 
@@ -123,7 +132,7 @@ def module_bars(
         ax.set_ylabel(_label(table, metric, f"Δ vs {baseline}: ", 26))
         ax.set_xticks(x, list(bars["target"]), rotation=35, ha="right")
         n = int(bars["n_units"].max()) if len(bars) else 0
-        ax.set_title(f"{metric}: effect of injecting one module (mean, {boot.level:.0%} CI over {n} units)", loc="left")
+        ax.set_title(f"{metric}: effect of one module alone (mean, {boot.level:.0%} CI over {n} units)", loc="left")
     for kind, name in (("style", "InstantStyle style module"),
                        ("layout", "InstantStyle layout module"), ("", "other modules")):
         axes[0].bar([np.nan], [np.nan], color=COLORS[kind], label=name)
@@ -184,6 +193,7 @@ def subtraction_curves(
 ) -> Figure:
     """Each metric against the subtraction strength s, one line per injection preset, with CI bands."""
     require_columns(table, [*metrics, "subtraction", "injection"], "subtraction curves")
+    table = table[table["subtraction"].notna()]  # rows of methods without content subtraction have none
     if table["subtraction"].nunique() < 2:
         raise _missing("subtraction curves", "several subtraction strengths", "experiment=subtraction")
     presets = table[table["sweep"] == "preset"] if "sweep" in table else table
@@ -230,6 +240,7 @@ def tradeoff_scatter(
 
     x = summary(style_metric)
     prefix = f"Δ vs {baseline}: " if paired else ""
+    methods = sorted(x["method"].astype(str).unique()) if "method" in by else []
     fig = _figure(3.4)
     axes = fig.subplots(1, len(others), squeeze=False)[0]
     for ax, metric in zip(axes, others):
@@ -240,12 +251,13 @@ def tradeoff_scatter(
             kind = is_instantstyle(target) if target else ""
             labelled = name in PRESETS or bool(kind)
             color = COLORS[kind] if kind else ("black" if name in PRESETS else COLORS[""])
+            marker = MARKERS[methods.index(str(p["method"])) % len(MARKERS)] if methods else "o"
             ax.errorbar(p["mean_x"], p["mean_y"], xerr=[[p["mean_x"] - p["low_x"]], [p["high_x"] - p["mean_x"]]],
-                        yerr=[[p["mean_y"] - p["low_y"]], [p["high_y"] - p["mean_y"]]], fmt="o",
+                        yerr=[[p["mean_y"] - p["low_y"]], [p["high_y"] - p["mean_y"]]], fmt=marker,
                         markersize=4 if labelled else 2.5, color=color, elinewidth=0.6, capsize=1.5,
                         alpha=1.0 if labelled else 0.6)
-            if labelled:
-                extra = ", ".join(f"{c}={p[c]}" for c in by if c != "injection")
+            if labelled:  # the marker says the method; the label says the rest
+                extra = describe_setting({c: p[c] for c in by if c not in ("injection", "method")})
                 ax.annotate((target or name) + (f" ({extra})" if extra else ""), (p["mean_x"], p["mean_y"]),
                             fontsize=6, xytext=(3, 3), textcoords="offset points", color=color)
         if paired:
@@ -253,6 +265,10 @@ def tradeoff_scatter(
             ax.axvline(0, color="black", linewidth=0.4)
         ax.set_xlabel(_label(table, style_metric, prefix, 44))
         ax.set_ylabel(_label(table, metric, prefix, 40))
+    for i, name in enumerate(methods):
+        axes[0].plot([], [], MARKERS[i % len(MARKERS)], color="black", markersize=4, label=name)
+    if methods:
+        fig.legend(loc="outside lower center", ncols=len(methods), frameon=False, title="method")
     what = "paired effects" if paired else "means"
     fig.suptitle(_title(table, f"Trade-offs, one point per condition ({what}, {boot.level:.0%} CIs; "
                                "red/blue: InstantStyle's style/layout module)"))

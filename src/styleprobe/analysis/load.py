@@ -23,7 +23,8 @@ log = logging.getLogger("styleprobe")
 #: One experimental unit: a style reference x a prompt x a seed. Conditions are compared over the same units.
 UNIT_COLUMNS: tuple[str, ...] = ("reference_digest", "prompt", "seed")
 
-#: Generation parameters that can tell two conditions apart (those that vary in a table become its conditions).
+#: Generation parameters that can tell two conditions apart (those that vary in a table become its conditions),
+#: besides each method's own knobs, which its rows name in `knob_columns`.
 CONDITION_COLUMNS: tuple[str, ...] = (
     "model", "method", "injection", "scale", "subtraction",
     "steps", "guidance", "height", "width", "scheduler", "dtype", "negative_prompt",
@@ -107,10 +108,43 @@ def is_machinery_check(table: pd.DataFrame) -> bool:
     return bool(labels.apply(lambda col: col.str.contains("machinery check|random", regex=True)).to_numpy().any())
 
 
+#: Condition columns that name what made an image rather than how it was set.
+IDENTITY_COLUMNS: tuple[str, ...] = ("model", "method")
+
+
+def condition_columns(table: pd.DataFrame) -> list[str]:
+    """The shared condition columns, then every method's knob columns (as its rows list them), in a fixed order."""
+    knobs: list[str] = []
+    if "knob_columns" in table:
+        for value in table["knob_columns"].dropna().unique():
+            knobs += [k for k in json.loads(value) if k not in knobs]
+    return [*CONDITION_COLUMNS, *sorted(k for k in knobs if k not in CONDITION_COLUMNS)]
+
+
 def varying_conditions(table: pd.DataFrame, always: Iterable[str] = ("injection",)) -> list[str]:
-    """The condition columns that take more than one value in this table (plus `always`), in a fixed order."""
+    """The condition columns that take more than one value in this table (plus `always`), in a fixed order.
+
+    A knob column that only one method has is constant within that method, so it varies only where it is swept.
+    """
     keep = set(always)
-    return [c for c in CONDITION_COLUMNS if c in table and (c in keep or table[c].nunique(dropna=False) > 1)]
+    varying = [c for c in condition_columns(table) if c in table and (c in keep or _varies(table, c))]
+    # A setting that follows from the model or the method (a method's own sampler, a model's resolution) is part
+    # of that condition, not another one: it would split nothing and only lengthen every label.
+    identity = [c for c in IDENTITY_COLUMNS if c in varying]
+    if not identity:
+        return varying
+    grouped = table.groupby(identity, dropna=False)
+    return [c for c in varying if c in keep or c in identity or grouped[c].nunique(dropna=False).max() > 1]
+
+
+def _varies(table: pd.DataFrame, column: str) -> bool:
+    """Whether a column takes several values among the rows that have it (rows without it are another method's)."""
+    return table[column].dropna().astype(str).nunique() > 1
+
+
+def method_names(table: pd.DataFrame) -> list[str]:
+    """The methods in a table (rows written before methods were plug-ins say `ip_adapter`)."""
+    return sorted(str(m) for m in table["method"].dropna().unique()) if "method" in table else []
 
 
 def require_columns(table: pd.DataFrame, columns: Iterable[str], what: str) -> None:

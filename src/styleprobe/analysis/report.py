@@ -31,6 +31,7 @@ from styleprobe.analysis.load import (
     is_machinery_check,
     load_results,
     metric_columns,
+    method_names,
     metric_label,
     model_names,
     require_columns,
@@ -186,24 +187,40 @@ def _build(table: pd.DataFrame, dirs: list[Path], tmp: Path, settings: AnalysisS
 
     three = list(crit.metrics)
     settings_split = split_by_setting(table)
+    sweeps = table["sweep"] if "sweep" in table else pd.Series("", index=table.index)
     for setting, part in settings_split:
-        suffix = "".join(f"_{k}={v}" for k, v in setting.items())
-        if (part["sweep"] == "one_hot_module").any():
+        suffix = _suffix(setting)
+        if (sweeps[part.index] == "one_hot_module").any():
             figure_out("module bars", f"module_bars{suffix}",
                        lambda: figures.module_bars(part, three, crit.baseline or "none", crit.reference, boot, setting))
-        if (part["sweep"] == "one_hot_layer").any():
+        if (sweeps[part.index] == "one_hot_layer").any():
             figure_out("layer heatmap", f"layer_heatmap{suffix}",
                        lambda: figures.layer_heatmap(part, three, crit.baseline or "none", boot, setting))
-    if table["subtraction"].nunique() > 1:
+    if "subtraction" in table and table["subtraction"].dropna().nunique() > 1:
         figure_out("subtraction curves", "subtraction_curves", lambda: figures.subtraction_curves(table, three, boot))
     figure_out("trade-offs", "tradeoffs", lambda: figures.tradeoff_scatter(table, crit.style_metric, three[2:0:-1], crit.baseline, boot))
-    first_setting, first = settings_split[0]
-    figure_out("image grid (styles)", "grid_styles",
-               lambda: figures.image_grid(first, settings.grid_rows, "style", settings.grid_columns, setting=first_setting))
-    figure_out("image grid (prompts)", "grid_prompts",
-               lambda: figures.image_grid(first, settings.grid_rows, "prompt", settings.grid_columns, setting=first_setting))
+    for setting, part in _first_setting_per_method(settings_split):
+        suffix = _suffix({k: v for k, v in setting.items() if k == "method"})
+        figure_out("image grid (styles)", f"grid_styles{suffix}",
+                   lambda: figures.image_grid(part, settings.grid_rows, "style", settings.grid_columns, setting=setting))
+        figure_out("image grid (prompts)", f"grid_prompts{suffix}",
+                   lambda: figures.image_grid(part, settings.grid_rows, "prompt", settings.grid_columns, setting=setting))
     (tmp / "report.md").write_text(_markdown(table, dirs, settings, report, rankings))
     return report
+
+
+def _suffix(setting: Mapping[str, Any]) -> str:
+    """`_method=style_aligned_subtraction=0.5`: a setting in a file name (columns a method lacks left out)."""
+    text = describe_setting(setting)
+    return "".join(f"_{part}" for part in text.split(", ")) if text else ""
+
+
+def _first_setting_per_method(split: list[tuple[dict[str, Any], pd.DataFrame]]) -> list[tuple[dict[str, Any], pd.DataFrame]]:
+    """The first setting of each method: image grids show every method once, not every strength of each."""
+    seen: dict[Any, tuple[dict[str, Any], pd.DataFrame]] = {}
+    for setting, part in split:
+        seen.setdefault(setting.get("method"), (setting, part))
+    return list(seen.values())
 
 
 def _verdict_table(verdicts: list[CandidateVerdict]) -> pd.DataFrame:
@@ -237,7 +254,7 @@ def _markdown(
     units = {c: table[c].nunique() for c in UNIT_COLUMNS}
     lines += [
         f"Results: {', '.join(f'`{d}`' for d in dirs)}  ",
-        f"Generating model(s): {', '.join(model_names(table))}; {len(table)} images; "
+        f"Generating model(s): {', '.join(model_names(table))}; method(s): {', '.join(method_names(table))}; {len(table)} images; "
         f"{table['injection'].nunique()} injection conditions; condition columns that vary: {', '.join(varying_conditions(table))}.  ",
         f"Units (the resampling unit of every CI): {_count(units['reference_digest'], 'style reference')} x "
         f"{_count(units['prompt'], 'prompt')} x {_count(units['seed'], 'seed')} = "

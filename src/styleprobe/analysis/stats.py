@@ -114,13 +114,18 @@ def aggregate(
 
 
 def select(table: pd.DataFrame, where: Mapping[str, Any]) -> pd.Series:
-    """Rows whose columns equal the given values (numbers compared as numbers, so `0` matches `0.0`)."""
+    """Rows whose columns equal the given values (numbers compared as numbers, so `0` matches `0.0`).
+
+    A missing value (NaN/None) selects the rows that lack that column's value: another method's rows.
+    """
     mask = pd.Series(True, index=table.index)
     for column, value in where.items():
         if column not in table:
             raise AnalysisError(f"no column {column!r} to select {column}={value!r}; columns: {', '.join(table.columns)}")
         col = table[column]
-        if pd.api.types.is_numeric_dtype(col) and not isinstance(value, str):
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            mask &= col.isna()
+        elif pd.api.types.is_numeric_dtype(col) and not isinstance(value, str):
             mask &= np.isclose(col.astype(float), float(value))
         else:
             mask &= col.astype(str) == str(value)
