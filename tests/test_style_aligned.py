@@ -215,3 +215,70 @@ def test_a_reference_without_content_label_is_named(tiny_model, neon):
         _items(tiny_model, replace(neon, content=""), {}, [TARGETS[0]], [0])
     (item,) = _items(tiny_model, replace(neon, content=""), {"reference_prompt_template": "{style}"}, [TARGETS[0]], [0])
     assert item.row["reference_prompt"] == "neon glow"  # a caption without {content} needs no label
+
+
+def _sweep_cfg(tmp_path, *overrides):
+    from hydra import compose, initialize_config_dir
+
+    from styleprobe.config import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=[f"results_root={tmp_path}", *overrides])
+
+
+def test_a_sweep_of_both_methods_is_scored_analysed_and_resumes(tmp_path, tiny_model, monkeypatch):
+    """method=[ip_adapter,style_aligned] on one folder: one table, one inversion per reference, a verdict per method."""
+    from styleprobe import sweep
+
+    cfg = _sweep_cfg(tmp_path, "method=[ip_adapter,style_aligned]", "experiment=custom", "injection=presets", "data=small",
+                     "data.prompts=[a red bicycle]", "method.style_aligned.sampler.steps=8", "analysis.bootstrap.n_boot=200")
+    first = sweep.run(cfg)
+    assert (first.planned, first.generated) == (16, 16)  # 2 methods x 4 patterns x 2 references x 1 prompt
+    store = Store(first.results_dir)
+    table = store.table()
+    by_method = table.groupby("method")
+    assert by_method.size().to_dict() == {"ip_adapter": 8, "style_aligned": 8}
+    sa = table[table.method == "style_aligned"]
+    assert set(sa.steps) == {8} and set(sa.guidance) == {10.0} and set(table[table.method == "ip_adapter"].steps) == {4}
+    assert sa.subtraction.isna().all() and table[table.method == "ip_adapter"].share_group_norm.isna().all()
+    assert sa.style_csd.notna().all() and sa.prompt_used.str.endswith(".").all()
+    inversions = sorted(store.artefacts.rglob("*.safetensors"))
+    assert len(inversions) == 2 and set(sa.inversion_key) == {p.stem for p in inversions}
+    report = first.report
+    assert sorted(v.title() for v in report.verdicts) == [
+        "style (method=ip_adapter)", "style (method=style_aligned)",
+        "style_layout (method=ip_adapter)", "style_layout (method=style_aligned)",
+    ]
+    names = {p.name for p in report.figures}
+    assert {"grid_styles_method=ip_adapter.png", "grid_styles_method=style_aligned.png"} <= names
+    assert "method(s): ip_adapter, style_aligned" in report.path.read_text()
+
+    import styleprobe.inversion as inversion
+
+    monkeypatch.setattr(inversion, "ddim_invert", lambda *a, **k: pytest.fail("inverted again"))
+    tiny_model.attached["style_aligned"].inversions.clear()
+    again = sweep.run(cfg)
+    assert (again.done_before, again.generated, sum(again.scored.values())) == (16, 0, 0)
+
+
+def test_bad_style_aligned_input_fails_before_loading(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from styleprobe import models, sweep
+
+    monkeypatch.setattr(models, "load", lambda *a, **k: pytest.fail("a model was loaded"))
+    folder = tmp_path / "unlabelled"
+    folder.mkdir()
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(folder / "red.png")
+    (folder / "manifest.csv").write_text("image,style,content\nred.png,red paint,\n")
+    cases = [
+        ([f"data.style_set={folder}"], "has no content label, which style_aligned's reference caption"),
+        (["sampler.steps=30", "method.style_aligned.inversion_steps=50"], "inverted in 50 steps but generated in 30"),
+        (["+method.style_aligned.adain_value=true"], "unknown knob(s) adain_value for method.style_aligned"),
+        (["model=sd15"], "StyleAligned runs on SDXL-family models"),
+    ]
+    for overrides, fragment in cases:
+        with pytest.raises(ConfigError) as err:
+            sweep.run(_sweep_cfg(tmp_path / "results", "method=style_aligned", "metrics=[]", *overrides))
+        assert fragment in str(err.value) and "\n" not in str(err.value), overrides
+        assert not (tmp_path / "results").exists()

@@ -201,6 +201,22 @@ def test_group_choice_check_passes_valid_and_sweep_overrides():
     assert check_group_choices(["model=sdxl", "injection=style,all", "sampler.steps=3", "-m", "experiment=subtraction"]) is None
     assert "unknown injection 'stlye'" in check_group_choices(["injection=style,stlye"])
     assert "unknown experiment" in check_group_choices(["experiment=layerprobe"])
+    assert check_group_choices(["method=[ip_adapter,style_aligned]"]) is None
+    assert "unknown method 'stylealigned'; choose one of ip_adapter, style_aligned" in check_group_choices(["method=stylealigned"])
+
+
+def test_moved_settings_and_unknown_knobs_get_one_line():
+    from styleprobe.cli import check_method_knobs, check_moved
+
+    assert check_moved(["injection.subtraction=[0,0.5]"]) == (
+        "injection.subtraction is now method.ip_adapter.subtraction (a knob of IP-Adapter's method entry); "
+        "e.g. method.ip_adapter.subtraction=[0,0.5]"
+    )
+    assert check_moved(["injection.patterns=[style]"]) is None
+    assert check_method_knobs(["method.style_aligned.adain_values=true", "method.style_aligned.sampler.steps=8",
+                               "+method.ip_adapter.sampler.steps=8"]) is None
+    message = check_method_knobs(["method.style_aligned.adain_value=true"])
+    assert message.startswith("unknown knob 'adain_value' for method style_aligned; valid: reference_mode, adain_queries")
 
 
 def test_missing_weights_offline_name_what_to_download(tmp_path, monkeypatch):

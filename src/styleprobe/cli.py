@@ -88,6 +88,25 @@ MOVED = {
 }
 
 
+def check_method_knobs(args: list[str], config_dir: Path = CONFIG_DIR) -> str | None:
+    """A one-line error for `method.<entry>.<knob>=...` naming a knob the entry's file does not have."""
+    for arg in args:
+        path = arg.partition("=")[0]
+        parts = path.split(".")
+        if len(parts) < 3 or parts[0] != "method" or path.startswith(("+", "~")):
+            continue
+        entry = config_dir / "method" / f"{parts[1]}.yaml"
+        if not entry.is_file():
+            continue
+        from omegaconf import OmegaConf
+
+        known = list(OmegaConf.load(entry).get(parts[1], {}) or {})
+        if parts[2] not in known and parts[2] not in ("sampler", "type", "patterns"):
+            knobs = ", ".join(k for k in known if k not in ("sampler", "type", "patterns"))
+            return f"unknown knob {parts[2]!r} for method {parts[1]}; valid: {knobs} (and sampler.*; see {entry})"
+    return None
+
+
 def check_moved(args: list[str]) -> str | None:
     """A one-line error for an override of a setting that moved, naming where it lives now."""
     for arg in args:
@@ -111,7 +130,7 @@ def main() -> None:
     if command != "sweep" and not flags and not any(a.startswith("results_dir=") for a in sys.argv[1:]):
         print(f"styleprobe: error: {command} needs a results folder; give results_dir=<folder>, e.g. results_dir=results/tiny/layer_probe", file=sys.stderr)
         sys.exit(2)
-    bad = check_group_choices(sys.argv[1:]) or check_moved(sys.argv[1:])
+    bad = check_group_choices(sys.argv[1:]) or check_moved(sys.argv[1:]) or check_method_knobs(sys.argv[1:])
     if bad:
         print(f"styleprobe: error: {bad}", file=sys.stderr)
         sys.exit(2)

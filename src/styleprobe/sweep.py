@@ -59,13 +59,18 @@ class SweepResult:
 
 
 def layer_maps_for(spec: models.ModelSpec) -> Callable[[str], LayerMap]:
-    """The layer map of each attention site, from the UNet's config alone on the `meta` device (no weights read)."""
-    unet = models.build_unet_structure(models.load_unet_config(spec))
+    """The layer map of each attention site, from the UNet's config alone on the `meta` device (no weights read).
+
+    The config is read when the first map is asked for, so a method can refuse a model before that.
+    """
+    unet: list[Any] = []
     maps: dict[str, LayerMap] = {}
 
     def site_map(site: str) -> LayerMap:
+        if not unet:
+            unet.append(models.build_unet_structure(models.load_unet_config(spec)))
         if site not in maps:
-            maps[site] = LayerMap.from_unet(unet, site)
+            maps[site] = LayerMap.from_unet(unet[0], site)
         return maps[site]
 
     return site_map
@@ -85,6 +90,7 @@ def prepare(cfg: DictConfig) -> SweepPlan:
         sampler=OmegaConf.to_container(cfg.sampler, resolve=True),
         model=OmegaConf.to_container(cfg.model, resolve=True),
         layer_map=layer_maps_for(spec),
+        spec=spec,
     )
     device = models.resolve_device(cfg.engine.device)
     dtype = str(models.resolve_dtype(spec.dtype, device)).removeprefix("torch.")

@@ -70,6 +70,9 @@ class Method(ABC):
     def check_knobs(self, knobs: Any, where: str) -> None:
         """Values the types allow but the method does not (negative strengths, unknown modes)."""
 
+    def check_model(self, spec: "ModelSpec", where: str) -> None:
+        """A model preset the method cannot use (checked before even the UNet's config is read)."""
+
     def check_entry(self, entry: "MethodEntry", spec: "ModelSpec") -> None:
         """Settings that only make sense together (a sampler the method cannot run, a model it cannot use)."""
 
@@ -121,8 +124,19 @@ class Method(ABC):
 #: name -> plug-in class, filled by @register.
 REGISTRY: dict[str, type[Method]] = {}
 
+#: The columns every row has, whatever the method (the plan writes them); a knob may not take one of these names.
+ROW_COLUMNS: tuple[str, ...] = (
+    "key", "dtype", "method", "injection", "style", "content", "prompt", "negative_prompt", "seed", "steps",
+    "guidance", "height", "width", "scheduler", "model", "sweep", "target", "layers", "n_layers", "layer_scales",
+    "reference", "reference_digest", "subject", "prompt_used", "knob_columns", "base", "image_path", "run_id",
+)
+
 
 def register(cls: type[Method]) -> type[Method]:
+    """Add a method to the registry; its knobs must not shadow a shared row column."""
+    clash = sorted({f.name for f in dataclasses.fields(cls.Knobs)} & set(ROW_COLUMNS))
+    if clash:
+        raise TypeError(f"{cls.__name__}'s knob(s) {', '.join(clash)} would overwrite shared row columns; rename them")
     REGISTRY[cls.name] = cls
     return cls
 
@@ -158,6 +172,7 @@ def parse_entries(
     sampler: Mapping[str, Any],
     model: Mapping[str, Any],
     layer_map: Callable[[str], LayerMap],
+    spec: "ModelSpec | None" = None,
 ) -> list[MethodEntry]:
     """The `method` group as entries, every knob and pattern checked; `layer_map(site)` gives a site's map."""
     if not methods:
@@ -167,6 +182,8 @@ def parse_entries(
         body = dict(body or {})
         plugin = method(str(body.get("type", entry_name)))
         where = f"method.{entry_name}"
+        if spec is not None:
+            plugin.check_model(spec, where)
         knobs = {k: v for k, v in body.items() if k not in ENTRY_SETTINGS}
         valid = knob_names(plugin.name)
         unknown = sorted(set(knobs) - set(valid))

@@ -123,11 +123,13 @@ class StyleAligned(Method):
                     f"use the fields {', '.join('{' + f + '}' for f in TEMPLATE_FIELDS)}"
                 ) from None
 
-    def check_entry(self, entry: MethodEntry, spec: Any) -> None:
-        where = f"method.{entry.name}"
+    def check_model(self, spec: Any, where: str) -> None:
         if spec.family != "sdxl":
             raise ConfigError(f"{where}: StyleAligned runs on SDXL-family models (its inversion uses SDXL's added "
                               f"conditions); model {spec.name} is {spec.family}")
+
+    def check_entry(self, entry: MethodEntry, spec: Any) -> None:
+        where = f"method.{entry.name}"
         steps = entry.sampler.steps
         for knobs in entry.variants:
             if knobs.reference_mode == "inversion":
