@@ -178,6 +178,14 @@ def test_a_swept_knob_of_one_method_is_a_condition():
     assert (sa["n_units"] == 9).all() and (agg[agg["method"] == "ip_adapter"]["n_units"] == 9).all()
 
 
+def test_probe_figures_refuse_to_mix_methods():
+    table = _two_methods()
+    with pytest.raises(AnalysisError, match="module bars: the table holds 2 settings .method=ip_adapter; method=style_aligned"):
+        figures.module_bars(table, list(MODELS), boot=BOOT)
+    fig = figures.module_bars(table[table.method == "style_aligned"], list(MODELS), boot=BOOT, setting={"method": "style_aligned"})
+    assert "method style_aligned" in fig._suptitle.get_text()
+
+
 def test_the_tradeoff_figure_marks_each_method(tmp_path):
     fig = figures.tradeoff_scatter(_two_methods(), "style_csd", ["text_clip", "leak_clip"], "none", BOOT)
     legend = fig.legends[0]

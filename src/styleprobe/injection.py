@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from styleprobe.attention import finish, merge_heads, project, split_heads
 from styleprobe.layers import LayerMap
 
 
@@ -86,56 +87,22 @@ class LayerScaledIPAttnProcessor(nn.Module):
     ) -> torch.Tensor:
         if ip_adapter_masks is not None:
             raise ValueError("styleprobe's processor does not take ip_adapter_masks")
-        residual = hidden_states
         ip_hidden_states = None
         if isinstance(encoder_hidden_states, tuple):
             encoder_hidden_states, ip_hidden_states = encoder_hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            batch_size, channel, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
-        batch_size, sequence_length, _ = (
-            hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape
-        )
-        if attention_mask is not None:
-            attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
-            attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        p = project(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        heads, dtype = attn.heads, p.query.dtype
+        hidden_states = F.scaled_dot_product_attention(p.query, p.key, p.value, attn_mask=p.mask, dropout_p=0.0)
+        hidden_states = merge_heads(hidden_states, p.batch, heads, p.head_dim, dtype)
 
-        query = attn.to_q(hidden_states)
-        if encoder_hidden_states is None:
-            encoder_hidden_states = hidden_states
-        elif attn.norm_cross:
-            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-        key = attn.to_k(encoder_hidden_states)
-        value = attn.to_v(encoder_hidden_states)
-        head_dim = key.shape[-1] // attn.heads
-        query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        hidden_states = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0)
-        hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
-        hidden_states = hidden_states.to(query.dtype)
-
-        s = None if ip_hidden_states is None else self._sample_scales(batch_size, hidden_states)
+        s = None if ip_hidden_states is None else self._sample_scales(p.batch, hidden_states)
         if s is not None:
             ip_states = ip_hidden_states[0]
-            ip_key = self.to_k_ip[0](ip_states).view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-            ip_value = self.to_v_ip[0](ip_states).view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-            ip_out = F.scaled_dot_product_attention(query, ip_key, ip_value, attn_mask=None, dropout_p=0.0)
-            ip_out = ip_out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)
-            hidden_states = hidden_states + s[:, None, None] * ip_out
-
-        hidden_states = attn.to_out[0](hidden_states)
-        hidden_states = attn.to_out[1](hidden_states)
-        if input_ndim == 4:
-            hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channel, height, width)
-        if attn.residual_connection:
-            hidden_states = hidden_states + residual
-        return hidden_states / attn.rescale_output_factor
+            ip_key = split_heads(self.to_k_ip[0](ip_states), p.batch, heads, p.head_dim)
+            ip_value = split_heads(self.to_v_ip[0](ip_states), p.batch, heads, p.head_dim)
+            ip_out = F.scaled_dot_product_attention(p.query, ip_key, ip_value, attn_mask=None, dropout_p=0.0)
+            hidden_states = hidden_states + s[:, None, None] * merge_heads(ip_out, p.batch, heads, p.head_dim, dtype)
+        return finish(attn, hidden_states, p)
 
 
 def _is_native_ip(processor: Any) -> bool:

@@ -26,6 +26,7 @@ from styleprobe.analysis.conditions import (
     layer_index,
     module_of,
     preset_rows,
+    split_by_setting,
     unet_sort_key,
 )
 from styleprobe.analysis.load import (
@@ -37,6 +38,7 @@ from styleprobe.analysis.load import (
     varying_conditions,
 )
 from styleprobe.analysis.stats import Bootstrap, aggregate, paired_differences, select
+from styleprobe.errors import AnalysisError
 from styleprobe.layers import PRESETS
 
 WIDTH = 7.0  # inches: a two-column paper's text width
@@ -90,6 +92,16 @@ def save(fig: Figure, out_dir: Path, name: str, formats: Sequence[str] = FORMATS
     return paths
 
 
+def _one_setting(table: pd.DataFrame, what: str) -> None:
+    """Figures that compare injections within one setting refuse a table that mixes methods, strengths, models."""
+    settings = [describe_setting(s) for s, _ in split_by_setting(table)]
+    if len(settings) > 1:
+        raise AnalysisError(
+            f"{what}: the table holds {len(settings)} settings ({'; '.join(settings[:3])}{'; ...' if len(settings) > 3 else ''}); "
+            "draw one at a time: for setting, part in split_by_setting(table): ...(part, ..., setting=setting)"
+        )
+
+
 def _effects(table: pd.DataFrame, metric: str, against: str, boot: Bootstrap) -> pd.DataFrame:
     """Paired differences of every injection against `against` (one setting), with `target` attached."""
     diff = paired_differences(table, metric, {"injection": against}, by=["injection"], boot=boot)
@@ -110,6 +122,7 @@ def module_bars(
     probe = table[(table["sweep"] == "one_hot_module") | table["injection"].isin([baseline, reference])]
     if not (probe["sweep"] == "one_hot_module").any():
         raise _missing("module bars", "one_hot:module", "experiment=layer_probe")
+    _one_setting(table, "module bars")
     _need(probe, baseline, "module bars")
     fig = _figure(2.1 * len(metrics) + 0.9)
     axes = fig.subplots(len(metrics), 1, sharex=True, squeeze=False)[:, 0]
@@ -151,6 +164,7 @@ def layer_heatmap(
     probe = table[(table["sweep"] == "one_hot_layer") | (table["injection"] == baseline)]
     if not (probe["sweep"] == "one_hot_layer").any():
         raise _missing("layer heatmap", "one_hot:layer", "experiment=layer_probe_layers")
+    _one_setting(table, "layer heatmap")
     _need(probe, baseline, "layer heatmap")
     targets = probe.loc[probe["sweep"] == "one_hot_layer", "target"].astype(str).unique()
     modules = sorted({module_of(t) for t in targets}, key=unet_sort_key)
@@ -356,6 +370,4 @@ def _need(table: pd.DataFrame, name: str, what: str) -> None:
 
 
 def _missing(what: str, lacking: str, fix: str) -> Exception:
-    from styleprobe.errors import AnalysisError
-
     return AnalysisError(f"{what}: the table has no {lacking}; {fix}")
