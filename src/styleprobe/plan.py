@@ -60,7 +60,7 @@ def make_item(parts: Parts, entry: MethodEntry) -> WorkItem:
     method, sampler, ref, prompt = entry.method, parts.sampler, parts.reference, parts.prompt
     layer_map = entry.layer_map
     pattern = method.effective_pattern(parts.pattern, parts.knobs, layer_map)
-    parts = Parts(**{**parts.__dict__, "pattern": pattern})
+    parts = dataclasses.replace(parts, pattern=pattern)
     layer_scales = {n: s for n, s in zip(layer_map.names, pattern.scales) if s}
     shared = {  # stored in the row and part of the key
         "dtype": parts.dtype,

@@ -6,6 +6,7 @@ before anything is written to the results folder. `run(cfg)` is what the CLI cal
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -63,17 +64,8 @@ def layer_maps_for(spec: models.ModelSpec) -> Callable[[str], LayerMap]:
 
     The config is read when the first map is asked for, so a method can refuse a model before that.
     """
-    unet: list[Any] = []
-    maps: dict[str, LayerMap] = {}
-
-    def site_map(site: str) -> LayerMap:
-        if not unet:
-            unet.append(models.build_unet_structure(models.load_unet_config(spec)))
-        if site not in maps:
-            maps[site] = LayerMap.from_unet(unet[0], site)
-        return maps[site]
-
-    return site_map
+    unet = functools.cache(lambda: models.build_unet_structure(models.load_unet_config(spec)))
+    return functools.cache(lambda site: LayerMap.from_unet(unet(), site))
 
 
 def prepare(cfg: DictConfig) -> SweepPlan:
