@@ -184,6 +184,9 @@ def test_probe_figures_refuse_to_mix_methods():
         figures.module_bars(table, list(MODELS), boot=BOOT)
     fig = figures.module_bars(table[table.method == "style_aligned"], list(MODELS), boot=BOOT, setting={"method": "style_aligned"})
     assert "method style_aligned" in fig._suptitle.get_text()
+    both = figures.by_setting(figures.module_bars, table, list(MODELS), boot=BOOT)  # what the notebooks show
+    assert ["method ip_adapter" in f._suptitle.get_text() for f in both] == [True, False]
+    assert ["method style_aligned" in f._suptitle.get_text() for f in both] == [False, True]
 
 
 def test_the_tradeoff_figure_marks_each_method(tmp_path):

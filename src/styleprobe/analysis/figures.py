@@ -102,6 +102,12 @@ def _one_setting(table: pd.DataFrame, what: str) -> None:
         )
 
 
+def by_setting(build: Callable[..., Figure], table: pd.DataFrame, *args: Any, **kwargs: Any) -> list[Figure]:
+    """One figure per setting of the table (per method, subtraction strength, ...), e.g. for a notebook:
+    `display(*figures.by_setting(figures.module_bars, table, metrics))`."""
+    return [build(part, *args, setting=setting, **kwargs) for setting, part in split_by_setting(table)]
+
+
 def _effects(table: pd.DataFrame, metric: str, against: str, boot: Bootstrap) -> pd.DataFrame:
     """Paired differences of every injection against `against` (one setting), with `target` attached."""
     diff = paired_differences(table, metric, {"injection": against}, by=["injection"], boot=boot)
