@@ -203,15 +203,21 @@ def run_baseline(model, items, sampler, layer_map, references) -> dict[str, Any]
     return images
 
 
+def forget(model) -> None:
+    """Empty every per-process cache (prompts; each method's encodings and inversions), so a timed run pays for them."""
+    model.prompts.clear()
+    for state in model.attached.values():
+        for name in ("references", "contents", "inversions"):
+            cache = getattr(state, name, None)
+            if cache is not None:
+                cache.clear()
+
+
 def run_engine(model, items, sampler, batch_size, path: str) -> dict[str, Any]:
     """The engine over the items, with empty encoding caches, in the batches `generate` would make."""
     from styleprobe.engine import Engine, batch_order
 
-    model.prompts.clear()
-    for state in model.attached.values():  # the adapter's reference and content caches
-        for cache in (getattr(state, "references", None), getattr(state, "contents", None)):
-            if cache is not None:
-                cache.clear()
+    forget(model)
     engine = Engine(model, batch_size)
     if path == "generate":
         from PIL import Image

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_engine import REPO, PeakRSS, maxrss_bytes, model_spec, quiet
+from bench_engine import REPO, PeakRSS, forget, maxrss_bytes, model_spec, quiet
 
 DEFAULTS = {"tiny": {"resolution": 64}, "sdxl": {"resolution": 256}}
 
@@ -73,16 +73,6 @@ def entries_for(args: argparse.Namespace, preset: dict[str, Any], layer_map) -> 
     given = {"steps": args.steps, "guidance": args.guidance, "height": args.resolution, "width": args.resolution}
     return parse_entries(methods, patterns=args.patterns.split(","), presets={}, sampler=given,
                          model={**preset, "resolution": preset.get("resolution")}, layer_map=layer_map)
-
-
-def forget(model) -> None:
-    """Empty every per-process cache, so a timed run pays for its encodings and inversions."""
-    model.prompts.clear()
-    for state in model.attached.values():
-        for name in ("references", "contents", "inversions"):
-            cache = getattr(state, name, None)
-            if cache is not None:
-                cache.clear()
 
 
 def run_method(model, items, batch_size: int) -> dict[str, Any]:

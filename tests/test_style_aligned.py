@@ -252,6 +252,11 @@ def test_a_sweep_of_both_methods_is_scored_analysed_and_resumes(tmp_path, tiny_m
     names = {p.name for p in report.figures}
     assert {"grid_styles_method=ip_adapter.png", "grid_styles_method=style_aligned.png"} <= names
     assert "method(s): ip_adapter, style_aligned" in report.path.read_text()
+    from omegaconf import OmegaConf
+
+    costs = OmegaConf.load(store.runs / first.run_id / "costs.yaml")  # what each method cost in this run
+    assert {k: v.images for k, v in costs.methods.items()} == {"ip_adapter": 8, "style_aligned": 8}
+    assert costs.methods.style_aligned.prepare_seconds > 0 and costs.methods.style_aligned.seconds_per_image > 0
 
     import styleprobe.inversion as inversion
 

@@ -41,3 +41,11 @@ def save_run_config(store: Store, run_id: str, cfg: DictConfig, summary: dict[st
     text = OmegaConf.to_yaml(OmegaConf.create(container))
     atomic_write(path, lambda tmp: tmp.write_text(text))
     return path
+
+
+def save_run_costs(store: Store, run_id: str, costs: dict[str, Any]) -> Path:
+    """What a run's generation cost (`runs/<run_id>/costs.yaml`): the figures a method comparison reports."""
+    path = store.runs / run_id / "costs.yaml"
+    text = OmegaConf.to_yaml(OmegaConf.create(costs))
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+    return path

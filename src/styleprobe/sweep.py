@@ -24,7 +24,7 @@ from styleprobe.data import StyleReference, load_prompts, load_style_set
 from styleprobe.layers import LayerMap
 from styleprobe.methods import MethodEntry, parse_entries
 from styleprobe.plan import WorkItem, build_plan, shard
-from styleprobe.runs import new_run_id, save_run_config
+from styleprobe.runs import new_run_id, save_run_config, save_run_costs
 from styleprobe.store import Store
 
 log = logging.getLogger("styleprobe")
@@ -147,10 +147,13 @@ def run(cfg: DictConfig) -> SweepResult:
             on_batch=lambda n, total: n % every < plan.batch_size and log.info("generated %d/%d", n, total),
         )
         generated = stats.generated
-        for entry, seconds in stats.prepare_seconds.items():
-            if seconds >= 0.1:
-                log.info("%s: per-reference preparation took %.1f s", entry, seconds)
-        _log_peak_memory(model)
+        costs = generation_costs(stats, model)
+        for entry, cost in costs["methods"].items():
+            log.info("%s: %d images, %.2f s per image; per-reference preparation %.1f s", entry, cost["images"],
+                     cost["seconds_per_image"], cost["prepare_seconds"])
+        if costs["peak_gpu_bytes"] is not None:
+            log.info("peak GPU memory this job: %.2f GiB", costs["peak_gpu_bytes"] / 2**30)
+        save_run_costs(store, run_id, costs)
     log.info("%s: generated %d images in %.1f s; table: %d rows", cfg.name, generated, time.perf_counter() - start, len(store.done_keys()))
     scored: dict[str, int] = {}
     if plan.scorers:
@@ -177,8 +180,21 @@ def _reset_peak_memory(model: models.LoadedModel) -> None:
         torch.cuda.reset_peak_memory_stats(model.device)
 
 
-def _log_peak_memory(model: models.LoadedModel) -> None:
+def generation_costs(stats: Any, model: models.LoadedModel) -> dict[str, Any]:
+    """What this job's generation cost, per method entry: images, seconds, per-reference preparation; peak GPU memory."""
+    peak = None
     if model.device.type == "cuda":
         import torch
 
-        log.info("peak GPU memory this job: %.2f GiB", torch.cuda.max_memory_allocated(model.device) / 2**30)
+        peak = int(torch.cuda.max_memory_allocated(model.device))
+    methods = {
+        entry: {
+            "images": n,
+            "generate_seconds": round(stats.generate_seconds.get(entry, 0.0), 3),
+            "seconds_per_image": round(stats.generate_seconds.get(entry, 0.0) / n, 4) if n else None,
+            "prepare_seconds": round(stats.prepare_seconds.get(entry, 0.0), 3),
+        }
+        for entry, n in stats.generated_by.items()
+    }
+    return {"device": str(model.device), "dtype": str(model.dtype).removeprefix("torch."), "peak_gpu_bytes": peak,
+            "methods": methods}
