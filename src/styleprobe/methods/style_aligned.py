@@ -35,7 +35,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 
@@ -68,6 +68,15 @@ class StyleAlignedKnobs:
     reference_seed: int | None = None  # generated mode: the reference's seed (null: the item's seed)
     prompt_template: str = "{prompt}, {style}."
     reference_prompt_template: str = "{content}, {style}."
+
+
+class ReferenceRow(NamedTuple):
+    """A reference sample of a batch: its caption, the inversion it replays ("" when generated), its seed."""
+
+    caption: str
+    inversion_key: str
+    seed: int  # the generated reference's noise (unused when it replays an inversion)
+    private: str  # the item that owns it under full attention sharing, else ""
 
 
 @dataclass
@@ -249,42 +258,39 @@ class StyleAligned(Method):
             "model": model.spec.base_identity, "dtype": str(model.dtype).removeprefix("torch."), "device": str(model.device),
         }
 
-    def _stream(self, item: Any) -> tuple[Any, ...]:
-        """Which reference sample an item attends to; items with equal streams share one reference row."""
+    @staticmethod
+    def _reference_row(item: Any) -> ReferenceRow:
+        """The reference sample an item attends to; items with equal rows share one reference row in a batch."""
         knobs = item.knobs
+        private = item.key if knobs.full_attention_share else ""  # full sharing changes the reference: one each
         if knobs.reference_mode == "inversion":
-            stream: tuple[Any, ...] = ("inversion", item.row["inversion_key"])
-        else:
-            seed = item.seed if knobs.reference_seed is None else knobs.reference_seed
-            stream = ("generated", item.row["reference_prompt"], seed)
-        return stream + ((item.key,) if knobs.full_attention_share else ())
+            return ReferenceRow(item.row["reference_prompt"], item.row["inversion_key"], 0, private)
+        seed = item.seed if knobs.reference_seed is None else knobs.reference_seed
+        return ReferenceRow(item.row["reference_prompt"], "", seed, private)
 
     def run_batch(self, engine: Any, items: Sequence[Any]) -> list[Any]:
+        """Reference rows first (one per reference the items use), then the items, in one pipeline call."""
         from styleprobe.inversion import replay_latents
         from styleprobe.shared_attention import SharingPlan
 
         state = self.state(engine.model)
         knobs, sampler = items[0].knobs, items[0].sampler
-        streams: dict[tuple[Any, ...], int] = {}
-        for it in items:
-            streams.setdefault(self._stream(it), len(streams))
-        firsts = {s: next(it for it in items if self._stream(it) == s) for s in streams}
-        n_refs, n = len(streams), len(streams) + len(items)
-        item_refs = [streams[self._stream(it)] for it in items]
+        wanted = [self._reference_row(it) for it in items]
+        refs = list(dict.fromkeys(wanted))
+        n_refs, n = len(refs), len(refs) + len(items)
         layers = torch.zeros(n, len(items[0].entry.layer_map), dtype=torch.bool)
         for j, it in enumerate(items):  # reference rows share nothing themselves (in full sharing they join their sample)
             layers[n_refs + j] = torch.tensor(it.pattern.scales) > 0
         plan = SharingPlan(
-            ref_index=torch.tensor(list(range(n_refs)) + item_refs),
+            ref_index=torch.tensor(list(range(n_refs)) + [refs.index(w) for w in wanted]),
             layers=layers,
             share_norm=torch.tensor([False] * n_refs + [knobs.share_group_norm] * len(items)),
             adain_queries=knobs.adain_queries, adain_keys=knobs.adain_keys, adain_values=knobs.adain_values,
             score_scale=knobs.shared_score_scale, score_shift=knobs.shared_score_shift,
             full=knobs.full_attention_share,
         )
-        seeds = [s[2] if s[0] == "generated" else 0 for s in streams] + [it.seed for it in items]
-        latents = engine.noise(seeds, sampler)
-        replay = {row: state.inversions[s[1]][0] for s, row in streams.items() if s[0] == "inversion"}
+        latents = engine.noise([r.seed for r in refs] + [it.seed for it in items], sampler)
+        replay = {row: state.inversions[r.inversion_key][0] for row, r in enumerate(refs) if r.inversion_key}
         for row, zts in replay.items():
             latents[row] = zts[knobs.inversion_offset].to(latents.device, latents.dtype)
 
@@ -294,7 +300,7 @@ class StyleAligned(Method):
                 out[row] = replay_latents(zts, knobs.inversion_offset, step).to(out.device, out.dtype)
             return {"latents": out}
 
-        prompts = [firsts[s].row["reference_prompt"] for s in streams] + [it.row["prompt_used"] for it in items]
+        prompts = [r.caption for r in refs] + [it.row["prompt_used"] for it in items]
         with state.sharing.use(plan):
             images = engine.denoise(sampler, prompts, latents, callback_on_step_end=follow_trajectories if replay else None)
         return images[n_refs:]
