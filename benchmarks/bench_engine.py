@@ -213,7 +213,7 @@ def forget(model) -> None:
                 cache.clear()
 
 
-def run_engine(model, items, sampler, batch_size, path: str) -> dict[str, Any]:
+def run_engine(model, items, batch_size, path: str) -> dict[str, Any]:
     """The engine over the items, with empty encoding caches, in the batches `generate` would make."""
     from styleprobe.engine import Engine, batch_order
 
@@ -341,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     run_baseline(model, items[:1], sampler, layer_map, ref_images)
     t1 = time.perf_counter()
-    run_engine(model, items[:1], sampler, args.batch_size, "run_batch")
+    run_engine(model, items[:1], args.batch_size, "run_batch")
     warmup_seconds = {"baseline": t1 - t0, "engine": time.perf_counter() - t1}
     print(f"warm-up (1 image each): baseline {warmup_seconds['baseline']:.1f} s, engine {warmup_seconds['engine']:.1f} s",
           flush=True)
@@ -351,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in range(args.repeats):
         for path, fn in (
             ("baseline", lambda: run_baseline(model, items, sampler, layer_map, ref_images)),
-            ("engine", lambda: run_engine(model, items, sampler, args.batch_size, args.engine_path)),
+            ("engine", lambda: run_engine(model, items, args.batch_size, args.engine_path)),
         ):
             images[path], m = timed(fn, model.device)
             runs[path].append(m)

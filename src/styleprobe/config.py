@@ -7,7 +7,6 @@ run fails before any model is loaded. Sweeps, scoring, methods and patterns all 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,21 +45,6 @@ def non_negative_number(value: Any, what: str) -> float:
     if math.isnan(x) or math.isinf(x) or x < 0:
         raise ConfigError(f"{what} is {value!r}; give a finite number >= 0")
     return x
-
-
-def non_negative_numbers(values: Any, what: str) -> list[float]:
-    """Every value a finite number >= 0 (one number given where a list is expected is a list of one)."""
-    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
-        values = as_list(values)
-    out = []
-    for v in values:
-        try:
-            out.append(non_negative_number(v, what))
-        except ConfigError:
-            raise ConfigError(f"{what} has {v!r}; give finite numbers >= 0 (e.g. {what}=[0,0.5,1])") from None
-    if not out:
-        raise ConfigError(f"{what} is empty; give at least one value")
-    return out
 
 
 def seeds(values: Any) -> list[int]:

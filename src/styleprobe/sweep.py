@@ -22,7 +22,7 @@ from styleprobe import scoring
 from styleprobe.config import as_list, positive_int, seeds
 from styleprobe.data import StyleReference, load_prompts, load_style_set
 from styleprobe.layers import LayerMap
-from styleprobe.methods import MethodEntry, parse_entries
+from styleprobe.methods import parse_entries
 from styleprobe.plan import WorkItem, build_plan, shard
 from styleprobe.runs import new_run_id, save_run_config, save_run_costs
 from styleprobe.store import Store
@@ -35,7 +35,6 @@ class SweepPlan:
     """A validated job: what to make and where, before any model is loaded."""
 
     spec: models.ModelSpec
-    entries: list[MethodEntry]
     items: list[WorkItem]
     store: Store
     device: str
@@ -93,7 +92,7 @@ def prepare(cfg: DictConfig) -> SweepPlan:
     scorers, weights, scoring_batch = scoring.build(metrics, cfg.scoring, [spec.base]) if metrics else ([], "", 1)
     scoring.check_identities(store, scorers)
     analysis = _analysis_settings(cfg, scorers)
-    return SweepPlan(spec, entries, items, store, str(device), batch_size, references, scorers, scoring_batch, weights, analysis)
+    return SweepPlan(spec, items, store, str(device), batch_size, references, scorers, scoring_batch, weights, analysis)
 
 
 def _analysis_settings(cfg: DictConfig, scorers: list[Any]) -> Any:
