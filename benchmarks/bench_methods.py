@@ -4,13 +4,15 @@
 For each method of --methods (default: ip_adapter, style_aligned), on one loaded model, the same references x
 prompts x seeds x layer patterns go through `Engine.generate` into a fresh temporary Store (batched calls, PNG
 and parquet writes included), with empty caches, so each method's per-reference preparation is counted:
-IP-Adapter encodes each reference once; StyleAligned DDIM-inverts each reference once. Each method runs at its
+IP-Adapter encodes each reference once; StyleAligned DDIM-inverts each reference once; B-LoRA trains one LoRA per
+reference (its training seconds per step are reported from the training records). Each method runs at its
 own sampler defaults (experiments/method/*.yaml over the model preset's: on SDXL, IP-Adapter 30 steps at guidance
 5, StyleAligned 50 DDIM steps at guidance 10) unless --steps / --guidance set them for all. Reported per method:
 generation seconds per image, seconds per image and denoising step (what differs beyond the step count),
 preparation seconds per reference, peak RSS and CUDA memory, and the ratios to the first method (the baseline).
 
     .venv/bin/python benchmarks/bench_methods.py --model tiny
+    .venv/bin/python benchmarks/bench_methods.py --model tiny --methods ip_adapter,style_aligned,b_lora
     .venv/bin/python benchmarks/bench_methods.py --model sdxl --resolution 256 --steps 10   # CPU: random SDXL weights
     .venv/bin/python benchmarks/bench_methods.py --model sdxl --resolution 1024              # GPU: real settings
 
@@ -48,6 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--references", type=int, default=2, help="how many references of builtin:shapes")
     p.add_argument("--prompts", type=int, default=2, help="how many prompts of builtin:objects")
     p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--train-steps", type=int, default=None, help="B-LoRA training steps (default: the config's for the model)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--repeats", type=int, default=1, help="timed runs per method (the median is reported)")
     p.add_argument("--device", default="auto")
@@ -68,8 +71,11 @@ def entries_for(args: argparse.Namespace, preset: dict[str, Any], layer_map) -> 
     from styleprobe.methods import parse_entries
 
     methods = {}
-    for name in args.methods.split(","):
-        methods.update(OmegaConf.to_container(OmegaConf.load(REPO / "experiments" / "method" / f"{name}.yaml")))
+    for name in args.methods.split(","):  # resolved against the model preset (its method_defaults, e.g. tiny's B-LoRA)
+        composed = OmegaConf.merge({"model": preset}, {"method": OmegaConf.load(REPO / "experiments" / "method" / f"{name}.yaml")})
+        methods.update(OmegaConf.to_container(composed, resolve=True)["method"])
+    if args.train_steps and "b_lora" in methods:
+        methods["b_lora"]["train_steps"] = args.train_steps
     given = {"steps": args.steps, "guidance": args.guidance, "height": args.resolution, "width": args.resolution}
     return parse_entries(methods, patterns=args.patterns.split(","), presets={}, sampler=given,
                          model={**preset, "resolution": preset.get("resolution")}, layer_map=layer_map)
@@ -94,7 +100,9 @@ def run_method(model, items, batch_size: int) -> dict[str, Any]:
             torch.cuda.synchronize(model.device)
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     name = items[0].entry.name
+    trained = [p for p in stats.prepared.get(name, []) if "seconds_per_step" in p and not p.get("reused")]
     return {
+        "train_seconds_per_step": statistics.median(p["seconds_per_step"] for p in trained) if trained else None,
         "wall_seconds": wall, "cpu_seconds": cpu,
         "prepare_seconds": stats.prepare_seconds.get(name, 0.0),
         "generate_seconds": stats.generate_seconds.get(name, 0.0),
@@ -144,13 +152,17 @@ def main(argv: list[str] | None = None) -> int:
             "references": len(references),
             "generate_seconds": gen, "seconds_per_image": gen / n, "seconds_per_image_step": gen / n / sampler.steps,
             "prepare_seconds": prep, "prepare_seconds_per_reference": prep / len(references),
+            "train_seconds_per_step": statistics.median(r["train_seconds_per_step"] for r in runs)
+            if runs[0]["train_seconds_per_step"] is not None else None,
             "wall_seconds": statistics.median(r["wall_seconds"] for r in runs),
             "cpu_seconds": statistics.median(r["cpu_seconds"] for r in runs),
             "peak_rss_bytes": max(r["peak_rss_bytes"] for r in runs),
             "cuda_max_allocated_bytes": max((r["cuda_max_allocated_bytes"] or 0) for r in runs) or None,
             "runs": runs,
         }
-        print(f"  {name:14s} {sampler.steps:3d} steps: {gen:8.2f} s for {n} images, preparation {prep:6.2f} s", flush=True)
+        train = results[name]["train_seconds_per_step"]
+        print(f"  {name:14s} {sampler.steps:3d} steps: {gen:8.2f} s for {n} images, preparation {prep:6.2f} s"
+              + (f" (LoRA training {train:.3f} s/step)" if train is not None else ""), flush=True)
     base = next(iter(results))
     print(f"\n{'method':14s} {'steps':>5s} {'s/image':>9s} {'s/img/step':>11s} {'prep s/ref':>11s} {'vs ' + base + ' (image, step)':>28s}")
     for name, r in results.items():

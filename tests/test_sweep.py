@@ -162,6 +162,9 @@ def _bad_inputs(tmp_path: Path) -> list[tuple[list[str], str]]:
         (["method.ip_adapter.subtraction=[nan]"], "method.ip_adapter.subtraction is nan"),
         (["method.ip_adapter.subtraction=[-0.5]"], "method.ip_adapter.subtraction is -0.5"),
         ([f"data.prompts={empty}"], "prompt set is empty"),
+        (["method=b_lora", "method.b_lora.train_modules=up_blocks.0.attentions.0+up_blocks.3"], "unknown layer name 'up_blocks.3'"),
+        (["method=b_lora", "method.b_lora.rank=0"], "method.b_lora.rank=0; give a positive integer"),
+        (["method=b_lora", "method.b_lora.train_steps=0"], "method.b_lora.train_steps=0; give a positive integer"),
     ]
 
 
@@ -202,7 +205,7 @@ def test_group_choice_check_passes_valid_and_sweep_overrides():
     assert "unknown injection 'stlye'" in check_group_choices(["injection=style,stlye"])
     assert "unknown experiment" in check_group_choices(["experiment=layerprobe"])
     assert check_group_choices(["method=[ip_adapter,style_aligned]"]) is None
-    assert "unknown method 'stylealigned'; choose one of ip_adapter, style_aligned" in check_group_choices(["method=stylealigned"])
+    assert "unknown method 'stylealigned'; choose one of b_lora, ip_adapter, style_aligned" in check_group_choices(["method=stylealigned"])
 
 
 def test_moved_settings_and_unknown_knobs_get_one_line():

@@ -3,7 +3,9 @@
 A *style set* is a list of reference images, each with the name of its style, a short label of what it
 depicts (`content`: used by IP-Adapter's content subtraction, StyleAligned's inversion caption and the leakage
 metrics; may be blank where nothing needs it) and optionally a longer style description (`style_prompt`, for
-methods that write the style into the prompt). A *prompt set* is a list
+methods that write the style into the prompt) and a LoRA trained elsewhere on that image (`b_lora`: a file, a folder
+holding pytorch_lora_weights.safetensors, or a Hub repository `owner/name[/weight_name]`, used by B-LoRA instead
+of training one). A *prompt set* is a list
 of target prompts, each with the subject it names. Everything here is cheap (PIL + numpy only, no
 torch) so a bad config fails in well under a second with a one-line ``ConfigError``.
 """
@@ -41,7 +43,7 @@ BUILTIN_PREFIX = "builtin:"
 MANIFEST_NAME = "manifest.csv"
 MANIFEST_COLUMNS: tuple[str, ...] = ("image", "style", "content")
 REQUIRED_COLUMNS: tuple[str, ...] = ("image", "style")  # content may be blank: only some methods and metrics need it
-OPTIONAL_COLUMNS: tuple[str, ...] = ("content", "style_prompt")
+OPTIONAL_COLUMNS: tuple[str, ...] = ("content", "style_prompt", "b_lora")
 PROMPT_EXTENSIONS: tuple[str, ...] = (".txt", ".csv", ".yaml", ".yml", ".json")
 # Bump when the generated pictures change, so old caches are never silently reused.
 _BUILTIN_VERSION = "v2"  # v2: the manifest gained style_prompt (same images, same digests)
@@ -73,6 +75,12 @@ def _file_digest(path: str, mtime_ns: int, size: int) -> str:
     return h.hexdigest()[:16]
 
 
+def file_digest(path: str | Path) -> str:
+    """Short sha256 of a file's bytes (cached per path, mtime and size)."""
+    st = os.stat(path)
+    return _file_digest(str(path), st.st_mtime_ns, st.st_size)
+
+
 @dataclass(frozen=True)
 class StyleReference:
     """One style reference image; ``content`` says what it shows ("" when unknown), ``style_prompt`` describes its
@@ -82,12 +90,12 @@ class StyleReference:
     style: str
     content: str
     style_prompt: str = ""
+    b_lora: str = ""  # a LoRA trained elsewhere on this image: a local path, or "hub:owner/name[/weight_name]"
 
     @property
     def digest(self) -> str:
         """Short sha256 of the image bytes, so results can be keyed by the picture, not its path."""
-        st = os.stat(self.image)
-        return _file_digest(str(self.image), st.st_mtime_ns, st.st_size)
+        return file_digest(self.image)
 
     def load(self) -> Image.Image:
         """Decode the reference as RGB (IP-Adapter and CLIP expect three channels)."""
@@ -301,6 +309,23 @@ def _check_image(path: Path, where: str) -> None:
         ) from e
 
 
+def _lora_location(cell: str, folder: Path, where: str) -> str:
+    """A manifest's `b_lora` cell as an absolute path (relative to the manifest) or `hub:owner/name[/weight_name]`."""
+    if not cell:
+        return ""
+    path = Path(cell).expanduser()
+    path = path if path.is_absolute() else folder / path
+    if path.exists():
+        return str(path.resolve())
+    parts = cell.split("/")
+    repo = len(parts) == 2 and not parts[1].endswith(".safetensors")
+    repo_file = len(parts) == 3 and parts[2].endswith(".safetensors")
+    if all(parts) and not cell.startswith((".", "~")) and (repo or repo_file):
+        return f"hub:{cell}"
+    raise _error(f"style set: b_lora {cell!r} ({where}) is neither a file or folder beside the manifest nor a Hub "
+                 f"repository (owner/name or owner/name/weight_name.safetensors); fix the path")
+
+
 def _read_manifest(manifest: Path) -> list[StyleReference]:
     """Parse and fully validate a manifest; image paths are relative to the manifest's folder."""
     try:
@@ -348,7 +373,8 @@ def _read_manifest(manifest: Path) -> list[StyleReference]:
             )
         _check_image(image, where)
         refs.append(StyleReference(image=image, style=cells["style"], content=cells.get("content", ""),
-                                   style_prompt=cells.get("style_prompt", "")))
+                                   style_prompt=cells.get("style_prompt", ""),
+                                   b_lora=_lora_location(cells.get("b_lora", ""), folder, where)))
     return refs
 
 

@@ -37,6 +37,7 @@ class EngineStats:
     prepare_seconds: dict[str, float] = field(default_factory=dict)  # method entry -> per-reference work
     generate_seconds: dict[str, float] = field(default_factory=dict)  # method entry -> its batches
     generated_by: dict[str, int] = field(default_factory=dict)  # method entry -> images
+    prepared: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # method entry -> its preparation records
 
 
 def batch_order(items: Sequence[WorkItem]) -> list[list[WorkItem]]:
@@ -157,7 +158,7 @@ class Engine:
             self.use(method, group[0].sampler)
             if entry.name not in prepared:  # once per entry, for all of its pending items
                 t0 = time.perf_counter()
-                method.prepare(self, [it for it in items if it.entry.name == entry.name], store)
+                stats.prepared[entry.name] = method.prepare(self, [it for it in items if it.entry.name == entry.name], store) or []
                 stats.prepare_seconds[entry.name] = time.perf_counter() - t0
                 prepared.add(entry.name)
             for b in range(0, len(group), self.batch_size):

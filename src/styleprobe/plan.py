@@ -94,9 +94,11 @@ def make_item(parts: Parts, entry: MethodEntry) -> WorkItem:
         "reference_digest": ref.digest,
         "subject": prompt.subject,
         "prompt_used": method.prompt_used(parts),
-        "knob_columns": json.dumps([f.name for f in dataclasses.fields(parts.knobs)]),
+        "knob_columns": json.dumps([f.name for f in dataclasses.fields(parts.knobs) if f.name not in method.replicate_knobs]),
         "base": parts.spec.base,
     }
+    if method.replicate_knobs:  # a replicate of the unit (e.g. a training seed), resampled with it by analysis
+        row["replicate"] = ",".join(f"{k}={getattr(parts.knobs, k)}" for k in sorted(method.replicate_knobs))
     return WorkItem(key, row, entry, parts.knobs, pattern, ref, prompt, parts.seed)
 
 
@@ -118,7 +120,8 @@ def build_plan(
             if use:
                 _require_content(references, f"{entry.method.name}'s {use}")
             for ref, prompt, seed, pattern in itertools.product(references, prompts, seeds, entry.patterns):
-                item = make_item(Parts(model, dtype, entry.sampler, knobs, pattern, ref, prompt, seed), entry)
+                parts = Parts(model, dtype, entry.sampler, knobs, pattern, ref, prompt, seed, entry.layer_map, tuple(references))
+                item = make_item(parts, entry)
                 items.setdefault(item.key, item)
     return list(items.values())
 

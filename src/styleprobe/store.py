@@ -8,6 +8,8 @@
     <results_dir>/scores/<metric>/<run_id>-<n>.parquet   key + the metric's columns, one file per scored batch
     <results_dir>/artefacts/<kind>/<key[:2]>/<key>.safetensors   per-reference work of a method (e.g. inverted
                                                   latents), keyed by everything that determines it
+    <results_dir>/artefacts/<kind>/<key[:2]>/<key>/  the same as a folder, for artefacts in another tool's format
+                                                  (a trained LoRA as diffusers saves it, with its checkpoint)
 
 Every file is written to a hidden temp name and renamed into place, images before the row file that
 names them, so a row means its image exists and a run killed mid-way loses at most the batch in flight.
@@ -157,6 +159,10 @@ class Store:
 
     def artefact_path(self, kind: str, key: str, suffix: str = ".safetensors") -> Path:
         return self.artefacts / kind / key[:2] / f"{key}{suffix}"
+
+    def artefact_dir(self, kind: str, key: str) -> Path:
+        """The folder of an artefact kept in another tool's layout; its files are written with `atomic_write`."""
+        return self.artefacts / kind / key[:2] / key
 
     def has_artefact(self, kind: str, key: str) -> bool:
         return self.artefact_path(kind, key).is_file()

@@ -192,6 +192,7 @@ def generation_costs(stats: Any, model: models.LoadedModel) -> dict[str, Any]:
             "generate_seconds": round(stats.generate_seconds.get(entry, 0.0), 3),
             "seconds_per_image": round(stats.generate_seconds.get(entry, 0.0) / n, 4) if n else None,
             "prepare_seconds": round(stats.prepare_seconds.get(entry, 0.0), 3),
+            "prepared": stats.prepared.get(entry, []),  # per-reference work (trained LoRAs: seconds, steps, loss)
         }
         for entry, n in stats.generated_by.items()
     }

@@ -22,6 +22,16 @@ log = logging.getLogger("styleprobe")
 
 #: One experimental unit: a style reference x a prompt x a seed. Conditions are compared over the same units.
 UNIT_COLUMNS: tuple[str, ...] = ("reference_digest", "prompt", "seed")
+#: A replicate within a unit that a method draws itself (B-LoRA's training seed, `train_seed=3`): part of the unit,
+#: so intervals resample it, and never a condition. Rows of methods without one have none ("").
+REPLICATE_COLUMN = "replicate"
+
+
+def unit_columns(table: pd.DataFrame) -> tuple[str, ...]:
+    """The unit columns of a table: reference, prompt, seed, and the replicate where any row has one."""
+    if REPLICATE_COLUMN in table and table[REPLICATE_COLUMN].fillna("").astype(str).ne("").any():
+        return (*UNIT_COLUMNS, REPLICATE_COLUMN)
+    return UNIT_COLUMNS
 
 #: Generation parameters that can tell two conditions apart (those that vary in a table become its conditions),
 #: besides each method's own knobs, which its rows name in `knob_columns`.
@@ -49,6 +59,8 @@ def load_results(results_dirs: str | Path | Sequence[str | Path]) -> pd.DataFram
         if not store.row_files():
             raise AnalysisError(f"results folder {root} has no rows/*.parquet; run a sweep into it first")
         table = store.table()
+        if REPLICATE_COLUMN in table:
+            table[REPLICATE_COLUMN] = table[REPLICATE_COLUMN].fillna("")
         for column, model in _value_column_models(store).items():
             if column in table and f"{column}_model" not in table:
                 table[f"{column}_model"] = table[model]

@@ -28,6 +28,7 @@ from styleprobe.analysis import figures
 from styleprobe.analysis.conditions import describe_setting, split_by_setting
 from styleprobe.analysis.load import (
     UNIT_COLUMNS,
+    unit_columns,
     is_machinery_check,
     load_results,
     metric_columns,
@@ -251,14 +252,16 @@ def _markdown(
         lines += ["> **Machinery check, not science.** These images come from the tiny embedded model (random weights)",
                   "> and are scored by tiny random stand-ins for the metric models. The numbers exercise the analysis code;",
                   "> they say nothing about where style lives in a real model.", ""]
-    units = {c: table[c].nunique() for c in UNIT_COLUMNS}
+    unit = unit_columns(table)
+    units = {c: table[c].nunique() for c in unit}
+    replicates = f" x {_count(units['replicate'], 'replicate')} ({', '.join(sorted(table['replicate'].astype(str).unique()))})" if "replicate" in units else ""
     lines += [
         f"Results: {', '.join(f'`{d}`' for d in dirs)}  ",
         f"Generating model(s): {', '.join(model_names(table))}; method(s): {', '.join(method_names(table))}; {len(table)} images; "
         f"{table['injection'].nunique()} injection conditions; condition columns that vary: {', '.join(varying_conditions(table))}.  ",
         f"Units (the resampling unit of every CI): {_count(units['reference_digest'], 'style reference')} x "
-        f"{_count(units['prompt'], 'prompt')} x {_count(units['seed'], 'seed')} = "
-        f"{table.groupby(list(UNIT_COLUMNS)).ngroups} units.  ",
+        f"{_count(units['prompt'], 'prompt')} x {_count(units['seed'], 'seed')}{replicates} = "
+        f"{table.groupby(list(unit), dropna=False).ngroups} units.  ",
         f"Intervals: {boot.level:.0%} percentile bootstrap over units, {boot.n_boot} replicates, seed {boot.seed}; "
         "differences are paired unit by unit.",
         "", "Metrics:", "",

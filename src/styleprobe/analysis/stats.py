@@ -1,6 +1,7 @@
 """Aggregates with bootstrap confidence intervals over experimental units, and paired differences.
 
-A unit is one style reference x one prompt x one seed (`load.UNIT_COLUMNS`). Conditions (injection
+A unit is one style reference x one prompt x one seed (`load.UNIT_COLUMNS`), and the replicate (a training seed)
+where a method draws one (`load.unit_columns`); `unit=None` means those. Conditions (injection
 pattern, subtraction strength, ...) are compared on the same units, so the honest resampling unit is the
 unit, not the image: images of one unit are averaged first, then units are resampled with replacement
 (a percentile bootstrap). Paired differences subtract a reference condition unit by unit before resampling,
@@ -17,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from styleprobe.analysis.conditions import describe_setting
-from styleprobe.analysis.load import UNIT_COLUMNS, require_columns, varying_conditions
+from styleprobe.analysis.load import require_columns, unit_columns, varying_conditions
 from styleprobe.errors import AnalysisError
 
 _CHUNK = 256  # bootstrap replicates drawn at once: bounds memory at 256 x n_units indices
@@ -76,12 +77,13 @@ def bootstrap_ci(
 
 
 def unit_means(
-    table: pd.DataFrame, metric: str, by: Sequence[str], unit: Sequence[str] = UNIT_COLUMNS
+    table: pd.DataFrame, metric: str, by: Sequence[str], unit: Sequence[str] | None = None
 ) -> pd.DataFrame:
     """One value per condition and unit: the metric's mean over that unit's images (missing scores dropped).
 
     Columns: by..., unit..., the metric, and n_images (how many images the mean is over).
     """
+    unit = unit_columns(table) if unit is None else unit
     require_columns(table, [metric, *by, *unit], f"aggregating {metric}")
     scored = table.dropna(subset=[metric])
     grouped = scored.groupby([*by, *unit], sort=False, dropna=False)[metric]
@@ -92,7 +94,7 @@ def aggregate(
     table: pd.DataFrame,
     metric: str,
     by: Sequence[str] | None = None,
-    unit: Sequence[str] = UNIT_COLUMNS,
+    unit: Sequence[str] | None = None,
     boot: Bootstrap = Bootstrap(),
 ) -> pd.DataFrame:
     """Mean of `metric` per condition with a bootstrap CI over units.
@@ -137,7 +139,7 @@ def paired_differences(
     metric: str,
     against: Mapping[str, Any],
     by: Sequence[str] | None = None,
-    unit: Sequence[str] = UNIT_COLUMNS,
+    unit: Sequence[str] | None = None,
     boot: Bootstrap = Bootstrap(),
 ) -> pd.DataFrame:
     """Each condition minus the reference condition, unit by unit, with a bootstrap CI over the paired units.
@@ -150,6 +152,7 @@ def paired_differences(
     unknown = [c for c in against if c not in by] if by else list(against)
     if unknown:
         raise AnalysisError(f"paired differences: {', '.join(unknown)} must be among the condition columns {by}")
+    unit = unit_columns(table) if unit is None else unit
     means = unit_means(table, metric, by, unit)
     ref = means[select(means, against)]
     if ref.empty:
@@ -171,9 +174,10 @@ def paired_differences(
 
 
 def paired_units(
-    table: pd.DataFrame, metric: str, masks: Sequence[pd.Series], unit: Sequence[str] = UNIT_COLUMNS
+    table: pd.DataFrame, metric: str, masks: Sequence[pd.Series], unit: Sequence[str] | None = None
 ) -> np.ndarray:
     """An (n_units, k) array: the metric's unit means under each of k row selections, for units present in all k."""
+    unit = unit_columns(table) if unit is None else unit
     require_columns(table, [metric, *unit], f"pairing {metric}")
     joined: pd.DataFrame | None = None
     for i, mask in enumerate(masks):

@@ -55,6 +55,8 @@ class Parts:
     reference: StyleReference
     prompt: PromptSpec
     seed: int
+    layer_map: LayerMap | None = None  # the entry's map (the method's site)
+    style_set: tuple[StyleReference, ...] = ()  # every reference of the sweep, for methods that combine two
 
 
 class Method(ABC):
@@ -64,6 +66,8 @@ class Method(ABC):
     site: ClassVar[str]  # "attn1" | "attn2": the attention site of each transformer layer its patterns select
     Knobs: ClassVar[type]  # frozen dataclass of the method's own settings, with the published defaults
     unkeyed: ClassVar[frozenset[str]] = frozenset()  # knobs recorded in rows that do not change the image
+    replicate_knobs: ClassVar[frozenset[str]] = frozenset()  # knobs that draw replicates (a training seed): analysis
+    # resamples them with the unit instead of comparing their values as conditions
     sampler_defaults: ClassVar[dict[str, Any]] = {}  # the method's own sampler settings (below `sampler.*`)
 
     # planning: no model is loaded -------------------------------------------------------------------
@@ -113,8 +117,12 @@ class Method(ABC):
     def deactivate(self, model: "LoadedModel") -> None:
         """Leave the pipeline as the base model for other methods' calls (cheaply: no weights are freed)."""
 
-    def prepare(self, engine: "Engine", items: Sequence["WorkItem"], store: "Store") -> None:
-        """Per-reference work for these items, done once and kept (in memory or as keyed artefacts)."""
+    def prepare(self, engine: "Engine", items: Sequence["WorkItem"], store: "Store") -> list[dict[str, Any]] | None:
+        """Per-reference work for these items, done once and kept (in memory or as keyed artefacts).
+
+        May return one record per piece of work (what it was, its seconds, whether it was reused) for the run's costs.
+        """
+        return None
 
     @abstractmethod
     def run_batch(self, engine: "Engine", items: Sequence["WorkItem"]) -> list["Image.Image"]:
@@ -128,7 +136,8 @@ REGISTRY: dict[str, type[Method]] = {}
 ROW_COLUMNS: tuple[str, ...] = (
     "key", "dtype", "method", "injection", "style", "content", "prompt", "negative_prompt", "seed", "steps",
     "guidance", "height", "width", "scheduler", "model", "sweep", "target", "layers", "n_layers", "layer_scales",
-    "reference", "reference_digest", "subject", "prompt_used", "knob_columns", "base", "image_path", "run_id",
+    "reference", "reference_digest", "subject", "prompt_used", "knob_columns", "replicate", "base", "image_path",
+    "run_id",
 )
 
 
