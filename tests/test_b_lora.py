@@ -135,11 +135,13 @@ def _fused_delta(model, item, store: Store) -> dict[str, torch.Tensor]:
     scales = item.method.layer_scales(model, item)  # loads the item's LoRA(s) as adapters
     base = {k.replace(".base_layer", ""): v.clone() for k, v in unet.state_dict().items() if "lora_" not in k}
     set_layer_scales(unet, scales)
+    exact = {k: v.clone() for k, v in unet.state_dict().items()}
     unet.fuse_lora(adapter_names=list(scales))
     try:
         fused = {k.replace(".base_layer", ""): v.clone() for k, v in unet.state_dict().items() if "lora_" not in k}
     finally:
         unet.unfuse_lora()
+        unet.load_state_dict(exact)  # unfusing subtracts in floating point: put the shared model's weights back exactly
     return {k: fused[k] - base[k] for k in base if not torch.equal(fused[k], base[k])}
 
 

@@ -52,15 +52,15 @@ def test_knobs_given_as_lists_are_crossed_with_the_shared_axes(tiny_model, refer
     assert len(items) == 4 * 2 * 2 * 2 and len({it.key for it in items}) == len(items)
     row = items[0].row
     assert json.loads(row["knob_columns"]) == ["scale", "subtraction"]
-    assert set(row) == set(ROW_COLUMNS) - {"image_path", "run_id"} | {"scale", "subtraction", "adapter"}
+    assert set(row) == set(ROW_COLUMNS) - {"image_path", "run_id", "replicate"} | {"scale", "subtraction", "adapter"}
 
 
 def test_method_and_knob_names_are_checked(tiny_model):
     def parse(methods):
         return parse_entries(methods, patterns=["all"], presets={}, sampler={}, model=MODEL, layer_map=_layer_maps(tiny_model))
 
-    with pytest.raises(ConfigError, match="unknown method 'b_lora'; choose one of ip_adapter, style_aligned"):
-        parse({"b_lora": {}})
+    with pytest.raises(ConfigError, match="unknown method 'dreambooth'; choose one of b_lora, ip_adapter, style_aligned"):
+        parse({"dreambooth": {}})
     with pytest.raises(ConfigError, match="unknown knob.s. strength for method.ip_adapter .ip_adapter.; valid: scale, subtraction"):
         parse({"ip_adapter": {"strength": 1.0}})
     with pytest.raises(ConfigError, match="method.ip_adapter.subtraction is -1"):

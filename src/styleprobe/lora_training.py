@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import warnings
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -113,7 +114,8 @@ def add_lora(unet: Any, recipe: Recipe, adapter: str) -> list[torch.nn.Parameter
                         init_lora_weights="gaussian" if recipe.init == "gaussian" else True,
                         target_modules=list(recipe.targets))
     devices = [unet.device] if unet.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
+    with torch.random.fork_rng(devices=devices), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Already found a `peft_config`")  # other LoRAs loaded: expected
         torch.manual_seed(int(step_generator(recipe.seed, "init").initial_seed()))
         unet.add_adapter(config, adapter_name=adapter)
     unet.set_adapter(adapter)
@@ -235,7 +237,9 @@ def train(
         unet.eval()
         if gradient_checkpointing:
             unet.disable_gradient_checkpointing()
-        unet.delete_adapters(adapter)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Adapter .* was active which is now deleted")
+            unet.delete_adapters(adapter)
         unet.requires_grad_(False)
     return Trained(weights, config, recipe.steps, spent + time.perf_counter() - t0, losses, start)
 
