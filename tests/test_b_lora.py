@@ -28,7 +28,11 @@ CONTENT = "up_blocks.0.attentions.0"
 
 @pytest.fixture
 def model(tiny_model):
-    """The shared tiny pipeline, with every LoRA and B-LoRA's state removed afterwards."""
+    """The shared tiny pipeline set up for B-LoRA (other methods stand aside), every LoRA removed afterwards."""
+    from styleprobe.methods import method
+    from styleprobe.sampler import Sampler
+
+    Engine(tiny_model).use(method("b_lora"), Sampler(steps=2, guidance=5.0, height=64, width=64))
     yield tiny_model
     if getattr(tiny_model.pipe.unet, "peft_config", None):
         tiny_model.pipe.unload_lora_weights()
