@@ -34,6 +34,7 @@ MODULE_PRESETS: dict[str, tuple[str, ...] | None] = {
     "content": (CONTENT_MODULE,),
     "style": (STYLE_MODULE,),
 }
+_TEXT_ENCODER_KEYS = ("text_encoder", "te_", "lora_te")  # prefixes of text-encoder weights in the LoRA formats
 _LAYER_IN_KEY = re.compile(r"((?:down_blocks|up_blocks)[._]\d+|mid_block)[._]attentions[._](\d+)[._]transformer_blocks[._](\d+)")
 
 
@@ -96,20 +97,24 @@ def lora_file(source: str | Path) -> Path:
     return path / WEIGHT_NAME if path.is_dir() else path
 
 
-def unet_keys(path: Path) -> list[str]:
-    """The UNet keys of a LoRA file (its header only: no tensor is read); text-encoder keys are left out."""
+def unet_keys(keys: Iterable[str]) -> list[str]:
+    """The UNet keys of a LoRA state dict or file: text-encoder keys are left out."""
+    return [k for k in keys if not k.startswith(_TEXT_ENCODER_KEYS)]
+
+
+def file_keys(path: Path) -> list[str]:
+    """The keys of a LoRA file (its header only: no tensor is read)."""
     from safetensors import safe_open
 
     with safe_open(str(path), "pt") as f:
-        keys = list(f.keys())
-    return [k for k in keys if not k.startswith(("text_encoder", "te_", "lora_te"))]
+        return list(f.keys())
 
 
 def check_keys(keys: Iterable[str], layer_map: LayerMap, what: str) -> list[str]:
-    """The transformer layers a LoRA's keys act on; a one-line error if any key names a layer this UNet lacks."""
+    """The transformer layers a LoRA's UNet keys act on; a one-line error if any key names a layer this UNet lacks."""
     known = {layer.short for layer in layer_map.layers}
     layers: list[str] = []
-    for key in keys:
+    for key in unet_keys(keys):
         layer = transformer_layer(key)
         if layer is None:
             raise ConfigError(f"{what} has weights outside the UNet's transformer layers ({key}); styleprobe applies "
@@ -146,7 +151,8 @@ def set_layer_scales(unet: Any, scales: Mapping[str, Mapping[str, float]]) -> No
 
 
 def state_dict_of(unet: Any, adapter: str) -> dict[str, Any]:
-    """An adapter's weights as diffusers saves them (`unet.`-prefixed, `lora_A` / `lora_B` keys)."""
+    """An adapter's weights in diffusers' key format (`...to_q.lora.down.weight`), without the `unet.` prefix that
+    `save_lora_weights` adds."""
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 

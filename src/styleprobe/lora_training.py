@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import warnings
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -199,11 +199,11 @@ def train(
         unet.enable_gradient_checkpointing()
     unet.train()
     autocast = device.type == "cuda" and dtype != torch.float32
+    n = recipe.batch_size
     t0 = time.perf_counter()
     try:
         for step in range(start, recipe.steps):
             gen = step_generator(recipe.seed, step)
-            n = recipe.batch_size
             latents = torch.cat([posterior.sample(generator=gen) for _ in range(n)]) * scaling
             noise = torch.randn(latents.shape, generator=gen).to(device)
             timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (n,), generator=gen).to(device)
@@ -225,7 +225,7 @@ def train(
             if progress:
                 progress(done, recipe.steps, losses[-1])
             if checkpoint is not None and save_checkpoint and done % checkpoint_every == 0 and done < recipe.steps:
-                lora = {n: p.detach().cpu().clone() for n, p in unet.named_parameters() if p.requires_grad}
+                lora = {name: p.detach().cpu().clone() for name, p in unet.named_parameters() if p.requires_grad}
                 save_checkpoint(checkpoint, {"step": done, "lora": lora, "optimizer": optimizer.state_dict(),
                                              "schedule": schedule.state_dict(), "losses": losses,
                                              "seconds": spent + time.perf_counter() - t0})

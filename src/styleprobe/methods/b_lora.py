@@ -145,10 +145,13 @@ class BLoRA(Method):
         for name in ("rank", "train_steps", "train_batch_size", "checkpoint_every"):
             if getattr(knobs, name) < 1:
                 raise ConfigError(f"{where}.{name}={getattr(knobs, name)}; give a positive integer")
-        for name in ("learning_rate", "adam_epsilon", "lora_alpha", "snr_gamma", "train_resolution"):
+        for name in ("learning_rate", "adam_epsilon"):
+            if not getattr(knobs, name) > 0:
+                raise ConfigError(f"{where}.{name}={getattr(knobs, name)}; give a positive number")
+        for name in ("lora_alpha", "snr_gamma", "train_resolution"):
             value = getattr(knobs, name)
             if value is not None and not value > 0:
-                raise ConfigError(f"{where}.{name}={value}; give a positive number" + (" or null" if name != "learning_rate" and name != "adam_epsilon" else ""))
+                raise ConfigError(f"{where}.{name}={value}; give a positive number or null")
         for name in ("alpha", "content_alpha", "adam_weight_decay", "max_grad_norm", "lr_warmup_steps", "train_seed"):
             non_negative_number(getattr(knobs, name), f"{where}.{name}")
         for name in ("adam_beta1", "adam_beta2"):
@@ -201,10 +204,10 @@ class BLoRA(Method):
 
     def source(self, parts: Parts, reference: Any) -> LoRASource:
         """The LoRA of `reference` for these knobs (its manifest file, else one trained here), with its key."""
-        from styleprobe.lora import lora_file, unet_keys
+        from styleprobe.lora import lora_file
 
         cache_key = (reference.digest, reference.b_lora, parts.knobs, json.dumps(parts.spec.base_identity, sort_keys=True),
-                     parts.dtype, parts.sampler.height, id(parts.layer_map))
+                     parts.dtype, parts.sampler.height, parts.layer_map.names if parts.layer_map else None)
         if cache_key in self._sources:
             return self._sources[cache_key]
         from styleprobe.plan import item_key
@@ -219,7 +222,7 @@ class BLoRA(Method):
                 raise ConfigError(f"{what} does not exist; fix the manifest's b_lora column (a .safetensors file or a "
                                   f"folder holding pytorch_lora_weights.safetensors)")
             if parts.layer_map is not None:
-                _check_file(path, unet_keys(path), parts.layer_map, what)
+                _check_file(path, parts.layer_map, what)
             from styleprobe.data import file_digest
 
             src = LoRASource(item_key({"kind": "b_lora_file", "digest": file_digest(path)}), "file", reference, str(path))
@@ -378,6 +381,7 @@ class BLoRA(Method):
 
     def _load(self, model: Any, keys: Sequence[str]) -> dict[str, str]:
         """Adapter names of these LoRAs, loading missing ones and unloading others (one LoRA set in memory at a time)."""
+        from styleprobe.lora import check_keys
         from styleprobe.models import unavailable
 
         state, unet = self.state(model), model.pipe.unet
@@ -392,7 +396,7 @@ class BLoRA(Method):
                 if src.kind == "hub":
                     owner, repo, *weight = src.location.split("/", 2)
                     state_dict, _ = model.pipe.lora_state_dict(f"{owner}/{repo}", **({"weight_name": weight[0]} if weight else {}))
-                    _check_keys_of(state_dict, model, f"the B-LoRA {src.location} on the Hub")
+                    check_keys(state_dict, LayerMap.from_unet(model.pipe.unet, "attn1"), f"the B-LoRA {src.location} on the Hub")
                     model.pipe.load_lora_weights(state_dict, adapter_name=name)
                 else:
                     model.pipe.load_lora_weights(src.location if src.kind == "file" else str(state.files[key]),
@@ -447,18 +451,13 @@ def save_lora(path: Path, state_dict: dict[str, Any], config: dict[str, Any]) ->
         unet_lora_adapter_metadata=config))
 
 
-def _check_file(path: Path, keys: list[str], layer_map: LayerMap, what: str) -> None:
-    """Every key of a LoRA file acts on a transformer layer of this model (other formats converted by diffusers)."""
-    from styleprobe.lora import check_keys, transformer_layer
+def _check_file(path: Path, layer_map: LayerMap, what: str) -> None:
+    """Every UNet key of a LoRA file acts on a transformer layer of this model (other formats converted by diffusers)."""
+    from styleprobe.lora import check_keys, file_keys, transformer_layer, unet_keys
 
-    if any(transformer_layer(k) is None for k in keys):  # e.g. kohya's SGM names: let diffusers convert them
+    keys = file_keys(path)
+    if any(transformer_layer(k) is None for k in unet_keys(keys)):  # e.g. kohya's SGM names: let diffusers convert them
         from diffusers import StableDiffusionXLPipeline
 
-        keys = [k for k in StableDiffusionXLPipeline.lora_state_dict(str(path))[0] if not k.startswith("text_encoder")]
+        keys = list(StableDiffusionXLPipeline.lora_state_dict(str(path))[0])
     check_keys(keys, layer_map, what)
-
-
-def _check_keys_of(state_dict: dict[str, Any], model: Any, what: str) -> None:
-    from styleprobe.lora import check_keys
-
-    check_keys([k for k in state_dict if not k.startswith("text_encoder")], LayerMap.from_unet(model.pipe.unet, "attn1"), what)
