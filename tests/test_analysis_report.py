@@ -147,7 +147,7 @@ def _code_cells(path: Path) -> list[str]:
 
 def test_notebooks_are_stored_without_outputs_and_stay_thin():
     books = sorted(NOTEBOOKS.glob("*.ipynb"))
-    assert {p.stem for p in books} == {"module_probe", "layer_probe", "subtraction", "verdict"}
+    assert {p.stem for p in books} == {"module_probe", "layer_probe", "subtraction", "verdict", "benchmark"}
     for path in books:
         nb = nbformat.read(path, as_version=4)
         nbformat.validate(nb)

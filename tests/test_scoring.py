@@ -181,9 +181,20 @@ def test_weights_follow_the_generating_model():
 def test_shards_split_the_scoring_keys():
     import hashlib
 
+    import json
+
     keys = [hashlib.sha256(str(i).encode()).hexdigest()[:20] for i in range(100)]
-    parts = [scoring.shard_keys(keys, i, 3) for i in range(3)]
+    # every fourth row needs one of five LoRAs: those rows follow their LoRA's key, as the sweep's shards do
+    loras = [hashlib.sha256(f"lora {j}".encode()).hexdigest()[:20] for j in range(5)]
+    work = [json.dumps([loras[i % 5]]) if i % 4 == 0 else "[]" for i in range(100)]
+    rows = pd.DataFrame({"key": keys, "prepare_keys": work})
+    parts = [scoring.shard_keys(rows, i, 3) for i in range(3)]
     assert set().union(*parts) == set(keys) and sum(map(len, parts)) == len(keys) and all(parts)
+    for lora in {w for w in work if w != "[]"}:
+        same = {k for k, w in zip(keys, work) if w == lora}
+        assert sum(bool(same & part) for part in parts) == 1  # one job owns all items of one LoRA
+    plain = scoring.shard_keys(rows.drop(columns="prepare_keys"), 0, 3)  # rows written before prepare_keys existed
+    assert plain == {k for k in keys if int(k[:12], 16) % 3 == 0}
 
 
 def test_metric_list_overrides_are_checked():

@@ -428,9 +428,64 @@ _OBJECTS: tuple[PromptSpec, ...] = (
     PromptSpec("a portrait of a woman", "a portrait of a woman"),
 )
 
+# The method benchmark's prompts, written for styleprobe: 11 each of objects, animals, people and scenes, every one
+# naming one subject plainly (no style words: the method brings the style). None shows a circle, square, triangle
+# or house, the built-in references' contents, so a reference's content in an image is leakage, not the prompt.
+_BENCHMARK: tuple[PromptSpec, ...] = (
+    # objects
+    PromptSpec("a red umbrella", "an umbrella"),
+    PromptSpec("a vintage typewriter on a desk", "a typewriter"),
+    PromptSpec("a bowl of lemons", "a bowl of lemons"),
+    PromptSpec("an acoustic guitar", "a guitar"),
+    PromptSpec("a pair of leather boots", "boots"),
+    PromptSpec("a steaming cup of coffee", "a cup of coffee"),
+    PromptSpec("an old brass key", "a key"),
+    PromptSpec("a sailboat", "a sailboat"),
+    PromptSpec("a stack of books", "books"),
+    PromptSpec("a vase of sunflowers", "sunflowers"),
+    PromptSpec("a steam locomotive", "a locomotive"),
+    # animals
+    PromptSpec("a fox in the snow", "a fox"),
+    PromptSpec("an owl on a branch", "an owl"),
+    PromptSpec("a horse running in a field", "a horse"),
+    PromptSpec("a goldfish in a bowl", "a goldfish"),
+    PromptSpec("an elephant", "an elephant"),
+    PromptSpec("a sleeping dog", "a dog"),
+    PromptSpec("a hummingbird near a flower", "a hummingbird"),
+    PromptSpec("a tortoise", "a tortoise"),
+    PromptSpec("a rabbit eating a carrot", "a rabbit"),
+    PromptSpec("a whale jumping out of the sea", "a whale"),
+    PromptSpec("a butterfly", "a butterfly"),
+    # people
+    PromptSpec("a portrait of an old man with a beard", "an old man"),
+    PromptSpec("a girl reading a book", "a girl"),
+    PromptSpec("a chef cooking in a kitchen", "a chef"),
+    PromptSpec("a dancer in mid-leap", "a dancer"),
+    PromptSpec("an astronaut", "an astronaut"),
+    PromptSpec("a knight in armour", "a knight"),
+    PromptSpec("a violinist on stage", "a violinist"),
+    PromptSpec("a child flying a kite", "a child"),
+    PromptSpec("a fisherman in a small boat", "a fisherman"),
+    PromptSpec("a woman riding a bicycle", "a woman on a bicycle"),
+    PromptSpec("two friends sharing a meal", "two people"),
+    # scenes
+    PromptSpec("a city street at night", "a city street"),
+    PromptSpec("a forest path in autumn", "a forest path"),
+    PromptSpec("a harbour with fishing boats", "a harbour"),
+    PromptSpec("a desert with sand dunes", "a desert"),
+    PromptSpec("a waterfall in a jungle", "a waterfall"),
+    PromptSpec("a snowy mountain village", "a mountain village"),
+    PromptSpec("a busy street market", "a market"),
+    PromptSpec("a bridge over a river", "a bridge"),
+    PromptSpec("a castle on a hill", "a castle"),
+    PromptSpec("a beach at sunset", "a beach"),
+    PromptSpec("a library with tall shelves", "a library"),
+)
+
 _BUILTIN_PROMPT_SETS: dict[str, tuple[PromptSpec, ...]] = {
     "objects": _OBJECTS,
     "objects_small": _OBJECTS[:2],
+    "benchmark": _BENCHMARK,
 }
 
 

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from styleprobe.methods.base import REGISTRY
-from styleprobe.models import LoadedModel
+from styleprobe.models import LoadedModel, peak_memory, reset_peak_memory
 from styleprobe.plan import WorkItem
 from styleprobe.sampler import Sampler
 from styleprobe.store import Store
@@ -38,6 +38,11 @@ class EngineStats:
     generate_seconds: dict[str, float] = field(default_factory=dict)  # method entry -> its batches
     generated_by: dict[str, int] = field(default_factory=dict)  # method entry -> images
     prepared: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # method entry -> its preparation records
+    peak_gpu_bytes: int | None = None  # the job's peak over preparation and generation (None on the CPU)
+
+    def note_peak(self, peak: int | None) -> None:
+        if peak is not None:
+            self.peak_gpu_bytes = max(peak, self.peak_gpu_bytes or 0)
 
 
 def batch_order(items: Sequence[WorkItem]) -> list[list[WorkItem]]:
@@ -158,15 +163,22 @@ class Engine:
             self.use(method, group[0].sampler)
             if entry.name not in prepared:  # once per entry, for all of its pending items
                 t0 = time.perf_counter()
+                reset_peak_memory(self.model.device)
                 stats.prepared[entry.name] = method.prepare(self, [it for it in items if it.entry.name == entry.name], store) or []
                 stats.prepare_seconds[entry.name] = time.perf_counter() - t0
+                stats.note_peak(peak_memory(self.model.device))
                 prepared.add(entry.name)
             for b in range(0, len(group), self.batch_size):
                 batch = group[b : b + self.batch_size]
                 t0 = time.perf_counter()
+                reset_peak_memory(self.model.device)
                 images = self.run_batch(batch)
-                store.write_batch([dict(it.row) for it in batch], images, run_id, stats.batches)
-                stats.generate_seconds[entry.name] = stats.generate_seconds.get(entry.name, 0.0) + time.perf_counter() - t0
+                seconds, peak = time.perf_counter() - t0, peak_memory(self.model.device)
+                stats.note_peak(peak)
+                # each row carries what its image cost: the batch's seconds shared out, the batch's peak memory
+                rows = [{**it.row, "seconds": round(seconds / len(batch), 5), "peak_gpu_bytes": peak} for it in batch]
+                store.write_batch(rows, images, run_id, stats.batches)
+                stats.generate_seconds[entry.name] = stats.generate_seconds.get(entry.name, 0.0) + seconds
                 stats.generated_by[entry.name] = stats.generated_by.get(entry.name, 0) + len(batch)
                 stats.batches += 1
                 stats.generated += len(batch)

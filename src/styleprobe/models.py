@@ -103,6 +103,17 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak-memory measurement on a GPU (nothing to do on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device: torch.device) -> int | None:
+    """Bytes of GPU memory allocated at the peak since the last reset; None on the CPU (not measured)."""
+    return int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
+
+
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """`auto`: fp16 on a GPU (SDXL's published weights are fp16), fp32 on the CPU."""
     if dtype == "auto":

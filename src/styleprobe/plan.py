@@ -2,9 +2,11 @@
 
 The plan crosses each method entry's knob combinations and layer patterns with the shared axes (style
 reference, prompt, seed); the method's sampler is part of the entry. The key is how a sweep resumes (done keys
-are skipped) and how shards split a plan: a job with `shard.index=i, shard.count=n` takes the items whose key
-falls in bucket i of n. What an item's key hashes is the shared columns plus the method's `key_fields`, the
-model's identity (with the method's `model_identity`), the per-layer scales and the reference's content hash:
+are skipped) and how shards split a plan: a job with `shard.index=i, shard.count=n` takes the items whose shard
+key falls in bucket i of n (the key itself, or the key of the per-reference work the item needs, so a LoRA is
+trained and a reference inverted by one job only). What an item's key hashes is the shared columns plus the
+method's `key_fields`, the model's identity (with the method's `model_identity`), the per-layer scales and the
+reference's content hash:
 for IP-Adapter exactly what styleprobe hashed before methods were plug-ins.
 """
 
@@ -40,6 +42,11 @@ class WorkItem:
     reference: StyleReference
     prompt: PromptSpec
     seed: int
+
+    @property
+    def shard_key(self) -> str:
+        """What decides the item's shard: its first per-reference work key (a LoRA, an inversion), else its own key."""
+        return shard_key(self.key, self.row.get("prepare_keys", ""))
 
     @property
     def method(self) -> Method:
@@ -94,6 +101,7 @@ def make_item(parts: Parts, entry: MethodEntry) -> WorkItem:
         "reference_digest": ref.digest,
         "subject": prompt.subject,
         "prompt_used": method.prompt_used(parts),
+        "prepare_keys": json.dumps(method.prepare_keys(parts)),
         "knob_columns": json.dumps([f.name for f in dataclasses.fields(parts.knobs) if f.name not in method.replicate_knobs]),
         "base": parts.spec.base,
     }
@@ -145,7 +153,16 @@ def in_shard(key: str, index: int, count: int) -> bool:
     return int(key[:12], 16) % count == index
 
 
+def shard_key(key: str, prepare_keys: str | None) -> str:
+    """An item's shard key from its row: the first key of its `prepare_keys` (JSON list), else the item key.
+
+    Items that need the same per-reference work (one B-LoRA, one inversion) share a shard key, so one job does it.
+    """
+    keys = json.loads(prepare_keys) if isinstance(prepare_keys, str) and prepare_keys else []
+    return str(keys[0]) if keys else key
+
+
 def shard(items: Sequence[WorkItem], index: int, count: int) -> list[WorkItem]:
-    """The items of shard `index` of `count`, split by key so every job sees the same split."""
+    """The items of shard `index` of `count`, split by shard key so every job sees the same split."""
     check_shard(index, count)
-    return [it for it in items if in_shard(it.key, index, count)]
+    return [it for it in items if in_shard(it.shard_key, index, count)]

@@ -208,12 +208,13 @@ def score(store: Store, p: ScoringPlan, run_id: str) -> ScoringResult:
     return result
 
 
-def shard_keys(keys: Iterable[str], index: int, count: int) -> set[str]:
-    """The keys of shard `index` of `count`, split as the sweep splits its items."""
-    from styleprobe.plan import check_shard, in_shard
+def shard_keys(rows: pd.DataFrame, index: int, count: int) -> set[str]:
+    """The keys of shard `index` of `count`, split as the sweep splits its items (by each row's shard key)."""
+    from styleprobe.plan import check_shard, in_shard, shard_key
 
     check_shard(index, count)
-    return {k for k in keys if in_shard(k, index, count)}
+    work = rows["prepare_keys"] if "prepare_keys" in rows else pd.Series("", index=rows.index)
+    return {k for k, w in zip(rows["key"], work) if in_shard(shard_key(k, w), index, count)}
 
 
 def run(cfg: DictConfig) -> ScoringResult:
@@ -227,7 +228,7 @@ def run(cfg: DictConfig) -> ScoringResult:
         raise ConfigError("no metrics chosen; e.g. metrics=[default] or metrics=[style_clip,text_clip]")
     rows = store.rows_table()
     scorers, weights, batch_size = build(metrics, cfg.scoring, rows.base.unique() if "base" in rows else [])
-    keys = shard_keys(rows.key, cfg.shard.index, cfg.shard.count)
+    keys = shard_keys(rows, cfg.shard.index, cfg.shard.count)
     p = plan(store, scorers, batch_size, weights, keys, rows)
     run_id = new_run_id()
     log.info("scoring %s: %d rows, %d metric values missing (weights: %s)", results_dir, len(keys), p.n_pending, weights)

@@ -136,7 +136,6 @@ def run(cfg: DictConfig) -> SweepResult:
         from styleprobe.engine import Engine
 
         model = models.load(plan.spec, plan.device)
-        _reset_peak_memory(model)
         engine = Engine(model, plan.batch_size)
         every = max(1, len(pending) // 10)
         stats = engine.generate(
@@ -172,20 +171,8 @@ def run(cfg: DictConfig) -> SweepResult:
     return SweepResult(len(plan.items), len(plan.items) - len(pending), generated, store.root, run_id, seconds, scored, report)
 
 
-def _reset_peak_memory(model: models.LoadedModel) -> None:
-    if model.device.type == "cuda":
-        import torch
-
-        torch.cuda.reset_peak_memory_stats(model.device)
-
-
 def generation_costs(stats: Any, model: models.LoadedModel) -> dict[str, Any]:
     """What this job's generation cost, per method entry: images, seconds, per-reference preparation; peak GPU memory."""
-    peak = None
-    if model.device.type == "cuda":
-        import torch
-
-        peak = int(torch.cuda.max_memory_allocated(model.device))
     methods = {
         entry: {
             "images": n,
@@ -196,5 +183,5 @@ def generation_costs(stats: Any, model: models.LoadedModel) -> dict[str, Any]:
         }
         for entry, n in stats.generated_by.items()
     }
-    return {"device": str(model.device), "dtype": str(model.dtype).removeprefix("torch."), "peak_gpu_bytes": peak,
+    return {"device": str(model.device), "dtype": str(model.dtype).removeprefix("torch."), "peak_gpu_bytes": stats.peak_gpu_bytes,
             "methods": methods}

@@ -5,6 +5,8 @@
     aggregate(table, "style_csd", by=["injection"])
     analyze("results/tiny/layer_probe")          # writes results/tiny/layer_probe/analysis/report.md
 
+A method benchmark (several methods at their defaults, `experiment=benchmark`) gets its own report, built by
+`styleprobe.analysis.benchmark` (contenders, method table, Pareto front, cost, published numbers).
 It reads only what the store wrote. `styleprobe analyze results_dir=...` runs `analyze` from the command line.
 """
 

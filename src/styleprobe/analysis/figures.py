@@ -377,3 +377,90 @@ def _need(table: pd.DataFrame, name: str, what: str) -> None:
 
 def _missing(what: str, lacking: str, fix: str) -> Exception:
     return AnalysisError(f"{what}: the table has no {lacking}; {fix}")
+
+
+# the method benchmark ---------------------------------------------------------------------------------------------
+@paper
+def benchmark_tradeoff(
+    table: pd.DataFrame, points: pd.DataFrame, style_metric: str, others: Sequence[str], unit_words: str = "",
+) -> Figure:
+    """Style similarity against each other metric: one point per contender with CIs on both axes, its Pareto front.
+
+    `points` is `benchmark.tradeoffs(...)`: per contender `<metric>_mean/low/high` and `front_<metric>`. Points on the
+    front are filled and joined by a step line; text alignment is better up, leakage better down.
+    """
+    from styleprobe.analysis.benchmark import CONTENDER, lower_is_better
+
+    if points.empty:
+        raise AnalysisError("benchmark trade-off: no contender has every metric of the figure; score the table first")
+    fig = _figure(3.9)
+    axes = fig.subplots(1, len(others), squeeze=False)[0]
+    colors = _contender_colors(list(points[CONTENDER]))
+    for ax, metric in zip(axes, others):
+        for _, p in points.iterrows():
+            name, on_front = str(p[CONTENDER]), bool(p[f"front_{metric}"])
+            x, y = p[f"{style_metric}_mean"], p[f"{metric}_mean"]
+            ax.errorbar(x, y, xerr=[[x - p[f"{style_metric}_low"]], [p[f"{style_metric}_high"] - x]],
+                        yerr=[[y - p[f"{metric}_low"]], [p[f"{metric}_high"] - y]], fmt="o", markersize=4.5,
+                        color=colors[name], markerfacecolor=colors[name] if on_front else "white", elinewidth=0.7,
+                        capsize=1.5)
+        front = points[points[f"front_{metric}"]].sort_values(f"{style_metric}_mean")
+        if len(front) > 1:
+            ax.plot(front[f"{style_metric}_mean"], front[f"{metric}_mean"], color="black", linewidth=0.6, linestyle="--",
+                    drawstyle="steps-post" if not lower_is_better(metric) else "steps-pre", zorder=0)
+        better = "lower is better" if lower_is_better(metric) else "higher is better"
+        ax.set_xlabel(_label(table, style_metric, "", 44) + " (higher is better)")
+        ax.set_ylabel(_label(table, metric, "", 32) + f"\n({better})")
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], marker="o", linestyle="", markersize=4.5, color=c, label=n) for n, c in colors.items()]
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(3, len(points)), frameon=False,
+               title="contender (filled: on that panel's Pareto front, joined by the dashed line)")
+    fig.suptitle(_title(table, f"Method benchmark: trade-offs (means, CIs over {unit_words or 'units'})"))
+    return fig
+
+
+def _contender_colors(names: Sequence[str]) -> dict[str, Any]:
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10"]
+    return {name: cmap(i % 10) for i, name in enumerate(names)}
+
+
+@paper
+def benchmark_grid(
+    table: pd.DataFrame, order: Sequence[str], prompt: str | None = None, seed: int | None = None, max_rows: int = 8,
+    thumb: int = 160,
+) -> Figure:
+    """Rows = style references (the reference first), columns = contenders; one prompt and seed throughout.
+
+    A method that draws replicates (B-LoRA's training seeds) shows its first.
+    """
+    from PIL import Image
+
+    from styleprobe.analysis.benchmark import CONTENDER
+
+    require_columns(table, ["image_path", "results_dir", CONTENDER, "prompt", "seed", "reference_digest"], "benchmark grid")
+    prompt = prompt if prompt is not None else str(min(table["prompt"].astype(str)))
+    seed = seed if seed is not None else int(table["seed"].min())
+    part = table[(table["prompt"].astype(str) == prompt) & (table["seed"] == seed)]
+    if part.empty:
+        raise AnalysisError(f"benchmark grid: no images for prompt {prompt!r} at seed {seed}; "
+                            "set analysis.benchmark.grid.prompt / grid.seed to ones in the table")
+    if "replicate" in part:
+        part = part.sort_values("replicate", kind="stable")
+    refs = part.drop_duplicates("reference_digest").sort_values("style").head(max_rows)
+    cols = [c for c in order if (part[CONTENDER] == c).any()]
+    fig = _figure(WIDTH / (len(cols) + 1) * len(refs) * 1.02 + 0.9, WIDTH)
+    axes = fig.subplots(len(refs), len(cols) + 1, squeeze=False)
+    for i, (_, ref) in enumerate(refs.iterrows()):
+        _show(axes[i, 0], _reference_image(ref), thumb)
+        _row_label(axes[i, 0], str(ref["style"]))
+        for j, name in enumerate(cols, start=1):
+            hit = part[(part["reference_digest"] == ref["reference_digest"]) & (part[CONTENDER] == name)]
+            path = Path(hit["results_dir"].iloc[0]) / hit["image_path"].iloc[0] if len(hit) else None
+            _show(axes[i, j], Image.open(path) if path and path.exists() else None, thumb)
+    for j, name in enumerate(["reference", *cols]):
+        axes[0, j].set_title(textwrap.fill(name, 16, break_long_words=False), fontsize=6)
+    fig.suptitle(_title(table, f"Method benchmark: prompt '{prompt}', seed {seed}"))
+    return fig

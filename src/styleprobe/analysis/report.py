@@ -8,15 +8,17 @@ Everything is built in a hidden folder beside `out_dir` and renamed into place, 
 previous analysis (or none), never a half-written one. `run(cfg)` is `styleprobe analyze`; a sweep calls
 `analyze` after scoring. A section the table cannot support (no one-hot layer probe, no `none` rows) is
 skipped with the reason written in the report; a metric name that is not in the table is an error.
+A method benchmark (`analysis.kind`, or found from the table) gets `benchmark_report`'s report in the same way.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from styleprobe.analysis import figures
+from styleprobe.analysis.benchmark import BenchmarkSettings, is_benchmark
 from styleprobe.analysis.conditions import describe_setting, split_by_setting
 from styleprobe.analysis.load import (
     UNIT_COLUMNS,
@@ -56,6 +59,18 @@ class AnalysisSettings:
     grid_rows: tuple[str, ...] = ("none", "all", "style", "style_layout")
     grid_columns: int = 6
     formats: tuple[str, ...] = figures.FORMATS
+    kind: str = "auto"  # probe | benchmark | auto (see experiments/analysis/default.yaml)
+    benchmark: BenchmarkSettings = BenchmarkSettings()
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """The metric columns this analysis needs: the verdict's, the benchmark's, or both when the kind is decided later."""
+        probe, bench = self.criterion.metrics, (self.benchmark.style_metric, self.benchmark.leak_metric, self.benchmark.text_metric)
+        return {"probe": probe, "benchmark": bench}.get(self.kind, tuple(dict.fromkeys((*probe, *bench))))
+
+    def kind_for(self, table: pd.DataFrame) -> str:
+        """probe or benchmark: as set, or for `auto` by what the table holds."""
+        return self.kind if self.kind != "auto" else ("benchmark" if is_benchmark(table) else "probe")
 
     @classmethod
     def from_config(cls, cfg: Any) -> "AnalysisSettings":
@@ -70,8 +85,12 @@ class AnalysisSettings:
         bad = [f for f in formats if f not in ("png", "pdf", "svg")]
         if bad or not formats:
             raise AnalysisError(f"analysis.formats={list(formats)}; choose from png, pdf, svg")
+        kind = str(data.get("kind", "auto"))
+        if kind not in ("auto", "probe", "benchmark"):
+            raise AnalysisError(f"analysis.kind={kind!r}; choose auto, probe or benchmark")
         return cls(bootstrap, Criterion.from_mapping(data.get("verdict", {})), tuple(grid.get("rows", cls.grid_rows)),
-                   int(grid.get("max_columns", 6)), formats)
+                   int(grid.get("max_columns", 6)), formats, kind, BenchmarkSettings.from_mapping(data.get("benchmark") or {
+                       "reference": dict(BenchmarkSettings().reference)}))
 
 
 def default_settings(**overrides: Any) -> AnalysisSettings:
@@ -91,6 +110,8 @@ class Report:
 
     out_dir: Path
     verdicts: list[CandidateVerdict]
+    kind: str = "probe"  # which report was written: probe or benchmark
+    headline: list[str] = field(default_factory=list)  # the benchmark's summary lines for the log
     figures: list[Path] = field(default_factory=list)
     tables: list[Path] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # section -> why
@@ -103,10 +124,11 @@ class Report:
 
 def check_metrics(available: Sequence[str], settings: AnalysisSettings, where: str) -> None:
     """The verdict's metrics must be columns the results will have; says which are, and how to choose."""
-    missing = [m for m in settings.criterion.metrics if m not in available]
+    missing = [m for m in settings.metrics if m not in available]
     if missing:
-        roles = dict(zip(("style_metric", "leak_metric", "text_metric"), settings.criterion.metrics))
-        fix = " ".join(f"analysis.verdict.{r}=<column>" for r, m in roles.items() if m in missing)
+        roles = {f"verdict.{r}": m for r, m in zip(("style_metric", "leak_metric", "text_metric"), settings.criterion.metrics)}
+        roles.update({f"benchmark.{r}": getattr(settings.benchmark, r) for r in ("style_metric", "leak_metric", "text_metric")})
+        fix = " ".join(f"analysis.{r}=<column>" for r, m in roles.items() if m in missing and m in settings.metrics)
         raise AnalysisError(
             f"analysis needs {', '.join(missing)}, which {where} lacks (it has: {', '.join(available) or 'no metrics'}); "
             f"score it (metrics=[default,...]) or set {fix}"
@@ -127,11 +149,12 @@ def analyze(
     out = Path(out_dir)
     table = load_results(dirs)
     require_columns(table, [*UNIT_COLUMNS, "injection"], "analysis")
+    settings = dataclasses.replace(settings, kind=settings.kind_for(table))
     check_metrics(metric_columns(table), settings, f"the table of {', '.join(map(str, dirs))}")
     tmp = out.parent / f".{out.name}.{HOST}.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        report = _build(table, dirs, tmp, settings)
+        report = _build_benchmark(table, dirs, tmp, settings) if settings.kind == "benchmark" else _build(table, dirs, tmp, settings)
         _replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -151,11 +174,13 @@ def _replace(new: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _build(table: pd.DataFrame, dirs: list[Path], tmp: Path, settings: AnalysisSettings) -> Report:
-    crit, boot = settings.criterion, settings.bootstrap
-    report = Report(tmp, [])
-    fig_dir, tab_dir = tmp / "figures", tmp / "tables"
-    tab_dir.mkdir(parents=True)
+def _writers(report: Report, settings: AnalysisSettings) -> tuple[Callable[[str, pd.DataFrame], None], Callable[[str, str, Any], None]]:
+    """`table_out(name, frame)` and `figure_out(section, name, build)`, writing into the report's folder.
+
+    A figure the table cannot support (its builder raises AnalysisError) is skipped with the reason kept.
+    """
+    fig_dir, tab_dir = report.out_dir / "figures", report.out_dir / "tables"
+    tab_dir.mkdir(parents=True, exist_ok=True)
 
     def table_out(name: str, frame: pd.DataFrame) -> None:
         path = tab_dir / f"{name}.csv"
@@ -169,6 +194,24 @@ def _build(table: pd.DataFrame, dirs: list[Path], tmp: Path, settings: AnalysisS
             report.skipped[section] = str(err)
             return
         report.figures.extend(figures.save(fig, fig_dir, name, settings.formats))
+
+    return table_out, figure_out
+
+
+def _build_benchmark(table: pd.DataFrame, dirs: list[Path], tmp: Path, settings: AnalysisSettings) -> Report:
+    from styleprobe.analysis import benchmark_report
+
+    report = Report(tmp, [], kind="benchmark")
+    table_out, figure_out = _writers(report, settings)
+    text = benchmark_report.build(table, dirs, report, settings, table_out, figure_out)
+    (tmp / "report.md").write_text(text)
+    return report
+
+
+def _build(table: pd.DataFrame, dirs: list[Path], tmp: Path, settings: AnalysisSettings) -> Report:
+    crit, boot = settings.criterion, settings.bootstrap
+    report = Report(tmp, [])
+    table_out, figure_out = _writers(report, settings)
 
     metrics = metric_columns(table)
     by = varying_conditions(table)
@@ -335,7 +378,12 @@ def run(cfg: DictConfig) -> Report:
 
 
 def log_report(report: Report, settings: AnalysisSettings) -> None:
-    """The criterion, its thresholds and the answers, in the run log; then where the report is."""
+    """The criterion, its thresholds and the answers (or the benchmark's summary), in the run log; then where the report is."""
+    for line in report.headline:
+        log.info("benchmark %s", line)
+    if report.kind == "benchmark":
+        log.info("analysis: %d figures, %d tables in %.1f s -> %s", len(report.figures), len(report.tables), report.seconds, report.path)
+        return
     for line in settings.criterion.describe():
         log.info("verdict criterion: %s", line)
     for v in report.verdicts:

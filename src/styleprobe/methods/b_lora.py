@@ -278,6 +278,11 @@ class BLoRA(Method):
                 "content_lora_key": content.key if content else "",
                 "update_scale": update_scale(parts.knobs.alpha, parts.knobs.alpha_mode)}
 
+    def prepare_keys(self, parts: Parts) -> list[str]:
+        """The LoRAs this item trains (its own first: a shard takes the item with it); none for LoRAs given ready."""
+        sources = [self.source(parts, parts.reference), self.content_source(parts)]
+        return [s.key for s in sources if s is not None and s.kind == "trained"]
+
     def batch_key(self, item: Any) -> tuple[Any, ...]:
         k = item.knobs
         return (item.row["lora_key"], item.row["content_lora_key"], item.pattern.scales, k.alpha, k.alpha_mode,
@@ -312,21 +317,23 @@ class BLoRA(Method):
             record = self._ensure_trained(engine.model, store, src, n, len(trained))
             state.records[src.key] = record
             state.files[src.key] = store.artefact_dir(ARTEFACT, src.key) / WEIGHT_NAME
-            records.append({"what": "b_lora training", "style": record["style"], "lora_key": src.key,
+            records.append({"what": "b_lora training", "key": src.key, "style": record["style"],
                             "train_seed": src.recipe.seed, "seconds": record["seconds"], "steps": record["steps"],
                             "seconds_per_step": record["seconds_per_step"], "final_loss": record["final_loss_mean"],
-                            "reused": record["reused"]})
+                            "peak_gpu_bytes": record.get("peak_gpu_bytes"), "reused": record["reused"]})
         return records
 
     def _ensure_trained(self, model: Any, store: Any, src: LoRASource, n: int, total: int) -> dict[str, Any]:
         """Train (or resume, or find) one LoRA; its training record."""
         from styleprobe.lora import WEIGHT_NAME
+        from styleprobe.models import peak_memory, reset_peak_memory
         from styleprobe.store import atomic_write
 
         folder = store.artefact_dir(ARTEFACT, src.key)
         weights, record_path = folder / WEIGHT_NAME, folder / "training.json"
         if weights.is_file() and record_path.is_file():
             return {**json.loads(record_path.read_text()), "reused": True}
+        reset_peak_memory(model.device)
         trained = self._train(model, src, folder / "checkpoint.pt", n, total)
         record = {
             "lora_key": src.key, "reference_digest": src.reference.digest, "style": src.reference.style,
@@ -335,6 +342,7 @@ class BLoRA(Method):
             "seconds": round(trained.seconds, 3), "steps": trained.steps, "resumed_from": trained.resumed_from,
             "seconds_per_step": round(trained.seconds / max(1, trained.steps - trained.resumed_from), 5),
             "final_loss": trained.final_loss, "final_loss_mean": trained.final_loss_mean, "losses": trained.losses,
+            "peak_gpu_bytes": peak_memory(model.device),
         }
         save_lora(weights, trained.state_dict, trained.config)
         atomic_write(record_path, lambda tmp: tmp.write_text(json.dumps(record, indent=1)))

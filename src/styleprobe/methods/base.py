@@ -104,6 +104,14 @@ class Method(ABC):
         """The method's columns in the table: its knobs, and anything else a reader needs to know."""
         return dataclasses.asdict(parts.knobs)
 
+    def prepare_keys(self, parts: Parts) -> list[str]:
+        """Keys of the per-reference work an item needs (an inverted reference, a trained LoRA), as `prepare` keeps it.
+
+        A shard takes an item by its first such key, so items sharing that work land in one job and no two jobs
+        do it twice; the row lists them (`prepare_keys`) so a report can charge that work to the method.
+        """
+        return []
+
     def batch_key(self, item: "WorkItem") -> tuple[Any, ...]:
         """Items with equal keys (and equal samplers) may share one pipeline call."""
         return ()
@@ -136,8 +144,8 @@ REGISTRY: dict[str, type[Method]] = {}
 ROW_COLUMNS: tuple[str, ...] = (
     "key", "dtype", "method", "injection", "style", "content", "prompt", "negative_prompt", "seed", "steps",
     "guidance", "height", "width", "scheduler", "model", "sweep", "target", "layers", "n_layers", "layer_scales",
-    "reference", "reference_digest", "subject", "prompt_used", "knob_columns", "replicate", "base", "image_path",
-    "run_id",
+    "reference", "reference_digest", "subject", "prompt_used", "knob_columns", "replicate", "prepare_keys", "base",
+    "image_path", "run_id", "seconds", "peak_gpu_bytes",
 )
 
 

@@ -197,6 +197,10 @@ class StyleAligned(Method):
             "scheduler": sampler.scheduler_id,
         })
 
+    def prepare_keys(self, parts: Parts) -> list[str]:
+        key = self.inversion_key(parts)
+        return [key] if key else []
+
     def key_fields(self, parts: Parts) -> dict[str, Any]:
         return {**super().key_fields(parts), "prompt_used": self.prompt_used(parts),
                 "reference_prompt": self.reference_prompt(parts)}
@@ -225,23 +229,36 @@ class StyleAligned(Method):
     def deactivate(self, model: Any) -> None:
         """Nothing to undo: with no sharing plan in use, the processors and norms compute the plain model."""
 
-    def prepare(self, engine: Any, items: Sequence[Any], store: Any) -> None:
-        """Invert each reference the items replay, unless the results folder already holds that inversion."""
+    def prepare(self, engine: Any, items: Sequence[Any], store: Any) -> list[dict[str, Any]]:
+        """Invert each reference the items replay, unless the results folder already holds that inversion.
+
+        One record per inversion used (its key, seconds, peak GPU memory, whether it was found already made).
+        """
+        from styleprobe.models import peak_memory, reset_peak_memory
 
         state = self.state(engine.model)
         todo = {it.row["inversion_key"]: it for it in items if it.row["inversion_key"]}
+        records = []
         for n, (key, it) in enumerate(todo.items(), start=1):
-            if store.has_artefact(ARTEFACT, key):
+            reused = store.has_artefact(ARTEFACT, key)
+            if reused:
                 if key not in state.inversions:
                     tensors, meta = store.read_tensors(ARTEFACT, key)
                     state.inversions[key] = (tensors["zts"], meta)
-                continue
-            if key not in state.inversions:  # made in this process for another results folder: stored there too
-                state.inversions[key] = self._invert(engine.model, it)
-                log.info("inverted reference %d/%d (%s, %d steps) in %.1f s", n, len(todo), it.reference.style,
-                         it.sampler.steps, state.inversions[key][1]["seconds"])
-            zts, meta = state.inversions[key]
-            store.write_tensors(ARTEFACT, key, {"zts": zts}, meta)
+            else:
+                if key not in state.inversions:  # made in this process for another results folder: stored there too
+                    reset_peak_memory(engine.model.device)
+                    zts, meta = self._invert(engine.model, it)
+                    state.inversions[key] = (zts, {**meta, "peak_gpu_bytes": peak_memory(engine.model.device)})
+                    log.info("inverted reference %d/%d (%s, %d steps) in %.1f s", n, len(todo), it.reference.style,
+                             it.sampler.steps, meta["seconds"])
+                zts, meta = state.inversions[key]
+                store.write_tensors(ARTEFACT, key, {"zts": zts}, meta)
+            meta = state.inversions[key][1]
+            records.append({"what": "ddim inversion", "key": key, "style": it.reference.style,
+                            "seconds": round(float(meta["seconds"]), 3), "steps": int(meta["steps"]),
+                            "peak_gpu_bytes": meta.get("peak_gpu_bytes"), "reused": reused})
+        return records
 
     @staticmethod
     def _invert(model: Any, item: Any) -> tuple[torch.Tensor, dict[str, Any]]:

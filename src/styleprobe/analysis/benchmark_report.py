@@ -1,0 +1,203 @@
+"""The method benchmark's report: `report.md` with the method table, trade-offs and Pareto front, image grid, cost
+and the published numbers beside ours; its figures and CSV tables. `report.analyze` calls `build` for a benchmark.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from styleprobe.analysis import benchmark as bench
+from styleprobe.analysis import figures
+from styleprobe.analysis.load import is_machinery_check, metric_columns, metric_label, model_names
+from styleprobe.errors import AnalysisError
+
+if TYPE_CHECKING:
+    from styleprobe.analysis.report import AnalysisSettings, Report
+
+UP, DOWN = "▲", "▼"
+
+
+def build(
+    table: pd.DataFrame, dirs: list[Path], report: "Report", settings: "AnalysisSettings",
+    table_out: Callable[[str, pd.DataFrame], None], figure_out: Callable[[str, str, Any], None],
+) -> str:
+    """Every table and figure of the benchmark; returns report.md's text."""
+    bs, boot = settings.benchmark, settings.bootstrap
+    table = bench.with_contenders(table, bs)
+    order = bench.contenders(table)
+    reference = bench.reference_contender(table, bs)
+    metrics = metric_columns(table)
+    summary = bench.method_table(table, metrics, reference, bs, boot)
+    table_out("benchmark_methods", summary)
+    if bs.style_metric in metrics:
+        report.headline = headline(summary, reference, bs.style_metric)
+    others = [m for m in (bs.text_metric, bs.leak_metric) if m in metrics]
+    points = bench.tradeoffs(summary, bs.style_metric, others)
+    table_out("benchmark_tradeoffs", points)
+    units = table.groupby(list(bs.unit), dropna=False).ngroups
+    unit_words = f"{units} units of " + " x ".join(c.removesuffix("_digest") for c in bs.unit)
+    figure_out("trade-offs", "benchmark_tradeoffs",
+               lambda: figures.benchmark_tradeoff(table, points, bs.style_metric, others, unit_words))
+    figure_out("image grid", "benchmark_grid", lambda: figures.benchmark_grid(table, order, bs.grid_prompt, bs.grid_seed))
+    records = bench.preparation_records(dirs)
+    costs = bench.cost_table(table, records)
+    table_out("benchmark_costs", costs)
+    published = bench.published_comparison(summary, table, bs)
+    table_out("benchmark_published", published)
+    return _markdown(table, dirs, settings, report, order, reference, summary, points, costs, records, published)
+
+
+def _ci(mean: float, low: float, high: float, signed: bool = False) -> str:
+    if pd.isna(mean):
+        return "n/a"
+    f = (lambda x: f"{x:+.4f}") if signed else (lambda x: f"{x:.4f}")
+    return f"{f(mean)} [{f(low)}, {f(high)}]"
+
+
+def _gib(x: float) -> str:
+    return "n/a" if pd.isna(x) else f"{x:.2f}"
+
+
+def _seconds(x: float) -> str:
+    return "n/a" if pd.isna(x) else (f"{x:.3f}" if x < 10 else f"{x:.1f}")
+
+
+def _markdown(
+    table: pd.DataFrame, dirs: list[Path], settings: "AnalysisSettings", report: "Report", order: list[str],
+    reference: str, summary: pd.DataFrame, points: pd.DataFrame, costs: pd.DataFrame, records: pd.DataFrame,
+    published: pd.DataFrame,
+) -> str:
+    bs, boot = settings.benchmark, settings.bootstrap
+    metrics = list(dict.fromkeys(summary["metric"]))
+    lines = ["# styleprobe method benchmark", ""]
+    if is_machinery_check(table):
+        lines += ["> **Machinery check, not science.** These images come from the tiny embedded model (random weights)",
+                  "> and are scored by tiny random stand-ins for the metric models. The numbers exercise the benchmark code;",
+                  "> they rank nothing. Run it on a real model (README: On a real GPU) for results.", ""]
+    units = table.groupby(list(bs.unit), dropna=False).ngroups
+    per_unit = [c for c in ("seed", "replicate") if c in table and c not in bs.unit and table[c].nunique() > 1]
+    lines += [
+        f"Results: {', '.join(f'`{d}`' for d in dirs)}  ",
+        f"Generating model(s): {', '.join(model_names(table))}; {len(order)} contenders; {len(table)} images.  ",
+        f"Units (the resampling unit of every CI): {' x '.join(bs.unit)} = {units} units"
+        + (f"; each contender's images of a unit ({', '.join(per_unit)}) are averaged first" if per_unit else "") + ".  ",
+        f"Intervals: {boot.level:.0%} percentile bootstrap over units, {boot.n_boot} replicates, seed {boot.seed}. "
+        f"Differences are paired unit by unit against **{reference}** (`analysis.benchmark.reference`).",
+        "", "## Contenders", "",
+        "Each method at its published default, on the same references, prompts and seeds; each with its own prompt "
+        "convention and sampler.", "",
+        "| contender | method | injection | example prompt given to the pipeline | steps | guidance | scheduler | images |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name in order:
+        first = table[table[bench.CONTENDER] == name].sort_values(["prompt", "seed"], kind="stable").iloc[0]
+        n = int((table[bench.CONTENDER] == name).sum())
+        lines.append(f"| {name} | `{first['method']}` | `{first['injection']}` | {first.get('prompt_used', first['prompt'])} | "
+                     f"{first['steps']} | {first['guidance']:g} | {str(first['scheduler']).split('(')[0]} | {n} |")
+    lines += ["", "## Method table", "", "Mean per contender with its CI; the metric models:", ""]
+    lines += [f"- `{m}`: {metric_label(table, m)} ({'lower' if bench.lower_is_better(m) else 'higher'} is better)" for m in metrics]
+    lines += ["", "| contender | " + " | ".join(metrics) + " | units |", "|---|" + "---|" * (len(metrics) + 1)]
+    wide = summary.set_index(["contender", "metric"])
+    for name in order:
+        cells = [_ci(*wide.loc[(name, m), ["mean", "low", "high"]]) if (name, m) in wide.index else "n/a" for m in metrics]
+        n = int(wide.loc[(name, metrics[0]), "n_units"]) if (name, metrics[0]) in wide.index else 0
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {n} |")
+    lines += ["", f"Paired difference to **{reference}** (contender - reference, unit by unit). {UP} / {DOWN}: the CI "
+              "excludes 0 and the contender is better / worse there (leakage is better lower).", "",
+              "| contender | " + " | ".join(f"Δ {m}" for m in metrics) + " | paired units |", "|---|" + "---|" * (len(metrics) + 1)]
+    for name in order:
+        if name == reference:
+            continue
+        cells = []
+        for m in metrics:
+            r = wide.loc[(name, m)] if (name, m) in wide.index else None
+            if r is None or pd.isna(r["diff"]):
+                cells.append("n/a")
+                continue
+            mark = {"better": f" {UP}", "worse": f" {DOWN}"}.get(str(r["better"]), "")
+            cells.append(_ci(r["diff"], r["diff_low"], r["diff_high"], signed=True) + mark)
+        n = wide.loc[(name, metrics[0]), "n_paired"] if (name, metrics[0]) in wide.index else np.nan
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {'n/a' if pd.isna(n) else int(n)} |")
+    lines += ["", "## Trade-offs and the Pareto front", ""]
+    for metric in (m for m in (bs.text_metric, bs.leak_metric) if f"front_{m}" in points):
+        front = list(points.loc[points[f"front_{metric}"], bench.CONTENDER])
+        goal = "less leakage" if bench.lower_is_better(metric) else f"more {metric}"
+        lines.append(f"- {bs.style_metric} vs {metric}: on the front (no contender has more style and {goal} at once): "
+                     + (", ".join(f"**{c}**" for c in front) or "none"))
+    lines += ["", "The front is taken on the point estimates; read each point's CI bars in the figure before calling "
+              "a contender dominated.", ""]
+    lines += _figure_links(report, ("benchmark_tradeoffs", "benchmark_grid"))
+    lines += ["## Cost", "",
+              "From this folder's own measurements: each row's generation seconds (its batch's wall time shared out) and "
+              "peak GPU memory, and the per-reference preparation each contender's rows need (DDIM inversion, LoRA "
+              f"training) as the runs recorded it. Device(s): {', '.join(sorted(set(records['device']))) or _devices(dirs)}.", "",
+              "| contender | images (timed) | s / image | peak GPU GiB | preparation | per reference: s | prep peak GPU GiB | total s |",
+              "|---|---|---|---|---|---|---|---|"]
+    for _, c in costs.iterrows():
+        prep = f"{c['preparation'] or '-'} x {c['prepared']}" if c["prepared"] else "-"
+        lines.append(f"| {c['contender']} | {c['images']} ({c['timed_images']}) | {_seconds(c['seconds_per_image'])} | "
+                     f"{_gib(c['peak_gpu_gib'])} | {prep} | {_seconds(c['prep_seconds_per_reference']) if c['prepared'] else '-'} | "
+                     f"{_gib(c['prep_peak_gpu_gib'])} | {_seconds(c['total_seconds'])} |")
+    lines += ["", "Peak GPU memory is n/a on the CPU. Images made before styleprobe timed rows count in images, not in "
+              "the timed ones.", ""]
+    lines += _published(published)
+    for section, why in report.skipped.items():
+        lines.append(f"- {section}: skipped ({why})")
+    lines += ["", "## Tables", ""]
+    lines += [f"- [{p.name}]({p.relative_to(report.out_dir).as_posix()})" for p in report.tables]
+    lines += ["", "Regenerate with `styleprobe analyze results_dir=... analysis.kind=benchmark`; the settings are "
+              "`analysis.benchmark.*` in `experiments/analysis/default.yaml`.", ""]
+    return "\n".join(lines)
+
+
+def _devices(dirs: list[Path]) -> str:
+    import yaml
+
+    found = {str((yaml.safe_load(p.read_text()) or {}).get("device", "")) for d in dirs for p in Path(d).glob("runs/*/costs.yaml")}
+    return ", ".join(sorted(d for d in found if d)) or "not recorded"
+
+
+def _figure_links(report: "Report", names: tuple[str, ...]) -> list[str]:
+    lines = []
+    for path in report.figures:
+        if path.suffix == ".png" and path.stem in names:
+            rel = path.relative_to(report.out_dir)
+            lines += [f"![{path.stem}]({rel.as_posix()})  ", f"[{path.stem}.pdf]({rel.with_suffix('.pdf').as_posix()})", ""]
+    return lines
+
+
+def _published(published: pd.DataFrame) -> list[str]:
+    lines = ["## Published numbers, on other papers' protocols", "",
+             "**Not our protocol.** Each table below is another paper's set, prompts, resolution and scorer; only the "
+             "order of methods within one table can be set beside ours. No published table compares InstantStyle, "
+             "StyleAligned and B-LoRA together. `agrees`: whether our ranking of the methods both sides have (on the "
+             "matching metric) is the published one.", ""]
+    if published.empty:
+        return lines + ["No published numbers are recorded.", ""]
+    for source, part in published.groupby("source", sort=False):
+        lines += [f"### {source}", "", f"Protocol: {part['protocol'].iloc[0]}.", "",
+                  "| their metric | method | published | ours: contender, metric | ours | rank published / ours | agrees |",
+                  "|---|---|---|---|---|---|---|"]
+        for _, r in part.iterrows():
+            ours = f"{r['contender'] or 'not in this run'}, `{r['metric'] or 'no counterpart'}`"
+            rank = "-" if pd.isna(r["rank_ours"]) else f"{int(r['rank_published'])} / {int(r['rank_ours'])}"
+            agrees = {True: "yes", False: "**no**"}.get(r["agrees"], "-")
+            value = "n/a" if pd.isna(r["ours"]) else f"{r['ours']:.4f}"
+            lines.append(f"| {r['their_metric']} | {r['method']} | {r['published']:g} | {ours} | {value} | {rank} | {agrees} |")
+        lines.append("")
+    return lines
+
+
+def headline(summary: pd.DataFrame, reference: str, style_metric: str) -> list[str]:
+    """One log line per contender: its style metric against the reference, with the CI."""
+    rows = summary[summary["metric"] == style_metric]
+    if rows.empty:
+        raise AnalysisError(f"benchmark: no {style_metric} in the method table")
+    return [f"{r['contender']}: {style_metric} {_ci(r['mean'], r['low'], r['high'])}"
+            + ("" if r["contender"] == reference else f", vs {reference} {_ci(r['diff'], r['diff_low'], r['diff_high'], True)}")
+            for _, r in rows.iterrows()]
