@@ -66,7 +66,7 @@ def test_every_contender_gets_the_same_units_and_its_own_prompt_convention(tmp_p
     assert used["ip_adapter"] == prompt["ip_adapter"]
     assert used["b_lora"] == prompt["b_lora"] + " in [v] style"
     assert used["style_aligned"].startswith(prompt["style_aligned"] + ", ")
-    assert (rows[rows.method == "style_aligned"].steps == 10).all()  # the tiny preset's shortened StyleAligned
+    assert (rows[rows.method == "style_aligned"].steps == 50).all() and (rows[rows.method == "b_lora"].steps == 4).all()
 
 
 def test_a_contender_is_dropped_or_added_with_one_override(tmp_path, monkeypatch):
