@@ -8,6 +8,8 @@ to download.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -309,3 +311,44 @@ def test_random_weight_scorers_say_they_time_only():
     for s in build_scorers(IMAGE_IMAGE, CPU, "random"):
         assert s.describe_model().startswith("random-weight ") and s.describe_model().endswith("(timing only, not science)")
         assert s.identity()["weights"] == "random"
+
+
+class _Payload:
+    """Unpickling this object would create a file: the shape of a checkpoint crafted to run code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_csd_loader_runs_no_code_from_a_crafted_checkpoint(tmp_path):
+    marker = tmp_path / "pwned"
+    crafted = tmp_path / "checkpoint.pth"
+    state = write_csd_checkpoint(tmp_path / "ok.pth")
+    torch.save({"model_state_dict": {f"module.{k}": v for k, v in state.items()}, "extra": _Payload(marker)}, crafted)
+    with pytest.raises(ConfigError) as err:
+        csd_module.load_csd(crafted, csd_module.ARCHS["tiny"])
+    assert "does not run code from checkpoints" in str(err.value) and "it asks for io.open" in str(err.value)
+    assert "\n" not in str(err.value) and not marker.exists()
+
+
+def test_csd_loader_reads_the_training_state_the_published_file_holds(tmp_path):
+    """Numpy scalars, dtypes and the argparse Namespace of the training run are allowed, nothing else."""
+    import argparse
+
+    state = write_csd_checkpoint(tmp_path / "ok.pth")
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"model_state_dict": {f"module.{k}": v for k, v in state.items()}, "epoch": np.int64(19),
+                "best_map": np.float64(0.646), "dtype": np.dtype(np.float32),
+                "args": argparse.Namespace(lr=3e-4, arch="vit_large", eval_k=[1, 10, 100])}, path)
+    model = csd_module.load_csd(path, csd_module.ARCHS["tiny"])
+    assert torch.equal(model.last_layer_style, state["last_layer_style"])
+
+
+def test_no_unsafe_load_remains_in_the_code():
+    root = Path(__file__).resolve().parents[1]
+    files = [*(root / "src").rglob("*.py"), *(root / "benchmarks").glob("*.py"), *(root / "tests").rglob("*.py")]
+    unsafe = "weights_only=" + "False"  # split so this test does not find itself
+    assert [str(f) for f in files if unsafe in f.read_text()] == []

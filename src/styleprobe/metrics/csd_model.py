@@ -8,8 +8,10 @@ strictly. The scorer (`csd.py`) and the tiny stand-ins (`tiny.py`) both build on
 from __future__ import annotations
 
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -63,17 +65,42 @@ class CSDModel(nn.Module):
         return nn.functional.normalize(feature @ self.last_layer_style, dim=1, p=2)
 
 
+def _checkpoint_globals() -> list[Any]:
+    """The only non-tensor globals the published `checkpoint.pth` may hold besides torch's own: its training state
+    (numpy scalars and dtypes, the argparse Namespace of the training run). Each builds plain data; none runs code.
+
+    numpy scalars pickled by numpy 1.x name `numpy.core.multiarray.scalar`, by numpy 2.x `numpy._core...`: both map
+    to the one function.
+    """
+    import argparse
+
+    import numpy as np
+
+    scalar = np._core.multiarray.scalar if hasattr(np, "_core") else np.core.multiarray.scalar
+    dtypes = [type(np.dtype(t)) for t in (np.float64, np.float32, np.float16, np.int64, np.int32, np.bool_)]
+    return [argparse.Namespace, np.dtype, *dtypes, (scalar, "numpy.core.multiarray.scalar"),
+            (scalar, "numpy._core.multiarray.scalar")]
+
+
 def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """CSD's state dict from `checkpoint.pth` / `pytorch_model.bin`: `model_state_dict` taken, `module.` stripped.
 
-    Fails with one line when the file is not a CSD checkpoint.
+    Loaded with `weights_only=True` and an allow-list of the harmless globals the published file holds
+    (`_checkpoint_globals`): a file that needs anything else, e.g. a crafted pickle that would run code, is
+    refused with one line before anything in it runs. Fails with one line when the file is not a CSD checkpoint.
     """
     try:
-        try:
+        with torch.serialization.safe_globals(_checkpoint_globals()):
             obj = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
-            # The original checkpoint also pickles training state (numpy scalars); it is the published file.
-            obj = torch.load(path, map_location="cpu", weights_only=False)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        if not found:  # not a pickle that asks for code: a damaged or foreign file
+            raise ConfigError(f"CSD checkpoint {path} cannot be read (not a torch checkpoint); is it CSD's checkpoint.pth?") from err
+        why = f"it asks for {found.group(1)}"
+        raise ConfigError(
+            f"CSD checkpoint {path} needs more than tensors and plain training state to load ({why}); styleprobe does not "
+            f"run code from checkpoints: download CSD's checkpoint.pth or {HUB_REPO}/{HUB_FILENAME} again"
+        ) from err
     except Exception as err:  # noqa: BLE001 - any unreadable file gets the same one-line error
         why = str(err).strip().splitlines()[0][:120] if str(err).strip() else ""
         raise ConfigError(f"CSD checkpoint {path} cannot be read ({type(err).__name__}: {why}); is it CSD's checkpoint.pth?") from err
