@@ -134,8 +134,9 @@ class Inputs:
             noise = rng.integers(-24, 25, size=(size, size, 3), dtype=np.int16)
             self.images.append(Image.fromarray(np.clip(base[j % len(base)] + noise, 0, 255).astype(np.uint8), "RGB"))
 
-    def batch(self, start: int, size: int):
-        """A fresh ScoreBatch (empty memo) of `size` outputs from index `start` (wrapping around)."""
+    def batch(self, start: int, size: int, on_device: Any = None):
+        """A fresh ScoreBatch (empty memo) of `size` outputs from index `start` (wrapping around); with `on_device`
+        (a device) its preprocessing is the batched tensor path on that device, else PIL per image."""
         from styleprobe.metrics import ScoreBatch
 
         idx = [(start + i) % len(self.images) for i in range(size)]
@@ -148,6 +149,8 @@ class Inputs:
             prompts=[self.prompts[i].prompt for i in p],
             contents=[self.refs[i].content for i in r],
             subjects=[self.prompts[i].subject for i in p],
+            device=on_device,
+            preprocess_on_device=on_device is not None,
         )
 
     def priming_batch(self):
@@ -370,6 +373,36 @@ def main(argv: list[str] | None = None) -> int:
                 r["sum_of_separate_images_per_s"] = 1 / separate
                 r["speedup_vs_sum_of_separate"] = separate / r["seconds_per_image"]
             results["together"] = {"metrics": [s.name for s in scorers], "shared_models": groups, "batch_sizes": per_b}
+
+            # the same, with preprocessing as batched tensor ops on the scoring device (scoring.preprocess=tensor)
+            print("together, tensor preprocessing on the scoring device", flush=True)
+            for s in scorers:  # fill the reference caches of the tensor path
+                s.score(inputs.batch(0, max(len(inputs.refs), len(inputs.prompts)), on_device=device))
+
+            def together_tensor(b: int, start: int) -> None:
+                batch = inputs.batch(start, b, on_device=device)
+                for s in scorers:
+                    s.score(batch)
+
+            per_t = sweep("together/tensor", together_tensor, batch_sizes, args.n_images, args.repeats, device)
+            add_speedups(per_t, base)
+            for key, r in per_t.items():
+                r["speedup_vs_pil"] = r["images_per_s"] / per_b[key]["images_per_s"]
+            results["together_tensor_preprocessing"] = {"batch_sizes": per_t}
+        pres = {preprocess_name(pre): pre for pre in (preprocess_of(s) for s in scorers) if pre is not None}
+        results["preprocess_alone"] = {}
+        for name, pre in pres.items():  # before (PIL per image) and after (batched tensor ops), same images, same run
+            pil = sweep("pil " + name.split(",")[0], lambda b, start, pre=pre: pre(inputs.batch(start, b).images),
+                        batch_sizes, args.n_images, args.repeats, device)
+            ten = sweep("tensor " + name.split(",")[0],
+                        lambda b, start, pre=pre: pre.tensors(inputs.batch(start, b).images, device),
+                        batch_sizes, args.n_images, args.repeats, device)
+            add_speedups(pil, base)
+            add_speedups(ten, base)
+            results["preprocess_alone"][name] = {
+                "pil": pil, "tensor": ten,
+                "speedup": {k: ten[k]["images_per_s"] / pil[k]["images_per_s"] for k in pil},
+            }
     except StyleprobeError as err:
         sys.exit(f"bench_scoring: {err}")
 
@@ -402,6 +435,14 @@ def main(argv: list[str] | None = None) -> int:
         shares = "".join(f"{format(pre_b[str(b)]['share_of_metric_time'], '.0%') + ' of metric':>16s}" for b in batch_sizes)
         row(f"  for {name} ({m['preprocess'].split(',')[0].removeprefix('resize ')})", pre_b)
         print(f"{'':34s}" + shares)
+    if "together_tensor_preprocessing" in results:
+        t = results["together_tensor_preprocessing"]["batch_sizes"]
+        row("together, tensor preprocessing", t)
+        print(f"{'tensor vs PIL preprocessing':34s}" + "".join(f"{t[str(b)]['speedup_vs_pil']:15.2f}x" for b in batch_sizes))
+    for name, r in results.get("preprocess_alone", {}).items():
+        print(f"preprocessing alone, {name}: PIL -> tensor " + ", ".join(
+            f"batch {b}: {r['pil'][str(b)]['images_per_s']:.3g} -> {r['tensor'][str(b)]['images_per_s']:.3g} images/s "
+            f"({r['speedup'][str(b)]:.2f}x)" for b in batch_sizes))
     shared = {k: v for k, v in groups.items() if len(v) > 1}
     print("output embeddings shared in 'together': " + ("; ".join(", ".join(v) for v in shared.values()) or "none"))
     print(f"process peak RSS (getrusage ru_maxrss): {maxrss_bytes() / 2**30:.2f} GiB")

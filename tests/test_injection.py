@@ -6,6 +6,8 @@ batched matmuls sum in another order, so float32 images on [0, 1] agree to BATCH
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 import pytest
 import torch
@@ -143,3 +145,76 @@ def test_scales_of_wrong_shape_are_rejected(tiny_ip):
     with pytest.raises(ValueError, match="scales must have shape"):
         with state.use(torch.ones(2, len(state.layer_map) + 1)):
             pass
+
+
+@contextmanager
+def _no_host_reads(where: str):
+    """Any read of a tensor's value back to the host (bool, item, tolist, cpu, numpy, int, float) raises."""
+    reads = ("__bool__", "item", "tolist", "cpu", "numpy", "__int__", "__float__")
+    saved = {name: getattr(torch.Tensor, name) for name in reads}
+
+    def refuse(name):
+        def read(*_a, **_k):
+            raise AssertionError(f"Tensor.{name} {where}")
+        return read
+
+    for name in reads:
+        setattr(torch.Tensor, name, refuse(name))
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(torch.Tensor, name, fn)
+
+
+def test_processors_read_nothing_back_from_the_device_inside_the_unet(setup, monkeypatch):
+    """On a GPU each host read inside a processor would be a synchronisation per layer and step, so none may happen:
+    the batch's scales and its active layers are settled in `use`, before the UNet runs."""
+    from styleprobe import injection
+
+    pipe, cond, uncond, embeds = setup
+    state = pipe.unet.styleprobe_state
+    patterns = expand_patterns(["all", "style", "none"], state.layer_map)
+    original_call = injection.LayerScaledIPAttnProcessor.__call__
+    calls = []
+
+    def guarded(self, *args, **kwargs):
+        calls.append(self.layer_index)
+        with _no_host_reads(f"inside layer {self.layer_index}'s processor"):
+            return original_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(injection.LayerScaledIPAttnProcessor, "__call__", guarded)
+    with state.use(torch.tensor([p.scales for p in patterns]), pipe.device, pipe.unet.dtype):
+        assert state.active == tuple(bool(v) for v in torch.tensor(patterns[0].scales) != 0)
+        _generate(pipe, embeds, adapter_inputs(cond.repeat(3, 1), uncond.repeat(3, 1), True), n=3)
+    assert len(set(calls)) == len(state.layer_map)  # the guard saw every layer
+    with _no_host_reads("in the check"), pytest.raises(AssertionError, match="Tensor.__bool__ in the check"):
+        bool(torch.any(torch.ones(2) != 0))  # what the processors did per layer before: the guard catches it
+
+
+def test_a_batch_whose_patterns_skip_a_layer_skips_its_image_branch(setup):
+    pipe, *_ = setup
+    state = pipe.unet.styleprobe_state
+    style = expand_patterns(["style"], state.layer_map)[0]
+    with state.use(torch.tensor([style.scales, style.scales])):
+        assert sum(state.active) == sum(1 for s in style.scales if s) and state.scales.shape == (2, len(state.layer_map))
+    assert state.scales is None and state.active == ()
+
+
+def test_processors_leave_the_unet_one_graph_for_torch_compile(tiny_ip):
+    """torch.compile must not fall back to Python inside our processors: dynamo traces the whole UNet call, with
+    per-sample scales on, as one graph (a host read such as `bool(torch.any(...))` would break it)."""
+    unet = tiny_ip.pipe.unet
+    state = unet.styleprobe_state
+    cfg = unet.config
+    text = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
+    image_dim = unet.encoder_hid_proj.image_projection_layers[0].image_embeds.in_features
+    added = {"text_embeds": torch.randn(2, text), "time_ids": torch.randn(2, 6),
+             "image_embeds": [torch.randn(2, 1, 1, image_dim)]}
+    style = expand_patterns(["style"], state.layer_map)[0]
+    with state.use(torch.tensor([style.scales, [1.0] * len(state.layer_map)])):
+        explained = torch._dynamo.explain(unet)(torch.randn(2, 4, 8, 8), torch.tensor(10),
+                                                encoder_hidden_states=torch.randn(2, 77, cfg.cross_attention_dim),
+                                                added_cond_kwargs=added)
+    torch._dynamo.reset()
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), [b.reason for b in explained.break_reasons]

@@ -291,7 +291,9 @@ def test_openai_weights_are_built_with_quickgelu(monkeypatch):
 def test_outputs_are_preprocessed_once_per_preprocessing(photos, monkeypatch):
     """CLIP and CSD share CLIP's preprocessing; the batch does it once for both."""
     from styleprobe.metrics import preprocess
+    from styleprobe.metrics.base import release_models
 
+    release_models()  # reference embeddings cached by another test on this worker would hide the references' calls
     calls = []
     real = preprocess.Preprocess.__call__
     monkeypatch.setattr(preprocess.Preprocess, "__call__", lambda self, images: calls.append(self) or real(self, images))
@@ -352,3 +354,24 @@ def test_no_unsafe_load_remains_in_the_code():
     files = [*(root / "src").rglob("*.py"), *(root / "benchmarks").glob("*.py"), *(root / "tests").rglob("*.py")]
     unsafe = "weights_only=" + "False"  # split so this test does not find itself
     assert [str(f) for f in files if unsafe in f.read_text()] == []
+
+
+def test_scores_with_tensor_preprocessing_match_the_pil_reference(scorers, photos):
+    """Every default metric, scored once through PIL and once through the batched tensor path: the same numbers up to
+    the resize's rounding (references go through the same path; their cache is per path, so it is emptied between)."""
+    from styleprobe.metrics.base import release_models
+
+    def scores(on_device: bool) -> dict[str, np.ndarray]:
+        release_models()
+        batch = _batch(photos[:2], photos[2:])
+        batch.preprocess_on_device, batch.device = on_device, CPU
+        out: dict[str, np.ndarray] = {}
+        for s in build_scorers(IMAGE_IMAGE, CPU, "tiny"):
+            out.update({k: np.asarray(v, dtype=float) for k, v in s.score(batch).items()})
+        return out
+
+    pil, tensor = scores(False), scores(True)
+    assert set(pil) == set(tensor) and len(pil) >= 4
+    for name in pil:
+        np.testing.assert_allclose(tensor[name], pil[name], atol=5e-3, err_msg=name)
+    release_models()

@@ -110,3 +110,28 @@ def test_grey_and_alpha_images_become_rgb():
     pixels = batch * torch.tensor(OPENAI_CLIP_STD).view(1, 3, 1, 1) + torch.tensor(OPENAI_CLIP_MEAN).view(1, 3, 1, 1)
     assert torch.allclose(pixels[0, 0], pixels[0, 1], atol=1e-6) and torch.allclose(pixels[0, 1], pixels[0, 2], atol=1e-6)
     assert torch.allclose(pixels[1, :, 100, 100], torch.tensor([10, 20, 30]) / 255, atol=1e-6)  # alpha dropped, colour kept
+
+
+@pytest.mark.parametrize("pre", [preprocess.CLIP, preprocess.DINO], ids=["clip", "dino"])
+def test_tensor_preprocessing_stays_within_rounding_of_pils(photos, pre):
+    """The batched tensor path (torchvision's antialiased bicubic) against the PIL reference: on real photos of mixed
+    sizes and a 1024 px output, in grey levels of the resized image. Measured: mean 0.09-0.17, max 5, 0.02% over 1."""
+    big = Image.fromarray(skdata.astronaut()).resize((1024, 1024), Image.BICUBIC)
+    images = [*photos, Image.fromarray(skdata.camera()), big, big.rotate(90)]
+    ours, reference = pre.tensors(images, "cpu"), pre(images)
+    assert ours.shape == reference.shape and ours.dtype == torch.float32
+    levels = ((ours - reference) * torch.tensor(pre.std).view(1, 3, 1, 1) * 255).abs()
+    assert levels.mean() < 0.25 and levels.max() <= 6 and (levels > 1.01).float().mean() < 1e-3
+    # the order of a batch with several sizes is kept: each image is closest to its own reference
+    nearest = torch.cdist(ours.flatten(1), reference.flatten(1)).argmin(dim=1)
+    assert nearest.tolist() == list(range(len(images)))
+
+
+def test_scoring_preprocess_choice():
+    from styleprobe.errors import ConfigError
+    from styleprobe.scoring import preprocess_on_device
+
+    assert preprocess_on_device("auto", torch.device("cuda")) and not preprocess_on_device("auto", torch.device("cpu"))
+    assert preprocess_on_device("tensor", torch.device("cpu")) and not preprocess_on_device("pil", torch.device("cuda"))
+    with pytest.raises(ConfigError, match="scoring.preprocess='gpu'; choose auto, tensor or pil"):
+        preprocess_on_device("gpu", torch.device("cpu"))

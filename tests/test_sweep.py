@@ -165,6 +165,7 @@ def _bad_inputs(tmp_path: Path) -> list[tuple[list[str], str]]:
         (["method=b_lora", "method.b_lora.train_modules=up_blocks.0.attentions.0+up_blocks.3"], "unknown layer name 'up_blocks.3'"),
         (["method=b_lora", "method.b_lora.rank=0"], "method.b_lora.rank=0; give a positive integer"),
         (["method=b_lora", "method.b_lora.train_steps=0"], "method.b_lora.train_steps=0; give a positive integer"),
+        (["engine.batch_size=-3"], "engine.batch_size=-3; give a positive integer or auto"),
     ]
 
 
@@ -305,3 +306,13 @@ def test_scheduler_choice_does_not_leak_into_the_next_job(tiny_model):
     assert not tiny_model.pipe.scheduler.config.clip_sample  # the option wins
     Engine(tiny_model).use(ip, Sampler(2, 5.0, 64, 64))
     assert type(tiny_model.pipe.scheduler) is own and own.__name__ == "EulerDiscreteScheduler"
+
+
+def test_auto_batch_size_follows_the_gpu_memory():
+    import torch
+
+    from styleprobe.models import auto_batch_size, batch_for_memory
+
+    assert auto_batch_size(torch.device("cpu")) == 8
+    # cards as torch reports them (GiB): H100 80 GB, A100 40 GB, RTX 4090 / 3090, 16 GB cards, 12 GB
+    assert [batch_for_memory(g) for g in (79.1, 39.4, 23.6, 15.7, 11.6)] == [8, 8, 4, 2, 1]

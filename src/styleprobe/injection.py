@@ -26,22 +26,30 @@ class InjectionState:
 
     `scales` has shape (batch, n_layers) in layer-map order. When it is None the processors use the
     native per-layer scale, so `pipe.set_ip_adapter_scale(...)` keeps working after `install`.
+    `use` puts a batch's scales on the UNet's device once and decides once which layers are active, so inside
+    the UNet no processor reads a tensor back to the host or copies one to the device: the CPU can run ahead.
     """
 
     def __init__(self, layer_map: LayerMap):
         self.layer_map = layer_map
         self.scales: torch.Tensor | None = None
+        self.active: tuple[bool, ...] = ()  # per layer: does any sample inject there (decided on the host, per batch)
 
     @contextmanager
-    def use(self, scales: torch.Tensor) -> Iterator[None]:
-        """Apply `scales` (batch, n_layers) for the calls inside the block."""
+    def use(
+        self, scales: torch.Tensor, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> Iterator[None]:
+        """Apply `scales` (batch, n_layers) for the calls inside the block, moved to `device` / `dtype` here, once."""
         if scales.ndim != 2 or scales.shape[1] != len(self.layer_map):
             raise ValueError(f"scales must have shape (batch, {len(self.layer_map)}), got {tuple(scales.shape)}")
-        previous, self.scales = self.scales, scales
+        active = tuple(bool(a) for a in (scales != 0).any(dim=0).tolist())  # pass host scales: no device read
+        on_device = scales.to(device=device or scales.device, dtype=dtype or scales.dtype)
+        previous = self.scales, self.active
+        self.scales, self.active = on_device, active
         try:
             yield
         finally:
-            self.scales = previous
+            self.scales, self.active = previous
 
 
 class LayerScaledIPAttnProcessor(nn.Module):
@@ -66,14 +74,14 @@ class LayerScaledIPAttnProcessor(nn.Module):
         if self.state.scales is None:
             s = self.native.scale[0]
             return None if s == 0 else torch.full((batch,), float(s), dtype=like.dtype, device=like.device)
-        s = self.state.scales[:, self.layer_index]
-        if not bool(torch.any(s != 0)):
+        if not self.state.active[self.layer_index]:
             return None
+        s = self.state.scales[:, self.layer_index]  # a view of the batch's device tensor: no copy, no sync
         if batch != s.shape[0]:
             if batch % s.shape[0]:
                 raise ValueError(f"batch of {batch} is not a multiple of the {s.shape[0]} per-sample scales")
-            s = s.repeat(batch // s.shape[0])  # CFG: [uncond, cond] halves carry the same pattern
-        return s.to(device=like.device, dtype=like.dtype)
+            s = s.repeat(batch // s.shape[0])  # CFG: [uncond, cond] halves carry the same pattern (on the device)
+        return s if (s.device, s.dtype) == (like.device, like.dtype) else s.to(device=like.device, dtype=like.dtype)
 
     def __call__(
         self,

@@ -14,7 +14,9 @@ or references) happens before any scoring model is loaded.
 from __future__ import annotations
 
 import logging
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -84,8 +86,17 @@ def build(metrics: Mapping[str, Mapping[str, Any]], scoring: DictConfig, bases: 
 
     batch_size = positive_int(scoring.batch_size, "scoring.batch_size")
     weights = resolve_weights(str(scoring.weights), bases)
-    scorers = build_scorers(metrics, resolve_device(str(scoring.device)), weights)
+    device = resolve_device(str(scoring.device))
+    scorers = build_scorers(metrics, device, weights, preprocess_on_device(str(scoring.get("preprocess", "auto")), device))
     return scorers, weights, batch_size
+
+
+def preprocess_on_device(choice: str, device: Any) -> bool:
+    """`scoring.preprocess`: tensor (batched on the scoring device), pil (per image, the reference implementation),
+    or auto: tensor on a GPU, where PIL's resizing is most of the scoring time, pil on the CPU."""
+    if choice not in ("auto", "tensor", "pil"):
+        raise ConfigError(f"scoring.preprocess={choice!r}; choose auto, tensor or pil")
+    return choice == "tensor" or (choice == "auto" and getattr(device, "type", str(device)) == "cuda")
 
 
 def check_identities(store: Store, scorers: list[Any]) -> None:
@@ -164,8 +175,6 @@ def _open(path: Path) -> Image.Image:
 
 def score(store: Store, p: ScoringPlan, run_id: str) -> ScoringResult:
     """Score what is pending, batch by batch; each batch's scores land in one file per metric."""
-    from styleprobe.metrics import ScoreBatch
-
     start = time.perf_counter()
     result = ScoringResult({s.name: 0 for s in p.scorers})
     todo = p.todo
@@ -174,9 +183,29 @@ def score(store: Store, p: ScoringPlan, run_id: str) -> ScoringResult:
     unrecorded = {s.name for s in p.scorers if store.metric_identity(s.name) is None}
     references = {d: _open(path) for d, path in p.references.items()}
     log.info("scoring %d rows: %s", len(todo), ", ".join(f"{k} {len(v)}" for k, v in p.pending.items() if v))
-    for n, start_row in enumerate(range(0, len(todo), p.batch_size)):
-        chunk = todo.iloc[start_row : start_row + p.batch_size]
-        images = {k: _open(store.root / path) for k, path in zip(chunk.key, chunk.image_path, strict=True)}
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as decoder:  # PNG decoding releases the GIL
+        _score_batches(store, p, run_id, todo, references, unrecorded, result, decoder)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _score_batches(
+    store: Store, p: ScoringPlan, run_id: str, todo: pd.DataFrame, references: dict[str, Image.Image],
+    unrecorded: set[str], result: ScoringResult, decoder: ThreadPoolExecutor,
+) -> None:
+    from styleprobe.metrics import ScoreBatch
+
+    chunks = [todo.iloc[i : i + p.batch_size] for i in range(0, len(todo), p.batch_size)]
+
+    def decode(chunk: pd.DataFrame) -> list[Any]:
+        return [decoder.submit(_open, store.root / path) for path in chunk.image_path]
+
+    upcoming = decode(chunks[0])
+    for n, chunk in enumerate(chunks):
+        start_row = n * p.batch_size
+        # the next batch decodes on the worker threads while this one is scored
+        futures, upcoming = upcoming, (decode(chunks[n + 1]) if n + 1 < len(chunks) else [])
+        images = dict(zip(chunk.key, (f.result() for f in futures), strict=True))
         groups: dict[tuple[str, ...], list[Any]] = {}
         for s in p.scorers:
             need = tuple(k for k in chunk.key if k in p.pending[s.name])
@@ -191,6 +220,8 @@ def score(store: Store, p: ScoringPlan, run_id: str) -> ScoringResult:
                 prompts=list(sub.prompt),
                 contents=list(sub.content),
                 subjects=list(sub.subject),
+                device=scorers[0].settings.device,
+                preprocess_on_device=scorers[0].settings.preprocess_on_device,
             )
             for s in scorers:
                 values = s.score(batch)
@@ -204,8 +235,6 @@ def score(store: Store, p: ScoringPlan, run_id: str) -> ScoringResult:
         done = min(start_row + p.batch_size, len(todo))
         if n % 10 == 9 or done == len(todo):
             log.info("scored %d/%d rows", done, len(todo))
-    result.seconds = time.perf_counter() - start
-    return result
 
 
 def shard_keys(rows: pd.DataFrame, index: int, count: int) -> set[str]:

@@ -19,7 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from styleprobe import models
 from styleprobe import scoring
-from styleprobe.config import as_list, positive_int, seeds
+from styleprobe.config import as_list, seeds
+from styleprobe.errors import ConfigError
 from styleprobe.data import StyleReference, load_prompts, load_style_set
 from styleprobe.layers import LayerMap
 from styleprobe.methods import parse_entries
@@ -73,7 +74,7 @@ def prepare(cfg: DictConfig) -> SweepPlan:
     seed_list = seeds(cfg.seeds)
     references = load_style_set(cfg.data.style_set)
     prompts = load_prompts(cfg.data.prompts if isinstance(cfg.data.prompts, str) else as_list(cfg.data.prompts))
-    batch_size = positive_int(cfg.engine.batch_size, "engine.batch_size")
+    batch_size = _batch_size(cfg.engine.batch_size)
     entries = parse_entries(
         OmegaConf.to_container(cfg.method, resolve=True) if cfg.get("method") else {},
         patterns=as_list(cfg.injection.patterns),
@@ -84,6 +85,7 @@ def prepare(cfg: DictConfig) -> SweepPlan:
         spec=spec,
     )
     device = models.resolve_device(cfg.engine.device)
+    batch_size = batch_size or models.auto_batch_size(device)
     dtype = str(models.resolve_dtype(spec.dtype, device)).removeprefix("torch.")
     items = build_plan(model=spec, dtype=dtype, entries=entries, references=references, prompts=prompts, seeds=seed_list)
     items = shard(items, cfg.shard.index, cfg.shard.count)
@@ -93,6 +95,15 @@ def prepare(cfg: DictConfig) -> SweepPlan:
     scoring.check_identities(store, scorers)
     analysis = _analysis_settings(cfg, scorers)
     return SweepPlan(spec, items, store, str(device), batch_size, references, scorers, scoring_batch, weights, analysis)
+
+
+def _batch_size(value: Any) -> int | None:
+    """`engine.batch_size`: a positive integer, or auto (None here: chosen from the device once it is known)."""
+    if value == "auto":
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"engine.batch_size={value!r}; give a positive integer or auto")
+    return value
 
 
 def _analysis_settings(cfg: DictConfig, scorers: list[Any]) -> Any:

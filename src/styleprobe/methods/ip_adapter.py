@@ -154,7 +154,7 @@ class IPAdapter(Method):
         sampler = items[0].sampler
         state = self.state(model)
         with (
-            state.injection.use(self.layer_scales(items)),
+            state.injection.use(self.layer_scales(items), model.device, model.dtype),  # on the device once per batch
             per_sample_adapter_inputs(model.pipe, self.adapter_embeds(model, items, sampler.guided)) as embeds,
         ):
             return engine.denoise(

@@ -24,7 +24,9 @@ from styleprobe.metrics.base import ScoreBatch, Scorer, ScorerSettings, registry
 __all__ = ["ScoreBatch", "Scorer", "ScorerSettings", "build_scorers", "registry", "release_models"]
 
 
-def build_scorers(metrics: Mapping[str, Mapping[str, Any]], device: torch.device, weights: str) -> list[Scorer]:
+def build_scorers(
+    metrics: Mapping[str, Mapping[str, Any]], device: torch.device, weights: str, preprocess_on_device: bool = False
+) -> list[Scorer]:
     """Scorers for the `metrics` config (name -> {scorer: kind, ...options}); no model is loaded yet."""
     kinds = registry()
     scorers: list[Scorer] = []
@@ -34,7 +36,7 @@ def build_scorers(metrics: Mapping[str, Mapping[str, Any]], device: torch.device
         kind = options["scorer"]
         if kind not in kinds:
             raise ConfigError(f"metrics.{name}: unknown scorer {kind!r}; choose one of {', '.join(sorted(kinds))}")
-        scorers.append(kinds[kind](ScorerSettings(str(name), dict(options), device, weights)))
+        scorers.append(kinds[kind](ScorerSettings(str(name), dict(options), device, weights, preprocess_on_device)))
     columns: dict[str, str] = {}
     for s in scorers:
         for col in (*s.columns, s.model_column):

@@ -34,13 +34,21 @@ class ScoreBatch:
     contents: list[str]  # the reference's content label ("rabbit")
     subjects: list[str]  # the target prompt's subject ("a cat")
     memo: dict[Any, Any] = field(default_factory=dict, repr=False)
+    device: torch.device | None = None  # where the tensor preprocessing runs (the scorers' device)
+    preprocess_on_device: bool = False  # batched tensor ops on `device` instead of PIL per image (see preprocess.py)
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def pixels(self, preprocess: Callable[[list[Image.Image]], torch.Tensor]) -> torch.Tensor:
+    def pixels(self, preprocess: Any) -> torch.Tensor:
         """The outputs preprocessed once per preprocessing (CLIP and CSD share one, DINO and DINOv2 another)."""
-        return self.once(("pixels", preprocess), lambda: preprocess(self.images))
+        return self.once(("pixels", preprocess), lambda: self.preprocess(preprocess, self.images))
+
+    def preprocess(self, preprocess: Any, images: list[Image.Image]) -> torch.Tensor:
+        """`images` through a scorer's `Preprocess`, by this batch's implementation of it."""
+        if self.preprocess_on_device and hasattr(preprocess, "tensors"):
+            return preprocess.tensors(images, self.device or "cpu")
+        return preprocess(images)
 
     def once(self, key: Any, compute: Callable[[], Any]) -> Any:
         """Compute something about this batch once, e.g. the output embeddings that three CLIP metrics share."""
@@ -57,6 +65,7 @@ class ScorerSettings:
     options: dict[str, Any]
     device: torch.device
     weights: str  # "hub" (Hub id or local path) or "tiny" (random offline stand-ins)
+    preprocess_on_device: bool = False  # batched tensor preprocessing on `device` (scoring.preprocess)
 
 
 class Scorer(ABC):
@@ -154,7 +163,7 @@ def reference_embeddings(
     return cached_rows(
         embedding_cache(model_key, "reference"),
         batch.reference_ids,
-        lambda idx: encode(preprocess([batch.references[i] for i in idx])),
+        lambda idx: encode(batch.preprocess(preprocess, [batch.references[i] for i in idx])),
     )
 
 
