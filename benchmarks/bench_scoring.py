@@ -68,6 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-together", action="store_true", help="skip the all-metrics-in-one-ScoreBatch measurements")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own)")
+    p.add_argument("--dtype", default="float32", help="the scoring models' dtype: float32 | bfloat16 | float16 (scoring.dtype)")
     p.add_argument("--out", type=Path, default=None, help="JSON output (default .bench/scoring-<weights>.json)")
     args = p.parse_args(argv)
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
@@ -317,7 +318,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     configs = metric_configs(args.metric_names)
-    scorers = build_scorers(configs, device, args.weights)
+    from styleprobe.scoring import scoring_dtype
+
+    scorers = build_scorers(configs, device, args.weights, dtype=scoring_dtype(args.dtype))
     references = load_style_set("builtin:shapes")[: args.references]
     prompts = load_prompts("builtin:objects")
     batch_sizes = sorted(set(args.batch_sizes))
@@ -449,6 +452,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out = {
         "weights": args.weights,
+        "dtype": args.dtype,
         "metric_names": args.metric_names,
         "device": str(device),
         "device_name": device_name(device),

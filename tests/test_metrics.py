@@ -375,3 +375,30 @@ def test_scores_with_tensor_preprocessing_match_the_pil_reference(scorers, photo
     for name in pil:
         np.testing.assert_allclose(tensor[name], pil[name], atol=5e-3, err_msg=name)
     release_models()
+
+
+def test_scoring_dtype_runs_the_models_in_it_and_says_so(photos):
+    """bfloat16 scorers: the same numbers as float32 up to bfloat16's precision; the identity records the dtype, so a
+    float32 column refuses them (scoring.check_identities), and a float32 identity is what it always was."""
+    from styleprobe.metrics.base import release_models
+    from styleprobe.scoring import scoring_dtype
+
+    def run(dtype):
+        release_models()
+        scorers = build_scorers(IMAGE_IMAGE, CPU, "tiny", dtype=dtype)
+        batch = _batch(photos[:2], photos[2:])
+        return scorers, {k: np.asarray(v, dtype=float) for s in scorers for k, v in s.score(batch).items()}
+
+    full, f32 = run(torch.float32)
+    half, bf16 = run(torch.bfloat16)
+    kinds = {s.kind: s for s in half}
+    modules = [kinds["style_csd"].model(), kinds["style_clip"].clip().model, kinds["style_dino"].backbone().model]
+    assert all(p.dtype == torch.bfloat16 for m in modules for p in m.parameters())
+    for name in f32:
+        np.testing.assert_allclose(bf16[name], f32[name], atol=0.05, err_msg=name)
+    assert all("dtype" not in s.identity() for s in full)
+    assert all(s.identity()["dtype"] == "bfloat16" for s in half)
+    assert scoring_dtype("bfloat16") is torch.bfloat16
+    with pytest.raises(ConfigError, match="scoring.dtype='fp8'; choose float32, bfloat16 or float16"):
+        scoring_dtype("fp8")
+    release_models()

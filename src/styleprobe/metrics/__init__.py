@@ -25,7 +25,8 @@ __all__ = ["ScoreBatch", "Scorer", "ScorerSettings", "build_scorers", "registry"
 
 
 def build_scorers(
-    metrics: Mapping[str, Mapping[str, Any]], device: torch.device, weights: str, preprocess_on_device: bool = False
+    metrics: Mapping[str, Mapping[str, Any]], device: torch.device, weights: str, preprocess_on_device: bool = False,
+    dtype: torch.dtype = torch.float32,
 ) -> list[Scorer]:
     """Scorers for the `metrics` config (name -> {scorer: kind, ...options}); no model is loaded yet."""
     kinds = registry()
@@ -36,7 +37,7 @@ def build_scorers(
         kind = options["scorer"]
         if kind not in kinds:
             raise ConfigError(f"metrics.{name}: unknown scorer {kind!r}; choose one of {', '.join(sorted(kinds))}")
-        scorers.append(kinds[kind](ScorerSettings(str(name), dict(options), device, weights, preprocess_on_device)))
+        scorers.append(kinds[kind](ScorerSettings(str(name), dict(options), device, weights, preprocess_on_device, dtype)))
     columns: dict[str, str] = {}
     for s in scorers:
         for col in (*s.columns, s.model_column):

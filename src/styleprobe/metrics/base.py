@@ -66,6 +66,7 @@ class ScorerSettings:
     device: torch.device
     weights: str  # "hub" (Hub id or local path) or "tiny" (random offline stand-ins)
     preprocess_on_device: bool = False  # batched tensor preprocessing on `device` (scoring.preprocess)
+    dtype: torch.dtype = torch.float32  # the scoring models' weights and inputs (scoring.dtype)
 
 
 class Scorer(ABC):
@@ -98,7 +99,11 @@ class Scorer(ABC):
             return f"tiny random {self.family_name()} (machinery check, not science)"
         if self.settings.weights == "random":
             return f"random-weight {self.architecture()} (timing only, not science)"
-        return self.weights_name()
+        return self.weights_name() + self.dtype_note()
+
+    def dtype_note(self) -> str:
+        """` in bfloat16` where the models do not run in float32 (which the table's model column then says)."""
+        return "" if self.settings.dtype == torch.float32 else f" in {str(self.settings.dtype).removeprefix('torch.')}"
 
     @abstractmethod
     def family_name(self) -> str:
@@ -120,6 +125,7 @@ class Scorer(ABC):
             "options": dict(sorted(self.settings.options.items())),
             "weights": self.settings.weights,
             "definition": DEFINITION_VERSION,
+            **({} if self.settings.dtype == torch.float32 else {"dtype": str(self.settings.dtype).removeprefix("torch.")}),
         }
 
     @abstractmethod

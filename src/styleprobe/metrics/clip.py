@@ -48,6 +48,12 @@ class OpenCLIP:
         self.tokenizer = tokenizer
         self.preprocess = preprocess
         self.device = device
+        self.dtype = torch.float32
+
+    def to(self, dtype: torch.dtype) -> OpenCLIP:
+        self.model.to(dtype)
+        self.dtype = dtype
+        return self
 
     @classmethod
     def load(cls, name: str, pretrained: str | None, device: torch.device) -> OpenCLIP:
@@ -70,7 +76,7 @@ class OpenCLIP:
 
     @torch.inference_mode()
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_image(pixels.to(self.device)).float().cpu()
+        return self.model.encode_image(pixels.to(self.device, self.dtype)).float().cpu()
 
     @torch.inference_mode()
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
@@ -121,16 +127,17 @@ class _CLIPScorer(Scorer):
         return f"open_clip {self.model_name}/{self.pretrained}"
 
     def _model_key(self) -> tuple[Any, ...]:
-        return ("open_clip", self.model_name, self.pretrained, self.settings.weights, str(self.settings.device))
+        return ("open_clip", self.model_name, self.pretrained, self.settings.weights, str(self.settings.device),
+                str(self.settings.dtype))
 
     def clip(self) -> OpenCLIP:
         def build() -> OpenCLIP:
             if self.settings.weights == "tiny":
                 from styleprobe.metrics.tiny import tiny_open_clip
 
-                return OpenCLIP.load(*tiny_open_clip(), self.settings.device)
+                return OpenCLIP.load(*tiny_open_clip(), self.settings.device).to(self.settings.dtype)
             pretrained = None if self.settings.weights == "random" else self.pretrained
-            return OpenCLIP.load(self.model_name, pretrained, self.settings.device)
+            return OpenCLIP.load(self.model_name, pretrained, self.settings.device).to(self.settings.dtype)
 
         return shared_model(self._model_key(), build)
 

@@ -78,7 +78,8 @@ class StyleCSD(Scorer):
         return f"CSD {self.arch_name} ({self.checkpoint or f'{self.repo}/{self.filename}'})"
 
     def _model_key(self) -> tuple[Any, ...]:
-        return ("csd", self.arch_name, self.checkpoint, self.repo, self.filename, self.settings.weights, str(self.settings.device))
+        return ("csd", self.arch_name, self.checkpoint, self.repo, self.filename, self.settings.weights, str(self.settings.device),
+                str(self.settings.dtype))
 
     def model(self) -> CSDModel:
         def build() -> CSDModel:
@@ -87,16 +88,16 @@ class StyleCSD(Scorer):
 
                 path = ensure_tiny_scorers() / "csd" / "checkpoint.pth"
             elif self.settings.weights == "random":
-                return CSDModel(ARCHS[self.arch_name]).eval().to(self.settings.device)
+                return CSDModel(ARCHS[self.arch_name]).eval().to(self.settings.device, self.settings.dtype)
             else:
                 path = resolve_checkpoint(self.checkpoint, self.repo, self.filename, self.name)
-            return load_csd(path, ARCHS[self.arch_name]).to(self.settings.device)
+            return load_csd(path, ARCHS[self.arch_name]).to(self.settings.device, self.settings.dtype)
 
         return shared_model(self._model_key(), build)
 
     @torch.inference_mode()
     def embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.model()(pixels.to(self.settings.device)).float().cpu()
+        return self.model()(pixels.to(self.settings.device, self.settings.dtype)).float().cpu()
 
     def score(self, batch: ScoreBatch) -> dict[str, np.ndarray]:
         out = output_embeddings(batch, self._model_key(), self.preprocess, self.embed_pixels)

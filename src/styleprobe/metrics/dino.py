@@ -45,6 +45,12 @@ class HFViT:
         self.model = model
         self.device = device
         self.preprocess = preprocess.DINO
+        self.dtype = torch.float32
+
+    def to(self, dtype: torch.dtype) -> HFViT:
+        self.model.to(dtype)
+        self.dtype = dtype
+        return self
 
     @classmethod
     def load(cls, source: str, device: torch.device) -> HFViT:
@@ -75,7 +81,7 @@ class HFViT:
 
     @torch.inference_mode()
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values=pixels.to(self.device)).last_hidden_state[:, 0].float().cpu()
+        return self.model(pixel_values=pixels.to(self.device, self.dtype)).last_hidden_state[:, 0].float().cpu()
 
 
 def _family(source: str) -> str:
@@ -108,17 +114,17 @@ class StyleDINO(Scorer):
         return self.source
 
     def _model_key(self) -> tuple[Any, ...]:
-        return ("hf_vit", self.source, self.settings.weights, str(self.settings.device))
+        return ("hf_vit", self.source, self.settings.weights, str(self.settings.device), str(self.settings.dtype))
 
     def backbone(self) -> HFViT:
         def build() -> HFViT:
             if self.settings.weights == "tiny":
                 from styleprobe.metrics.tiny import ensure_tiny_scorers
 
-                return HFViT.load(str(ensure_tiny_scorers() / self.family), self.settings.device)
+                return HFViT.load(str(ensure_tiny_scorers() / self.family), self.settings.device).to(self.settings.dtype)
             if self.settings.weights == "random":
-                return HFViT.random(self.family, self.settings.device)
-            return HFViT.load(self.source, self.settings.device)
+                return HFViT.random(self.family, self.settings.device).to(self.settings.dtype)
+            return HFViT.load(self.source, self.settings.device).to(self.settings.dtype)
 
         return shared_model(self._model_key(), build)
 
