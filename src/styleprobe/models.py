@@ -215,7 +215,7 @@ def _pipeline_class(family: str):
 
 def _load(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> LoadedModel:
     base = resolve_source(spec.base)
-    kwargs: dict[str, Any] = {"torch_dtype": dtype, "revision": spec.revision}
+    kwargs: dict[str, Any] = {"dtype": dtype, "revision": spec.revision}
     if spec.variant:
         kwargs["variant"] = spec.variant
     if spec.family == "sd15":
