@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from safetensors import safe_open
@@ -118,3 +119,26 @@ def test_local_folders_and_bfloat16_load_through_the_same_path(tiny_spec, refere
     assert items[0].row["dtype"] == "bfloat16"
     images = Engine(model).run_batch(items)
     assert images[0].size == (64, 64)
+
+
+def test_an_unreachable_hub_switches_to_the_local_cache_at_once(monkeypatch):
+    """No route to the Hub: one short probe, then offline mode for the process, so a missing model fails with its
+    one-line error instead of after the Hub client's retries; HF_HUB_OFFLINE=1 is respected without a probe."""
+    import socket
+
+    from huggingface_hub import constants
+
+    from styleprobe import models
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    models.hub_offline.cache_clear()
+    try:
+        assert models.hub_offline() is True
+        assert constants.HF_HUB_OFFLINE is True and os.environ["HF_HUB_OFFLINE"] == "1"
+        models.hub_offline.cache_clear()
+        monkeypatch.setattr(socket, "create_connection", lambda *a, **k: pytest.fail("probed although offline"))
+        assert models.hub_offline() is True
+    finally:
+        models.hub_offline.cache_clear()

@@ -10,7 +10,9 @@ Loaded models are kept per process, so every job of a basic-launcher multirun re
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,12 +91,43 @@ class ModelSpec:
 
 
 def resolve_source(source: str) -> str:
-    """Turn `tiny:<folder>` into the tiny model's local folder; Hub ids and paths pass through."""
+    """Turn `tiny:<folder>` into the tiny model's local folder; Hub ids and paths pass through.
+
+    Before the first Hub id is used, `hub_offline` decides once whether the Hub can be reached at all.
+    """
     if source.startswith("tiny:"):
         from styleprobe.tiny import ensure_tiny
 
         return str(ensure_tiny() / source.removeprefix("tiny:"))
+    if not Path(source).expanduser().exists():
+        hub_offline()
     return source
+
+
+HUB_PROBE_SECONDS = 2.0
+
+
+@functools.cache
+def hub_offline() -> bool:
+    """Whether models come from the local Hugging Face cache only: HF_HUB_OFFLINE is set, or the Hub's endpoint
+    cannot be reached within HUB_PROBE_SECONDS. In the second case the offline mode is switched on for this process,
+    so a missing model fails at once with its one-line error instead of after the Hub client's retries (about 30 s)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return True
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=HUB_PROBE_SECONDS).close()
+        return False
+    except OSError as err:
+        log.info("the Hugging Face Hub cannot be reached (%s): using the local cache only", err.strerror or err)
+        constants.HF_HUB_OFFLINE = True
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        return True
 
 
 def resolve_device(device: str = "auto") -> torch.device:
