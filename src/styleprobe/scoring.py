@@ -108,7 +108,7 @@ def preprocess_on_device(choice: str, device: Any) -> bool:
     or auto: tensor on a GPU, where PIL's resizing is most of the scoring time, pil on the CPU."""
     if choice not in ("auto", "tensor", "pil"):
         raise ConfigError(f"scoring.preprocess={choice!r}; choose auto, tensor or pil")
-    return choice == "tensor" or (choice == "auto" and getattr(device, "type", str(device)) == "cuda")
+    return choice == "tensor" or (choice == "auto" and device.type == "cuda")
 
 
 def check_identities(store: Store, scorers: list[Any]) -> None:

@@ -52,7 +52,7 @@ class BenchmarkSettings:
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> "BenchmarkSettings":
-        known = set(cls.__dataclass_fields__) - {"names", "grid_prompt", "grid_seed"} | {"names", "grid"}
+        known = {"reference", "style_metric", "text_metric", "leak_metric", "unit", "names", "grid", "published_as"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise AnalysisError(f"unknown analysis.benchmark setting {', '.join(unknown)}; known: {', '.join(sorted(known))}")
@@ -215,6 +215,12 @@ def preparation_records(results_dirs: Sequence[str | Path]) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
+def devices(results_dirs: Sequence[str | Path]) -> list[str]:
+    """The devices the runs of these folders generated on (`runs/*/costs.yaml`)."""
+    paths = [p for d in results_dirs for p in Path(d).glob("runs/*/costs.yaml")]
+    return sorted({str((yaml.safe_load(p.read_text()) or {}).get("device", "")) for p in paths} - {""})
+
+
 def cost_table(table: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:
     """Per contender: images, generation seconds per image, peak GPU memory, and its per-reference preparation.
 
@@ -288,7 +294,7 @@ def published_comparison(
                 block.append({"source": source["source"], "protocol": source["protocol"], "their_metric": their_metric,
                               "metric": ours_metric or "", "method": method, "published": float(values[their_metric]),
                               CONTENDER: contender, "ours": ours})
-            _rank(block, lower_is_better(ours_metric or "") or bool(source.get("lower_is_better", {}).get(their_metric)))
+            _rank(block, lower_is_better(ours_metric or ""))
             rows += block
     return pd.DataFrame(rows, columns=["source", "protocol", "their_metric", "metric", "method", "published", CONTENDER,
                                        "ours", "rank_published", "rank_ours", "agrees"])
@@ -321,7 +327,7 @@ def is_benchmark(table: pd.DataFrame) -> bool:
 
 
 __all__ = [
-    "BenchmarkSettings", "contenders", "cost_table", "is_benchmark", "method_table", "pareto_front",
+    "BenchmarkSettings", "contenders", "cost_table", "devices", "is_benchmark", "method_table", "pareto_front",
     "preparation_records", "published_comparison", "published_tables", "reference_contender", "tradeoffs",
     "with_contenders",
 ]

@@ -135,7 +135,7 @@ def _markdown(
     lines += ["## Cost", "",
               "From this folder's own measurements: each row's generation seconds (its batch's wall time shared out) and "
               "peak GPU memory, and the per-reference preparation each contender's rows need (DDIM inversion, LoRA "
-              f"training) as the runs recorded it. Device(s): {', '.join(sorted(set(records['device']))) or _devices(dirs)}.", "",
+              f"training) as the runs recorded it. Device(s): {', '.join(bench.devices(dirs)) or 'not recorded'}.", "",
               "| contender | images (timed) | s / image | peak GPU GiB | preparation | per reference: s | prep peak GPU GiB | total s |",
               "|---|---|---|---|---|---|---|---|"]
     for _, c in costs.iterrows():
@@ -153,13 +153,6 @@ def _markdown(
     lines += ["", "Regenerate with `styleprobe analyze results_dir=... analysis.kind=benchmark`; the settings are "
               "`analysis.benchmark.*` in `experiments/analysis/default.yaml`.", ""]
     return "\n".join(lines)
-
-
-def _devices(dirs: list[Path]) -> str:
-    import yaml
-
-    found = {str((yaml.safe_load(p.read_text()) or {}).get("device", "")) for d in dirs for p in Path(d).glob("runs/*/costs.yaml")}
-    return ", ".join(sorted(d for d in found if d)) or "not recorded"
 
 
 def _figure_links(report: "Report", names: tuple[str, ...]) -> list[str]:

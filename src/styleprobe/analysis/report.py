@@ -89,8 +89,8 @@ class AnalysisSettings:
         if kind not in ("auto", "probe", "benchmark"):
             raise AnalysisError(f"analysis.kind={kind!r}; choose auto, probe or benchmark")
         return cls(bootstrap, Criterion.from_mapping(data.get("verdict", {})), tuple(grid.get("rows", cls.grid_rows)),
-                   int(grid.get("max_columns", 6)), formats, kind, BenchmarkSettings.from_mapping(data.get("benchmark") or {
-                       "reference": dict(BenchmarkSettings().reference)}))
+                   int(grid.get("max_columns", 6)), formats, kind,
+                   BenchmarkSettings.from_mapping(data["benchmark"]) if data.get("benchmark") else BenchmarkSettings())
 
 
 def default_settings(**overrides: Any) -> AnalysisSettings:

@@ -11,16 +11,16 @@ Every scorer turns a PIL image into a normalised tensor the way its model was ev
 Tiny offline scorers use the same preprocessing, so the tiny sweep runs exactly this code.
 
 Two implementations of the one definition: `Preprocess(images)` is the reference, PIL per image on the CPU, equal
-to open_clip's, CSD's and DINO's own transforms bit for bit (tested). `Preprocess.tensors(images, device)` decodes on
-CPU threads and does the resize, crop and normalisation as batched tensor ops on the scoring device: the resize is
-torchvision's antialiased bicubic, which equals PIL's up to rounding (a test bounds the difference). Scoring uses the
+to open_clip's, CSD's and DINO's own transforms bit for bit (tested). `Preprocess.tensors(images, device)` takes the
+images the scoring stage decoded on CPU threads and does the resize, crop and normalisation as batched tensor ops on
+the scoring device: the resize is torchvision's antialiased bicubic, which equals PIL's up to rounding (a test bounds
+the difference). Scoring uses the
 tensor path on a GPU (`scoring.preprocess: auto`), where PIL resizing was most of the scoring time.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -59,13 +59,12 @@ class Preprocess:
         t = self.transform()
         return torch.stack([t(im.convert("RGB")) for im in images])
 
-    def tensors(self, images: Sequence[Image.Image], device: torch.device | str = "cpu", workers: int = 8) -> torch.Tensor:
-        """The same (N, 3, crop, crop) float32 batch, made on `device`: decoded on CPU threads, then images of one size
-        resized together (shorter side, antialiased bicubic, rounded to 8 bits as PIL's output is), center-cropped
-        and normalised as tensor ops."""
+    def tensors(self, images: Sequence[Image.Image], device: torch.device | str = "cpu") -> torch.Tensor:
+        """The same (N, 3, crop, crop) float32 batch, made on `device`: images of one size resized together (shorter
+        side, antialiased bicubic, rounded to 8 bits as PIL's output is), center-cropped and normalised as tensor ops."""
         from torchvision.transforms.v2 import functional as F
 
-        decoded = decode(images, workers)
+        decoded = [F.pil_to_tensor(im if im.mode == "RGB" else im.convert("RGB")) for im in images]
         out = torch.empty((len(decoded), 3, self.crop, self.crop), dtype=torch.float32, device=device)
         mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
@@ -78,19 +77,6 @@ class Preprocess:
             batch = F.center_crop(batch.round_().clamp_(0, 255), [self.crop, self.crop])
             out[torch.tensor(idx, device=device)] = (batch / 255.0 - mean) / std
         return out
-
-
-def decode(images: Sequence[Image.Image], workers: int = 8) -> list[torch.Tensor]:
-    """Each image as an RGB (3, H, W) uint8 tensor; decoding runs on threads (PIL releases the GIL while it works)."""
-    from torchvision.transforms.v2.functional import pil_to_tensor
-
-    def one(im: Image.Image) -> torch.Tensor:
-        return pil_to_tensor(im.convert("RGB"))
-
-    if workers <= 1 or len(images) <= 1:
-        return [one(im) for im in images]
-    with ThreadPoolExecutor(max_workers=min(workers, len(images))) as pool:
-        return list(pool.map(one, images))
 
 
 CLIP = Preprocess(resize=224, crop=224, mean=CLIP_MEAN, std=CLIP_STD)
