@@ -43,10 +43,10 @@ def tiny_spec():
 @pytest.fixture(scope="session")
 def tiny_model(tiny_spec):
     """The tiny pipeline (shared: tests must not mutate it), loaded once per session."""
-    from styleprobe.cli import _quiet_libraries
+    from styleprobe.models import quiet_libraries
     from styleprobe.models import load
 
-    _quiet_libraries()
+    quiet_libraries()
     return load(tiny_spec, "cpu")
 
 

@@ -142,3 +142,45 @@ def test_an_unreachable_hub_switches_to_the_local_cache_at_once(monkeypatch):
         assert models.hub_offline() is True
     finally:
         models.hub_offline.cache_clear()
+
+
+HEAVY = ("torch", "diffusers", "transformers", "open_clip")
+
+
+def _cli_modules(tmp_path, *args: str, **env: str):
+    """Run the CLI in a fresh interpreter; its stderr and the heavy libraries it had imported when it exited."""
+    import subprocess
+    import sys
+
+    code = (
+        "import atexit, sys\n"
+        f"atexit.register(lambda: print('IMPORTED', [m for m in {HEAVY!r} if m in sys.modules], file=sys.stderr))\n"
+        f"sys.argv = ['styleprobe', *{list(args)!r}]\n"
+        "from styleprobe.cli import main\n"
+        "main()\n"
+    )
+    environ = {**os.environ, "HF_HOME": str(tmp_path / "hf"), **env}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=environ, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    return proc.returncode, [line for line in lines if line.startswith("styleprobe: error:")], lines[-1]
+
+
+@pytest.mark.parametrize("offline", ["HF_HUB_OFFLINE", "unreachable"])
+def test_a_missing_real_model_fails_before_any_heavy_import(tmp_path, offline):
+    """No network and no cached weights: the one-line error comes from the UNet's config file, read with
+    huggingface_hub alone, so torch, diffusers, transformers and open_clip are never imported (about 1 s, not 9)."""
+    env = {"HF_HUB_OFFLINE": "1"} if offline == "HF_HUB_OFFLINE" else {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}
+    code, errors, imported = _cli_modules(tmp_path, "model=sdxl", f"results_dir={tmp_path / 'out'}", **env)
+    assert code == 2 and len(errors) == 1
+    why = "HF_HUB_OFFLINE is set" if offline == "HF_HUB_OFFLINE" else "the Hub cannot be reached"
+    assert errors[0].startswith("styleprobe: error: cannot load the UNet config from stabilityai/stable-diffusion-xl-base-1.0")
+    assert f"not in the Hugging Face cache ({tmp_path / 'hf' / 'hub'}) and {why}" in errors[0]
+    assert "hf download stabilityai/stable-diffusion-xl-base-1.0" in errors[0]
+    assert imported == "IMPORTED []"
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_config_error_comes_before_any_heavy_import(tmp_path):
+    code, errors, imported = _cli_modules(tmp_path, "engine.batch_size=-3", f"results_dir={tmp_path / 'out'}")
+    assert code == 2 and errors == ["styleprobe: error: engine.batch_size=-3; give a positive integer or auto"]
+    assert imported == "IMPORTED []"

@@ -217,4 +217,4 @@ def test_score_command_from_the_shell(scored_sweep, tmp_path):
     bad = subprocess.run([*cmd[:3], "score", "metrics=[text_clip]"], capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0
     typo = subprocess.run([*cmd[:3], "scroe"], capture_output=True, text=True, timeout=300)
-    assert typo.returncode == 2 and typo.stderr.strip() == "styleprobe: error: unknown command 'scroe'; use one of sweep, score, analyze"
+    assert typo.returncode == 2 and typo.stderr.strip() == "styleprobe: error: unknown command 'scroe'; use one of sweep, score, analyze, status"

@@ -57,9 +57,9 @@ def test_vit_h_adapter_subtracts_in_its_own_text_tower(tiny_spec, references, ke
     """The ViT-H layout: a separate encoder and text tower, not SDXL's text_encoder_2."""
     from dataclasses import replace
 
-    from styleprobe.cli import _quiet_libraries
+    from styleprobe.models import quiet_libraries
 
-    _quiet_libraries()
+    quiet_libraries()
     spec = replace(
         tiny_spec,
         name="tiny_vit_h",

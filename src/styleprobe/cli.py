@@ -6,6 +6,8 @@
     styleprobe -m injection=style,style_layout   a multirun; jobs share one loaded model
     styleprobe score results_dir=<folder>        score an existing results folder (fills missing metrics only)
     styleprobe analyze results_dir=<folder>      tables, figures and the verdict report of a results folder
+    styleprobe status results_dir=<folder>       done / pending per method and shard, speed and ETA of a sweep
+    styleprobe -m hydra/launcher=slurm shard.count=8 'shard.index=range(8)' ...   a sweep as 8 SLURM jobs
 
 Errors a researcher can fix are printed as one line and exit with code 2.
 """
@@ -26,14 +28,8 @@ from styleprobe.errors import StyleprobeError
 
 
 def _quiet_libraries() -> None:
-    """Keep the run log about the run: no per-component progress bars or load chatter."""
-    import diffusers
-    import transformers
-
-    diffusers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    """Keep the run log about the run. diffusers and transformers are quieted where they are first used
+    (`models.quiet_libraries`), so that start-up and config errors do not wait seconds for their import."""
     logging.getLogger().addFilter(_drop_open_clip_info)
 
 
@@ -47,6 +43,7 @@ COMMANDS = {
     "sweep": ("config", "styleprobe.sweep"),
     "score": ("score", "styleprobe.scoring"),
     "analyze": ("analyze", "styleprobe.analysis.report"),
+    "status": ("status", "styleprobe.status"),
 }
 
 
@@ -55,6 +52,10 @@ def _task(module: str, cfg: DictConfig) -> None:
 
     _quiet_libraries()
     try:
+        if "progress" in cfg:
+            from styleprobe.progress import configure
+
+            configure(str(cfg.progress.mode), cfg.progress.every_percent)
         importlib.import_module(module).run(cfg)
     except StyleprobeError as err:
         logging.getLogger("styleprobe").debug("error", exc_info=True)
@@ -71,7 +72,7 @@ def check_group_choices(args: list[str], config_dir: Path = CONFIG_DIR) -> str |
         group, sep, value = arg.partition("=")
         group = group.lstrip("+~")
         folder = config_dir / group
-        if not sep or "." in group or not folder.is_dir() or "(" in value or not value:
+        if not sep or "." in group or group.startswith("hydra/") or not folder.is_dir() or "(" in value or not value:
             continue
         options = sorted(p.stem for p in folder.glob("*.yaml"))
         for choice in value.strip("[]").split(","):

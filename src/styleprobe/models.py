@@ -15,17 +15,18 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from styleprobe.errors import ConfigError, ModelUnavailableError
+
+if TYPE_CHECKING:  # torch is imported where it is used: planning and config errors never wait for it
+    import torch
 
 log = logging.getLogger(__name__)
 
 FAMILIES = ("sdxl", "sd15")
 ADAPTER_KINDS = ("global", "plus")
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = ("float32", "float16", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,7 @@ def resolve_source(source: str) -> str:
 
 
 HUB_PROBE_SECONDS = 2.0
+HUB_UNREACHABLE = {"probed": False}  # set when `hub_offline` found no route to the Hub (rather than HF_HUB_OFFLINE)
 
 
 @functools.cache
@@ -125,12 +127,15 @@ def hub_offline() -> bool:
         return False
     except OSError as err:
         log.info("the Hugging Face Hub cannot be reached (%s): using the local cache only", err.strerror or err)
+        HUB_UNREACHABLE["probed"] = True
         constants.HF_HUB_OFFLINE = True
         os.environ["HF_HUB_OFFLINE"] = "1"
         return True
 
 
 def resolve_device(device: str = "auto") -> torch.device:
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
@@ -138,6 +143,8 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 def auto_batch_size(device: torch.device) -> int:
     """`engine.batch_size: auto`: 8 on the CPU; on a GPU the largest batch that fits its memory (`batch_for_memory`)."""
+    import torch
+
     if device.type != "cuda":
         return 8
     return batch_for_memory(torch.cuda.get_device_properties(device).total_memory / 2**30)
@@ -159,19 +166,27 @@ def batch_for_memory(total_gib: float, spare_gib: float = 1.0) -> int:
 def reset_peak_memory(device: torch.device) -> None:
     """Start a new peak-memory measurement on a GPU (nothing to do on the CPU)."""
     if device.type == "cuda":
+        import torch
+
         torch.cuda.reset_peak_memory_stats(device)
 
 
 def peak_memory(device: torch.device) -> int | None:
     """Bytes of GPU memory allocated at the peak since the last reset; None on the CPU (not measured)."""
-    return int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
+    if device.type != "cuda":
+        return None
+    import torch
+
+    return int(torch.cuda.max_memory_allocated(device))
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """`auto`: fp16 on a GPU (SDXL's published weights are fp16), fp32 on the CPU."""
+    import torch
+
     if dtype == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
-    return DTYPES[dtype]
+    return getattr(torch, dtype)
 
 
 def unavailable(what: str, source: str, subfolder: str | None, err: Exception) -> ModelUnavailableError:
@@ -184,22 +199,62 @@ def unavailable(what: str, source: str, subfolder: str | None, err: Exception) -
             f"or into a folder and set the preset's source to that folder"
         )
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if type(err).__name__ == "LocalEntryNotFoundError":  # huggingface_hub's long "check your connection" text
+        from huggingface_hub import constants
+
+        why = "the Hub cannot be reached" if HUB_UNREACHABLE["probed"] else "HF_HUB_OFFLINE is set"
+        first = f"not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and {why}"
     return ModelUnavailableError(f"cannot load {what} from {where}: {first[:200]}; {fix}")
 
 
 def load_unet_config(spec: ModelSpec) -> dict[str, Any]:
-    """The UNet's config only (a few KB): enough to derive the layer map before loading any weights."""
-    from diffusers import UNet2DConditionModel
+    """The UNet's config only (a JSON file of a few KB): enough to derive the layer map before loading any weights.
+
+    Read with huggingface_hub alone (a local folder, the cache, or the Hub), so a missing model is reported in about
+    a second, before torch or diffusers are imported.
+    """
+    import json
+
+    from huggingface_hub.errors import EntryNotFoundError
 
     base = resolve_source(spec.base)
     try:
-        return dict(UNet2DConditionModel.load_config(base, subfolder="unet", revision=spec.revision))
-    except (OSError, ValueError) as err:
+        local = Path(base).expanduser() / "unet" / "config.json"
+        if Path(base).expanduser().is_dir():
+            if not local.is_file():
+                raise FileNotFoundError(f"{local} does not exist")
+            path = local
+        else:
+            from huggingface_hub import hf_hub_download
+
+            path = Path(hf_hub_download(base, "config.json", subfolder="unet", revision=spec.revision))
+        return dict(json.loads(path.read_text()))
+    except (OSError, ValueError, EntryNotFoundError) as err:
         raise unavailable("the UNet config", base, "unet", err) from err
+
+
+@functools.cache
+def quiet_libraries() -> None:
+    """Keep the run log about the run: no per-component progress bars, load chatter or deprecation notices from
+    diffusers and transformers. Called just before either is first used, not at start-up: importing them takes
+    seconds, and a config error should not wait for that."""
+    import warnings
+
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=r"The `local_dir_use_symlinks` argument is deprecated")
 
 
 def build_unet_structure(unet_config: dict[str, Any]):
     """The UNet's modules on the `meta` device: its full structure with no memory for weights."""
+    import torch
+
+    quiet_libraries()
     from diffusers import UNet2DConditionModel
 
     with torch.device("meta"):
@@ -233,6 +288,8 @@ def load(spec: ModelSpec, device: str = "auto") -> LoadedModel:
         return _LOADED[key]
     _LOADED.clear()  # free the previous model before loading another
     if dev.type == "cuda":
+        import torch
+
         torch.cuda.empty_cache()
     model = _load(spec, dev, dt)
     _LOADED[key] = model
@@ -247,6 +304,7 @@ def _pipeline_class(family: str):
 
 
 def _load(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+    quiet_libraries()
     base = resolve_source(spec.base)
     kwargs: dict[str, Any] = {"dtype": dtype, "revision": spec.revision}
     if spec.variant:
@@ -265,6 +323,7 @@ def _load(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> LoadedMo
 
 def load_text_tower(source: str, device: torch.device, dtype: torch.dtype):
     """A CLIP text tower with its projection (e.g. ViT-H's), for content text in the adapter's space."""
+    quiet_libraries()
     from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
     try:

@@ -29,6 +29,7 @@ from PIL import Image
 
 from styleprobe.config import positive_int
 from styleprobe.errors import ConfigError
+from styleprobe.progress import Progress
 from styleprobe.runs import new_run_id, save_run_config
 from styleprobe.store import Store
 
@@ -192,6 +193,9 @@ def score(store: Store, p: ScoringPlan, run_id: str) -> ScoringResult:
     todo = p.todo
     if todo.empty:
         return result
+    from styleprobe.models import quiet_libraries
+
+    quiet_libraries()
     unrecorded = {s.name for s in p.scorers if store.metric_identity(s.name) is None}
     references = {d: _open(path) for d, path in p.references.items()}
     log.info("scoring %d rows: %s", len(todo), ", ".join(f"{k} {len(v)}" for k, v in p.pending.items() if v))
@@ -205,49 +209,55 @@ def _score_batches(
     store: Store, p: ScoringPlan, run_id: str, todo: pd.DataFrame, references: dict[str, Image.Image],
     unrecorded: set[str], result: ScoringResult, decoder: ThreadPoolExecutor,
 ) -> None:
-    from styleprobe.metrics import ScoreBatch
-
+    """Every batch in turn, decoding the next one ahead; progress per row."""
     chunks = [todo.iloc[i : i + p.batch_size] for i in range(0, len(todo), p.batch_size)]
 
     def decode(chunk: pd.DataFrame) -> list[Any]:
         return [decoder.submit(_open, store.root / path) for path in chunk.image_path]
 
     upcoming = decode(chunks[0])
-    for n, chunk in enumerate(chunks):
-        start_row = n * p.batch_size
-        # the next batch decodes on the worker threads while this one is scored
-        futures, upcoming = upcoming, (decode(chunks[n + 1]) if n + 1 < len(chunks) else [])
-        images = dict(zip(chunk.key, (f.result() for f in futures), strict=True))
-        groups: dict[tuple[str, ...], list[Any]] = {}
-        for s in p.scorers:
-            need = tuple(k for k in chunk.key if k in p.pending[s.name])
-            if need:
-                groups.setdefault(need, []).append(s)
-        for need, scorers in groups.items():
-            sub = chunk.set_index("key").loc[list(need)]
-            batch = ScoreBatch(
-                images=[images[k] for k in need],
-                references=[references[d] for d in sub.reference_digest],
-                reference_ids=list(sub.reference_digest),
-                prompts=list(sub.prompt),
-                contents=list(sub.content),
-                subjects=list(sub.subject),
-                device=scorers[0].settings.device,
-                preprocess_on_device=scorers[0].settings.preprocess_on_device,
-            )
-            for s in scorers:
-                values = s.score(batch)
-                frame = pd.DataFrame({"key": list(need), **{c: values[c] for c in s.columns}})
-                frame[s.model_column] = s.describe_model()
-                if s.name in unrecorded:  # with the first scores, so a failed load leaves no trace
-                    store.write_metric_identity(s.name, s.identity())
-                    unrecorded.discard(s.name)
-                store.write_scores(s.name, frame, run_id, n)
-                result.scored[s.name] += len(need)
-        done = min(start_row + p.batch_size, len(todo))
-        if n % 10 == 9 or done == len(todo):
-            log.info("scored %d/%d rows", done, len(todo))
+    with Progress(len(todo), "score", "row") as bar:
+        for n, chunk in enumerate(chunks):
+            # the next batch decodes on the worker threads while this one is scored
+            futures, upcoming = upcoming, (decode(chunks[n + 1]) if n + 1 < len(chunks) else [])
+            images = dict(zip(chunk.key, (f.result() for f in futures), strict=True))
+            _score_chunk(store, p, run_id, n, chunk, images, references, unrecorded, result)
+            bar.update(len(chunk))
 
+
+def _score_chunk(
+    store: Store, p: ScoringPlan, run_id: str, n: int, chunk: pd.DataFrame, images: dict[str, Image.Image],
+    references: dict[str, Image.Image], unrecorded: set[str], result: ScoringResult,
+) -> None:
+    """Score one batch of rows with every metric that lacks some of them; one score file per metric."""
+    from styleprobe.metrics import ScoreBatch
+
+    groups: dict[tuple[str, ...], list[Any]] = {}
+    for s in p.scorers:
+        need = tuple(k for k in chunk.key if k in p.pending[s.name])
+        if need:
+            groups.setdefault(need, []).append(s)
+    for need, scorers in groups.items():
+        sub = chunk.set_index("key").loc[list(need)]
+        batch = ScoreBatch(
+            images=[images[k] for k in need],
+            references=[references[d] for d in sub.reference_digest],
+            reference_ids=list(sub.reference_digest),
+            prompts=list(sub.prompt),
+            contents=list(sub.content),
+            subjects=list(sub.subject),
+            device=scorers[0].settings.device,
+            preprocess_on_device=scorers[0].settings.preprocess_on_device,
+        )
+        for s in scorers:
+            values = s.score(batch)
+            frame = pd.DataFrame({"key": list(need), **{c: values[c] for c in s.columns}})
+            frame[s.model_column] = s.describe_model()
+            if s.name in unrecorded:  # with the first scores, so a failed load leaves no trace
+                store.write_metric_identity(s.name, s.identity())
+                unrecorded.discard(s.name)
+            store.write_scores(s.name, frame, run_id, n)
+            result.scored[s.name] += len(need)
 
 def shard_keys(rows: pd.DataFrame, index: int, count: int) -> set[str]:
     """The keys of shard `index` of `count`, split as the sweep splits its items (by each row's shard key)."""

@@ -21,10 +21,11 @@ the table is the union of the row files, with one row per key, joined by key wit
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -189,6 +190,24 @@ class Store:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
             meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
         return tensors, meta
+
+    @contextlib.contextmanager
+    def exclusive(self, name: str) -> Iterator[bool]:
+        """Hold `runs/.<name>.lock` while the block runs: yields True to the one holder, False to any other process
+        meanwhile (it does not wait). The lock goes with its holder's process, so a killed holder blocks nobody."""
+        import fcntl
+
+        self.runs.mkdir(parents=True, exist_ok=True)
+        with open(self.runs / f".{name}.lock", "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def clean_stale_temp(self) -> int:
         """Remove temp files left by killed processes of this host (live ones are left alone)."""

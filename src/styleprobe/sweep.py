@@ -13,20 +13,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from styleprobe import models
-from styleprobe import scoring
 from styleprobe.config import as_list, seeds
 from styleprobe.errors import ConfigError
-from styleprobe.data import StyleReference, load_prompts, load_style_set
-from styleprobe.layers import LayerMap
-from styleprobe.methods import parse_entries
-from styleprobe.plan import WorkItem, build_plan, shard
+from styleprobe.progress import Progress
 from styleprobe.runs import new_run_id, save_run_config, save_run_costs
 from styleprobe.store import Store
+
+if TYPE_CHECKING:  # imported where used: a config error or a missing model is reported before torch is imported
+    from styleprobe.data import StyleReference
+    from styleprobe.layers import LayerMap
+    from styleprobe.plan import WorkItem
 
 log = logging.getLogger("styleprobe")
 
@@ -45,6 +46,8 @@ class SweepPlan:
     scoring_batch_size: int
     scoring_weights: str
     analysis: Any = None  # AnalysisSettings when the report is written after scoring, else None
+    sweep_keys: set[str] = field(default_factory=set)  # every shard's items: the whole sweep this job is part of
+    shard: tuple[int, int] = (0, 1)  # (index, count)
 
 
 @dataclass
@@ -64,12 +67,19 @@ def layer_maps_for(spec: models.ModelSpec) -> Callable[[str], LayerMap]:
 
     The config is read when the first map is asked for, so a method can refuse a model before that.
     """
+    from styleprobe.layers import LayerMap
+
     unet = functools.cache(lambda: models.build_unet_structure(models.load_unet_config(spec)))
     return functools.cache(lambda site: LayerMap.from_unet(unet(), site))
 
 
 def prepare(cfg: DictConfig) -> SweepPlan:
     """Validate every input and expand the plan; raises ConfigError with a one-line fix."""
+    from styleprobe import scoring
+    from styleprobe.data import load_prompts, load_style_set
+    from styleprobe.methods import parse_entries
+    from styleprobe.plan import build_plan, shard
+
     spec = models.ModelSpec.from_config(cfg.model)
     seed_list = seeds(cfg.seeds)
     references = load_style_set(cfg.data.style_set)
@@ -87,14 +97,15 @@ def prepare(cfg: DictConfig) -> SweepPlan:
     device = models.resolve_device(cfg.engine.device)
     batch_size = batch_size or models.auto_batch_size(device)
     dtype = str(models.resolve_dtype(spec.dtype, device)).removeprefix("torch.")
-    items = build_plan(model=spec, dtype=dtype, entries=entries, references=references, prompts=prompts, seeds=seed_list)
-    items = shard(items, cfg.shard.index, cfg.shard.count)
+    every_item = build_plan(model=spec, dtype=dtype, entries=entries, references=references, prompts=prompts, seeds=seed_list)
+    items = shard(every_item, cfg.shard.index, cfg.shard.count)
     store = Store(cfg.results_dir)
     metrics = scoring.metric_configs(cfg)
     scorers, weights, scoring_batch = scoring.build(metrics, cfg.scoring, [spec.base]) if metrics else ([], "", 1)
     scoring.check_identities(store, scorers)
     analysis = _analysis_settings(cfg, scorers)
-    return SweepPlan(spec, items, store, str(device), batch_size, references, scorers, scoring_batch, weights, analysis)
+    return SweepPlan(spec, items, store, str(device), batch_size, references, scorers, scoring_batch, weights, analysis,
+                     {it.key for it in every_item}, (int(cfg.shard.index), int(cfg.shard.count)))
 
 
 def _batch_size(value: Any) -> int | None:
@@ -107,14 +118,12 @@ def _batch_size(value: Any) -> int | None:
 
 
 def _analysis_settings(cfg: DictConfig, scorers: list[Any]) -> Any:
-    """The report's settings when this job should write it: after scoring, on an unsharded job, if asked."""
+    """The report's settings when this job should write it: after scoring, if asked (a shard writes it only when it
+    finds the whole sweep done, see `write_report`)."""
     if not cfg.get("analyze", False) or "analysis" not in cfg:
         return None
     if not scorers:
         log.info("analysis skipped: nothing is scored (metrics=[]); run styleprobe analyze later")
-        return None
-    if cfg.shard.count > 1:
-        log.info("analysis skipped in a sharded job; run styleprobe analyze results_dir=%s when every shard is done", cfg.results_dir)
         return None
     from styleprobe.analysis.load import scored_columns
     from styleprobe.analysis.report import AnalysisSettings, check_metrics
@@ -137,7 +146,8 @@ def run(cfg: DictConfig) -> SweepResult:
         "%s: %d items planned, %d already done, %d to generate -> %s",
         cfg.name, len(plan.items), len(plan.items) - len(pending), len(pending), store.root,
     )
-    summary = {"run_id": run_id, "planned": len(plan.items), "pending": len(pending), "started": datetime.now(timezone.utc).isoformat()}
+    summary = {"run_id": run_id, "planned": len(plan.items), "pending": len(pending), "started": datetime.now(timezone.utc).isoformat(),
+               "device": plan.device}
     save_run_config(store, run_id, cfg, summary)
     store.clean_stale_temp()
     for ref in plan.references:
@@ -148,13 +158,8 @@ def run(cfg: DictConfig) -> SweepResult:
 
         model = models.load(plan.spec, plan.device)
         engine = Engine(model, plan.batch_size)
-        every = max(1, len(pending) // 10)
-        stats = engine.generate(
-            pending,
-            store,
-            run_id,
-            on_batch=lambda n, total: n % every < plan.batch_size and log.info("generated %d/%d", n, total),
-        )
+        with Progress(len(pending), "generate", "image") as bar:
+            stats = engine.generate(pending, store, run_id, on_batch=lambda n, total: bar.update_to(n))
         generated = stats.generated
         costs = generation_costs(stats, model)
         for entry, cost in costs["methods"].items():
@@ -166,20 +171,67 @@ def run(cfg: DictConfig) -> SweepResult:
     log.info("%s: generated %d images in %.1f s; table: %d rows", cfg.name, generated, time.perf_counter() - start, len(store.done_keys()))
     scored: dict[str, int] = {}
     if plan.scorers:
+        from styleprobe import scoring
+
         todo = scoring.plan(store, plan.scorers, plan.scoring_batch_size, plan.scoring_weights, {it.key for it in plan.items})
         scored = scoring.score(store, todo, run_id).scored
         if todo.n_pending:
             log.info("%s: scored %s", cfg.name, ", ".join(f"{k} {v}" for k, v in scored.items()))
         else:
             log.info("%s: every row already has %s", cfg.name, ", ".join(s.name for s in plan.scorers))
-    report = None
-    if plan.analysis is not None:
-        from styleprobe.analysis.report import analyze, log_report
-
-        report = analyze(store.root, plan.analysis)
-        log_report(report, plan.analysis)
+    report = write_report(plan) if plan.analysis is not None else None
     seconds = time.perf_counter() - start
     return SweepResult(len(plan.items), len(plan.items) - len(pending), generated, store.root, run_id, seconds, scored, report)
+
+
+def sweep_pending(plan: SweepPlan) -> int:
+    """Items of the whole sweep (every shard) that still lack their image or one of this job's metrics."""
+    done = plan.store.done_keys()
+    missing = plan.sweep_keys - done
+    for s in plan.scorers:
+        missing |= plan.sweep_keys - plan.store.scored_keys(s.name)
+    return len(missing)
+
+
+def report_is_current(store: Store) -> bool:
+    """Whether `analysis/report.md` was written after the newest row and score file (by a shard that finished too)."""
+    report = store.root / "analysis" / "report.md"
+    if not report.is_file():
+        return False
+    files = [*store.row_files(), *(f for m in store.metrics() for f in store.score_files(m))]
+    return not files or report.stat().st_mtime >= max(f.stat().st_mtime for f in files)
+
+
+def write_report(plan: SweepPlan) -> Any:
+    """The analysis report, written by an unsharded job, or by the shard that finds every shard's items done and scored.
+
+    Shards finish in any order; each checks after its own last write, so the last to finish sees the sweep complete.
+    Two that finish together would both see it: a lock on the results folder lets one write, and the other skips
+    while it writes or once the report is newer than every row and score file.
+    """
+    from styleprobe.analysis.report import analyze, log_report
+
+    index, count = plan.shard
+    if count > 1:
+        pending = sweep_pending(plan)
+        if pending:
+            log.info(
+                "shard %d/%d done; %d items of other shards still pending: the last shard to finish writes the report "
+                "(or run styleprobe analyze results_dir=%s)", index, count, pending, plan.store.root,
+            )
+            return None
+    with plan.store.exclusive("report") as mine:
+        if not mine:
+            log.info("shard %d/%d: another job is writing the report of %s", index, count, plan.store.root)
+            return None
+        if count > 1 and report_is_current(plan.store):
+            log.info("shard %d/%d: the report already holds every shard's results", index, count)
+            return None
+        if count > 1:
+            log.info("shard %d/%d finished the sweep: writing the report", index, count)
+        report = analyze(plan.store.root, plan.analysis)
+    log_report(report, plan.analysis)
+    return report
 
 
 def generation_costs(stats: Any, model: models.LoadedModel) -> dict[str, Any]:

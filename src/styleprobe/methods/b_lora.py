@@ -38,7 +38,6 @@ import dataclasses
 import importlib.util
 import json
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -308,19 +307,22 @@ class BLoRA(Method):
     def prepare(self, engine: Any, items: Sequence[Any], store: Any) -> list[dict[str, Any]]:
         """Train every LoRA these items use that the results folder lacks; one record per trained LoRA used."""
         from styleprobe.lora import WEIGHT_NAME
+        from styleprobe.progress import Progress
 
         state = self.state(engine.model)
         needed = list(dict.fromkeys(k for it in items for k in (it.row["lora_key"], it.row["content_lora_key"]) if k))
         trained = [self._by_key[k] for k in needed if self._by_key[k].kind == "trained"]
         records = []
-        for n, src in enumerate(trained, start=1):
-            record = self._ensure_trained(engine.model, store, src, n, len(trained))
-            state.records[src.key] = record
-            state.files[src.key] = store.artefact_dir(ARTEFACT, src.key) / WEIGHT_NAME
-            records.append({"what": "b_lora training", "key": src.key, "style": record["style"],
-                            "train_seed": src.recipe.seed, "seconds": record["seconds"], "steps": record["steps"],
-                            "seconds_per_step": record["seconds_per_step"], "final_loss": record["final_loss_mean"],
-                            "peak_gpu_bytes": record.get("peak_gpu_bytes"), "reused": record["reused"]})
+        with Progress(len(trained), f"{self.name}: train LoRAs", "LoRA") as bar:
+            for n, src in enumerate(trained, start=1):
+                record = self._ensure_trained(engine.model, store, src, n, len(trained))
+                state.records[src.key] = record
+                state.files[src.key] = store.artefact_dir(ARTEFACT, src.key) / WEIGHT_NAME
+                records.append({"what": "b_lora training", "key": src.key, "style": record["style"],
+                                "train_seed": src.recipe.seed, "seconds": record["seconds"], "steps": record["steps"],
+                                "seconds_per_step": record["seconds_per_step"], "final_loss": record["final_loss_mean"],
+                                "peak_gpu_bytes": record.get("peak_gpu_bytes"), "reused": record["reused"]})
+                bar.update()
         return records
 
     def _ensure_trained(self, model: Any, store: Any, src: LoRASource, n: int, total: int) -> dict[str, Any]:
@@ -353,9 +355,8 @@ class BLoRA(Method):
 
     @staticmethod
     def _train(model: Any, src: LoRASource, checkpoint: Path, n: int, total: int) -> Any:
-        from tqdm.auto import tqdm
-
         from styleprobe.lora_training import train
+        from styleprobe.progress import Progress
         from styleprobe.store import atomic_write
 
         def save(path: Path, state: dict[str, Any]) -> None:
@@ -364,20 +365,10 @@ class BLoRA(Method):
             atomic_write(path, lambda tmp: torch.save(state, tmp))
 
         recipe = src.recipe
-        every = max(1, recipe.steps // 10)
-        bar = tqdm(total=recipe.steps, desc=f"B-LoRA {n}/{total} {src.reference.style}", unit="step", disable=None,
-                   leave=False)
-        last = time.perf_counter()
+        bar = Progress(recipe.steps, f"B-LoRA {n}/{total} {src.reference.style}", "step", leave=False)
 
         def progress(step: int, steps: int, loss: float) -> None:
-            nonlocal last
-            bar.n = step
-            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-            bar.refresh()
-            if bar.disable and (step % every == 0 or step == steps):
-                log.info("B-LoRA %d/%d (%s): step %d/%d, loss %.4f, %.2f s/step", n, total, src.reference.style, step,
-                         steps, loss, (time.perf_counter() - last) / every)
-                last = time.perf_counter()
+            bar.update_to(step, loss=f"{loss:.4f}")
 
         try:
             return train(model.pipe, src.reference.load(), recipe, adapter=f"train_{src.key}",

@@ -17,12 +17,14 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
 
 from styleprobe.errors import ConfigError
 from styleprobe.methods.base import Method, MethodEntry, Parts, register
+
+if TYPE_CHECKING:  # torch is imported where it is used, so planning a sweep never waits for it
+    import torch
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,8 @@ class IPAdapter(Method):
 
     def adapter_embeds(self, model: Any, items: Sequence[Any], guided: bool) -> list[torch.Tensor]:
         """Per-sample adapter inputs: reference embedding minus s x content embedding (cond half only)."""
+        import torch
+
         from styleprobe.subtraction import adapter_inputs, subtract
 
         refs = [self._reference(model, it.reference) for it in items]
@@ -147,6 +151,8 @@ class IPAdapter(Method):
     @staticmethod
     def layer_scales(items: Sequence[Any]) -> torch.Tensor:
         """(batch, n_layers): each item's pattern times its adapter scale."""
+        import torch
+
         return torch.tensor([[s * it.knobs.scale for s in it.pattern.scales] for it in items], dtype=torch.float32)
 
     def run_batch(self, engine: Any, items: Sequence[Any]) -> list[Any]:

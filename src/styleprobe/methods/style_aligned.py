@@ -35,13 +35,15 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
-import torch
 
 from styleprobe.errors import ConfigError
 from styleprobe.layers import LayerMap, Pattern
 from styleprobe.methods.base import Method, MethodEntry, Parts, register
+
+if TYPE_CHECKING:  # torch is imported where it is used, so planning a sweep never waits for it
+    import torch
 
 log = logging.getLogger("styleprobe")
 
@@ -234,31 +236,38 @@ class StyleAligned(Method):
 
         One record per inversion used (its key, seconds, peak GPU memory, whether it was found already made).
         """
-        from styleprobe.models import peak_memory, reset_peak_memory
+        from styleprobe.progress import Progress
 
         state = self.state(engine.model)
         todo = {it.row["inversion_key"]: it for it in items if it.row["inversion_key"]}
         records = []
-        for n, (key, it) in enumerate(todo.items(), start=1):
-            reused = store.has_artefact(ARTEFACT, key)
-            if reused:
-                if key not in state.inversions:
-                    tensors, meta = store.read_tensors(ARTEFACT, key)
-                    state.inversions[key] = (tensors["zts"], meta)
-            else:
-                if key not in state.inversions:  # made in this process for another results folder: stored there too
-                    reset_peak_memory(engine.model.device)
-                    zts, meta = self._invert(engine.model, it)
-                    state.inversions[key] = (zts, {**meta, "peak_gpu_bytes": peak_memory(engine.model.device)})
-                    log.info("inverted reference %d/%d (%s, %d steps) in %.1f s", n, len(todo), it.reference.style,
-                             it.sampler.steps, meta["seconds"])
-                zts, meta = state.inversions[key]
-                store.write_tensors(ARTEFACT, key, {"zts": zts}, meta)
-            meta = state.inversions[key][1]
-            records.append({"what": "ddim inversion", "key": key, "style": it.reference.style,
-                            "seconds": round(float(meta["seconds"]), 3), "steps": int(meta["steps"]),
-                            "peak_gpu_bytes": meta.get("peak_gpu_bytes"), "reused": reused})
+        with Progress(len(todo), f"{self.name}: invert references", "reference") as bar:
+            for key, it in todo.items():
+                records.append(self._prepare_one(engine, store, state, key, it))
+                bar.update()
         return records
+
+    def _prepare_one(self, engine: Any, store: Any, state: StyleAlignedState, key: str, it: Any) -> dict[str, Any]:
+        """One reference's inversion: read from the results folder, made earlier in this process, or made now."""
+        from styleprobe.models import peak_memory, reset_peak_memory
+
+        reused = store.has_artefact(ARTEFACT, key)
+        if reused:
+            if key not in state.inversions:
+                tensors, meta = store.read_tensors(ARTEFACT, key)
+                state.inversions[key] = (tensors["zts"], meta)
+        else:
+            if key not in state.inversions:  # made in this process for another results folder: stored there too
+                reset_peak_memory(engine.model.device)
+                zts, meta = self._invert(engine.model, it)
+                state.inversions[key] = (zts, {**meta, "peak_gpu_bytes": peak_memory(engine.model.device)})
+                log.debug("inverted %s (%d steps) in %.1f s", it.reference.style, it.sampler.steps, meta["seconds"])
+            zts, meta = state.inversions[key]
+            store.write_tensors(ARTEFACT, key, {"zts": zts}, meta)
+        meta = state.inversions[key][1]
+        return {"what": "ddim inversion", "key": key, "style": it.reference.style,
+                "seconds": round(float(meta["seconds"]), 3), "steps": int(meta["steps"]),
+                "peak_gpu_bytes": meta.get("peak_gpu_bytes"), "reused": reused}
 
     @staticmethod
     def _invert(model: Any, item: Any) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -287,6 +296,8 @@ class StyleAligned(Method):
 
     def run_batch(self, engine: Any, items: Sequence[Any]) -> list[Any]:
         """Reference rows first (one per reference the items use), then the items, in one pipeline call."""
+        import torch
+
         from styleprobe.inversion import replay_latents
         from styleprobe.shared_attention import SharingPlan
 
