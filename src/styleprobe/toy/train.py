@@ -39,9 +39,7 @@ def _classifier(out: Path) -> dict[str, Any]:
 def _vae(out: Path) -> dict[str, Any]:
     """The VAE; judged by reconstruction PSNR and by the judge recognising content and style after a round trip."""
     import torch
-    from safetensors.torch import save_file
 
-    from styleprobe.store import atomic_write
     from styleprobe.toy import classifier, vae, world
 
     model, record = vae.train_vae()
@@ -53,13 +51,33 @@ def _vae(out: Path) -> dict[str, Any]:
     record["held_out"] = {"images": len(held_out), "psnr_db": round(vae.psnr(recon, x), 2),
                           "content_accuracy_after_round_trip": float((content == contents).mean()),
                           "style_accuracy_after_round_trip": float((style == styles).mean())}
-    state = {k: v.detach().half().contiguous() for k, v in model.state_dict().items()}
-    atomic_write(out / "vae.safetensors", lambda tmp: save_file(state, str(tmp)))
+    save_half(model, out / "vae.safetensors")
     return record
 
 
+def _clip(out: Path) -> dict[str, Any]:
+    """The text encoders and the image encoder; judged by zero-shot content and style on held-out images."""
+    from styleprobe.toy import clip, world
+
+    towers, record = clip.train_clip()
+    record["held_out"] = {"images": 1024, **clip.zero_shot(towers, world.samples(1024, EVAL_SEED))}
+    for name in ("text_encoder", "text_encoder_2", "image_encoder"):
+        save_half(towers[name], out / f"{name}.safetensors")
+    return record
+
+
+def save_half(module: Any, path: Path) -> None:
+    """A module's weights as float16 safetensors (the shipped size), written atomically."""
+    from safetensors.torch import save_file
+
+    from styleprobe.store import atomic_write
+
+    state = {k: v.detach().half().contiguous() for k, v in module.state_dict().items()}
+    atomic_write(path, lambda tmp: save_file(state, str(tmp)))
+
+
 #: stage -> its training function, in the order they build on one another.
-STAGES: dict[str, Callable[[Path], dict[str, Any]]] = {"classifier": _classifier, "vae": _vae}
+STAGES: dict[str, Callable[[Path], dict[str, Any]]] = {"classifier": _classifier, "vae": _vae, "clip": _clip}
 
 
 def records(out: Path = FOLDER) -> dict[str, Any]:

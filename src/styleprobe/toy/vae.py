@@ -73,7 +73,7 @@ def train_vae(recipe: VAETraining = VAETraining(), log_every: int = 100) -> tupl
             log.info("vae step %d/%d: loss %.4f", step, recipe.steps, np.mean(losses[-log_every:]))
     vae.eval()
     with torch.no_grad():
-        latents = torch.cat([vae.encode(images[i : i + 256]).latent_dist.mean for i in range(0, 2048, 256)])
+        latents = torch.cat([vae.encode(images[i : i + 256]).latent_dist.mean for i in range(0, min(2048, len(images)), 256)])
     scaling = float(1.0 / latents.std())
     vae.register_to_config(scaling_factor=scaling)
     record = {"seconds": round(time.perf_counter() - start, 1), "final_loss": float(np.mean(losses[-50:])),
@@ -92,3 +92,16 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     """Peak signal-to-noise ratio in dB of images in [-1, 1]."""
     mse = float(((a - b) / 2).pow(2).mean())
     return 10 * float(np.log10(1.0 / max(mse, 1e-12)))
+
+
+def load_vae(path: Any = None, scaling_factor: float | None = None) -> Any:
+    """The shipped VAE (or the one at `path`) in float32, with the scaling factor its training measured."""
+    from safetensors.torch import load_file
+
+    from styleprobe.toy.train import records
+    from styleprobe.toy.weights import weight_path
+
+    scaling = scaling_factor if scaling_factor is not None else records()["vae"]["scaling_factor"]
+    vae = build_vae(scaling)
+    vae.load_state_dict({k: v.float() for k, v in load_file(str(path or weight_path("vae"))).items()})
+    return vae.eval()
