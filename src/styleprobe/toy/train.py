@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from styleprobe.toy.weights import FOLDER
+from styleprobe.toy.weights import FOLDER, records
 
 log = logging.getLogger("styleprobe")
 
@@ -78,11 +78,6 @@ def save_half(module: Any, path: Path) -> None:
 
 #: stage -> its training function, in the order they build on one another.
 STAGES: dict[str, Callable[[Path], dict[str, Any]]] = {"classifier": _classifier, "vae": _vae, "clip": _clip}
-
-
-def records(out: Path = FOLDER) -> dict[str, Any]:
-    path = out / "training.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def train(stages: list[str], out: Path = FOLDER, force: bool = False) -> dict[str, Any]:

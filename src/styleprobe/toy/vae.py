@@ -98,8 +98,7 @@ def load_vae(path: Any = None, scaling_factor: float | None = None) -> Any:
     """The shipped VAE (or the one at `path`) in float32, with the scaling factor its training measured."""
     from safetensors.torch import load_file
 
-    from styleprobe.toy.train import records
-    from styleprobe.toy.weights import weight_path
+    from styleprobe.toy.weights import records, weight_path
 
     scaling = scaling_factor if scaling_factor is not None else records()["vae"]["scaling_factor"]
     vae = build_vae(scaling)
