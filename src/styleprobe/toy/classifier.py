@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from styleprobe.toy import world
+from styleprobe.toy.loop import optimise
 
 
 class ToyClassifier(nn.Module):
@@ -61,9 +62,6 @@ class ClassifierTraining:
 
 def train_classifier(recipe: ClassifierTraining = ClassifierTraining(), log_every: int = 100) -> tuple[ToyClassifier, dict]:
     """Train the judge on freshly drawn world images; returns it and a record (seconds, final losses)."""
-    import logging
-
-    log = logging.getLogger("styleprobe")
     torch.manual_seed(recipe.seed)
     images, contents, styles = world.batch(world.samples(recipe.train_images, recipe.seed))
     x, yc, ys = torch.from_numpy(images), torch.from_numpy(contents), torch.from_numpy(styles)
@@ -81,13 +79,7 @@ def train_classifier(recipe: ClassifierTraining = ClassifierTraining(), log_ever
         batch = torch.where(flip[:, None, None, None], batch.flip(-1), batch)
         c, s = model(batch)
         loss = loss_fn(c, yc[idx]) + loss_fn(s, ys[idx])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        if step % log_every == 0:
-            log.info("classifier step %d/%d: loss %.4f", step, recipe.steps, np.mean(losses[-log_every:]))
+        optimise(optimizer, schedule, loss, losses, step, recipe.steps, "classifier", log_every)
     record = {"seconds": round(time.perf_counter() - start, 1), "final_loss": float(np.mean(losses[-50:])),
               "recipe": recipe.__dict__}
     return model.eval(), record

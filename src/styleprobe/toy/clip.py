@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from styleprobe.tiny import TextDims, VisionDims, _text_config, _tokenizer, _vision_encoder
 from styleprobe.toy import world
+from styleprobe.toy.loop import optimise
 
 TEXT = TextDims(hidden=32, intermediate=64, layers=2, heads=2)
 VISION = VisionDims(hidden=48, intermediate=96, layers=3, heads=3, image_size=world.SIZE, patch_size=8)
@@ -88,9 +89,6 @@ def tokenize(tokenizer: Any, texts: list[str], length: int = TOKENS) -> torch.Te
 
 def train_clip(recipe: ClipTraining = ClipTraining(), log_every: int = 100) -> tuple[dict[str, Any], dict[str, Any]]:
     """Train the towers together; returns them (eval mode) and a record."""
-    import logging
-
-    log = logging.getLogger("styleprobe")
     torch.manual_seed(recipe.seed)
     rng = np.random.default_rng(recipe.seed)
     images, contents, styles = world.batch(world.samples(recipe.train_images, recipe.seed))
@@ -110,15 +108,9 @@ def train_clip(recipe: ClipTraining = ClipTraining(), log_every: int = 100) -> t
         pooled_1 = te1(tokenize(towers["tokenizer"], texts)).pooler_output
         embeds_2 = te2(tokenize(towers["tokenizer_2"], texts)).text_embeds
         loss = _soft_clip_loss(embeds_2, image, matches, scales[0]) + _soft_clip_loss(pooled_1, image, matches, scales[1])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
+        optimise(optimizer, schedule, loss, losses, step, recipe.steps, "clip", log_every)
         with torch.no_grad():
             scales.clamp_(0, float(np.log(100.0)))
-        losses.append(loss.item())
-        if step % log_every == 0:
-            log.info("clip step %d/%d: loss %.4f", step, recipe.steps, np.mean(losses[-log_every:]))
     for name in ("text_encoder", "text_encoder_2", "image_encoder"):
         towers[name].eval()
     record = {"seconds": round(time.perf_counter() - start, 1), "final_loss": float(np.mean(losses[-50:])),

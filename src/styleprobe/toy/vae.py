@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from styleprobe.toy import world
+from styleprobe.toy.loop import optimise
 
 VAE_CONFIG: dict[str, Any] = {
     "in_channels": 3,
@@ -47,9 +48,6 @@ def build_vae(scaling_factor: float = 1.0) -> Any:
 
 def train_vae(recipe: VAETraining = VAETraining(), log_every: int = 100) -> tuple[Any, dict[str, Any]]:
     """Train on freshly drawn world images: L1 + MSE reconstruction, a small KL term; then measure the scaling."""
-    import logging
-
-    log = logging.getLogger("styleprobe")
     torch.manual_seed(recipe.seed)
     images = torch.from_numpy(world.batch(world.samples(recipe.train_images, recipe.seed))[0])
     vae = build_vae()
@@ -64,13 +62,7 @@ def train_vae(recipe: VAETraining = VAETraining(), log_every: int = 100) -> tupl
         z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
         recon = vae.decode(z).sample
         loss = (recon - x).abs().mean() + ((recon - x) ** 2).mean() + recipe.kl_weight * posterior.kl().mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        if step % log_every == 0:
-            log.info("vae step %d/%d: loss %.4f", step, recipe.steps, np.mean(losses[-log_every:]))
+        optimise(optimizer, schedule, loss, losses, step, recipe.steps, "vae", log_every)
     vae.eval()
     with torch.no_grad():
         latents = torch.cat([vae.encode(images[i : i + 256]).latent_dist.mean for i in range(0, min(2048, len(images)), 256)])
