@@ -148,9 +148,14 @@ def check_shard(index: int, count: int) -> None:
         raise ConfigError(f"shard.index={index!r} shard.count={count!r}; need 0 <= index < count")
 
 
+def shard_of(key: str, count: int) -> int:
+    """The bucket of `count` that `key` falls in: the same split for generation, scoring and status."""
+    return int(key[:12], 16) % count
+
+
 def in_shard(key: str, index: int, count: int) -> bool:
-    """Whether `key` falls in bucket `index` of `count`: the same split for generation and scoring jobs."""
-    return int(key[:12], 16) % count == index
+    """Whether `key` falls in bucket `index` of `count`."""
+    return shard_of(key, count) == index
 
 
 def shard_key(key: str, prepare_keys: str | None) -> str:

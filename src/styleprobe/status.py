@@ -12,7 +12,6 @@ sessions not at all. The ETA is the pending items at that speed, with as many jo
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -22,8 +21,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from styleprobe.errors import ConfigError
 from styleprobe.store import Store
-
-log = logging.getLogger("styleprobe")
 
 
 @dataclass
@@ -105,7 +102,7 @@ def active_time(store: Store, runs: list[tuple[str, dict[str, Any]]]) -> tuple[f
 
 def status(results_dir: str | Path) -> SweepStatus:
     """Done and pending items per method entry and shard, scores per metric, speed and ETA of a results folder."""
-    from styleprobe.plan import in_shard
+    from styleprobe.plan import shard_of
     from styleprobe.sweep import prepare
 
     store = Store(results_dir)
@@ -118,7 +115,7 @@ def status(results_dir: str | Path) -> SweepStatus:
     done_keys = store.done_keys()
     counts: dict[tuple[str, int], dict[str, Any]] = {}
     for it in plan.items:
-        index = next(i for i in range(shards) if in_shard(it.shard_key, i, shards))
+        index = shard_of(it.shard_key, shards)
         row = counts.setdefault((it.entry.name, index), {"method": it.entry.name, "shard": index, "done": 0, "pending": 0})
         row["done" if it.key in done_keys else "pending"] += 1
     keys = {it.key for it in plan.items}
