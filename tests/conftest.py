@@ -109,3 +109,12 @@ def make_items():
                           prompts=[PromptSpec(p, p) for p in prompts], seeds=list(seeds))
 
     return make
+
+
+def on_tiny(overrides) -> list[str]:
+    """Config overrides for the fast machinery tests: the random tiny model unless a test names a model (the
+    default model is the trained toy world, which tests of the toy itself use)."""
+    overrides = list(overrides)
+    if overrides and overrides[0] in ("score", "analyze", "status"):  # subcommands read a results folder's own config
+        return overrides
+    return overrides if any(str(o).startswith("model=") for o in overrides) else [*overrides, "model=tiny"]

@@ -13,6 +13,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
+from conftest import on_tiny
 from styleprobe.analysis import analyze, default_settings, figures, load_results
 from styleprobe.config import CONFIG_DIR
 from styleprobe.errors import AnalysisError
@@ -24,7 +25,7 @@ METRICS = "metrics=[style_csd,leak_clip,text_clip]"
 
 def _cfg(root: Path, *overrides: str):
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=[f"results_root={root}", "data=small", "sampler.steps=2", *overrides])
+        return compose(config_name="config", overrides=on_tiny([f"results_root={root}", "data=small", "sampler.steps=2", *overrides]))
 
 
 @pytest.fixture(scope="module")

@@ -369,7 +369,7 @@ def test_cli_b_lora_trains_generates_scores_and_a_rerun_does_nothing(tmp_path):
     import sys
 
     env = {**os.environ, "STYLEPROBE_RESULTS": str(tmp_path / "results")}
-    args = [sys.executable, "-m", "styleprobe.cli", "method=b_lora", "data=small", "injection=presets",
+    args = [sys.executable, "-m", "styleprobe.cli", "model=tiny", "method=b_lora", "data=small", "injection=presets",
             "method.b_lora.train_steps=4", "method.b_lora.checkpoint_every=2"]
     first = subprocess.run(args, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
+from conftest import on_tiny
 from styleprobe.analysis import benchmark as bench
 from styleprobe.analysis import default_settings
 from styleprobe.analysis.stats import Bootstrap
@@ -29,7 +30,7 @@ BOOT = Bootstrap(n_boot=500, seed=0)
 
 def _cfg(root: Path, *overrides: str):
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=[f"results_root={root}", "experiment=benchmark", *overrides])
+        return compose(config_name="config", overrides=on_tiny([f"results_root={root}", "experiment=benchmark", *overrides]))
 
 
 def _no_model(monkeypatch):

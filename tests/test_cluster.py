@@ -17,6 +17,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
+from conftest import on_tiny
 from styleprobe import progress
 from styleprobe.config import CONFIG_DIR
 from styleprobe.plan import in_shard, shard_key
@@ -30,12 +31,12 @@ SWEEP = ["data=small", "injection=presets", "sampler.steps=2"]
 
 def _compose(*overrides: str, hydra: bool = False):
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra)
+        return compose(config_name="config", overrides=on_tiny(overrides), return_hydra_config=hydra)
 
 
 def _cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "STYLEPROBE_MULTIRUN_DIR": str(cwd / "multirun")}
-    return subprocess.run([sys.executable, "-m", "styleprobe.cli", *args], capture_output=True, text=True, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "styleprobe.cli", *on_tiny(args)], capture_output=True, text=True, cwd=cwd,
                           env=env, timeout=timeout)
 
 
@@ -145,7 +146,7 @@ def test_two_shards_as_separate_jobs_give_the_single_process_table(tmp_path, sin
 def test_status_counts_a_killed_sweep(tmp_path):
     """A sweep killed midway: status shows what it wrote as done, the rest as pending, with speed and ETA."""
     out = tmp_path / "results"
-    cmd = [sys.executable, "-m", "styleprobe.cli", "data=small", "engine.batch_size=2", "metrics=[]", f"results_dir={out}"]
+    cmd = [sys.executable, "-m", "styleprobe.cli", "model=tiny", "data=small", "engine.batch_size=2", "metrics=[]", f"results_dir={out}"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + 300
@@ -283,7 +284,7 @@ def test_a_preempted_job_is_requeued_and_resumes(tmp_path):
     submitit requeues the job (the launcher's checkpoint hook), and the requeued job skips what was already made."""
     out = tmp_path / "results"
     env = {**os.environ, "STYLEPROBE_MULTIRUN_DIR": str(tmp_path / "multirun")}
-    cmd = [sys.executable, "-m", "styleprobe.cli", "-m", "hydra/launcher=local", "data=small", "engine.batch_size=1",
+    cmd = [sys.executable, "-m", "styleprobe.cli", "-m", "hydra/launcher=local", "model=tiny", "data=small", "engine.batch_size=1",
            "metrics=[]", f"results_dir={out}"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300

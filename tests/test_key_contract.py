@@ -15,6 +15,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
+from conftest import on_tiny
 from styleprobe import models
 from styleprobe.cli import MOVED
 from styleprobe.config import CONFIG_DIR
@@ -41,7 +42,7 @@ def _translate(overrides: list[str]) -> list[str]:
 def _cfg(results_root: Path, overrides: list[str], metrics: bool = False):
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         extra = [] if metrics else ["metrics=[]"]
-        return compose(config_name="config", overrides=[f"results_root={results_root}", *extra, *_translate(overrides)])
+        return compose(config_name="config", overrides=on_tiny([f"results_root={results_root}", *extra, *_translate(overrides)]))
 
 
 @pytest.mark.parametrize("name", sorted(PLANS))

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
+from conftest import on_tiny
 from styleprobe import scoring
 from styleprobe.cli import check_group_choices
 from styleprobe.config import CONFIG_DIR
@@ -28,7 +29,7 @@ def _sweep_cfg(tmp_path: Path, *overrides: str):
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return compose(
             config_name="config",
-            overrides=[f"results_root={tmp_path}", "data=small", "injection=style_layout", "scoring.batch_size=3", *overrides],
+            overrides=on_tiny([f"results_root={tmp_path}", "data=small", "injection=style_layout", "scoring.batch_size=3", *overrides]),
         )
 
 
@@ -162,7 +163,7 @@ def test_bad_scoring_input_is_a_clear_error(scored_sweep, tmp_path):
         scoring.run(_score_cfg(store.root, "metrics=[]"))
     with pytest.raises(ConfigError, match="scoring.batch_size=0; give a positive integer"):
         scoring.run(_score_cfg(store.root, "scoring.batch_size=0"))
-    with pytest.raises(ConfigError, match="scoring.weights='huggingface'; choose one of auto, tiny, hub, random"):
+    with pytest.raises(ConfigError, match="scoring.weights='huggingface'; choose one of auto, tiny, toy, hub, random"):
         scoring.run(_score_cfg(store.root, "scoring.weights=huggingface"))
     shutil.rmtree(store.scores)
     next(store.images.rglob("*.png")).unlink()
@@ -173,9 +174,12 @@ def test_bad_scoring_input_is_a_clear_error(scored_sweep, tmp_path):
 def test_weights_follow_the_generating_model():
     assert scoring.resolve_weights("auto", ["tiny:stable-diffusion-xl-base"]) == "tiny"
     assert scoring.resolve_weights("auto", ["stabilityai/stable-diffusion-xl-base-1.0"]) == "hub"
+    assert scoring.resolve_weights("auto", ["toy:stable-diffusion-xl-base"]) == "toy"
     assert scoring.resolve_weights("hub", ["tiny:stable-diffusion-xl-base"]) == "hub"
-    with pytest.raises(ConfigError, match="mix tiny and real models"):
+    with pytest.raises(ConfigError, match="mix hub and tiny models; set scoring.weights to one of hub, tiny"):
         scoring.resolve_weights("auto", ["tiny:x", "/models/sdxl"])
+    with pytest.raises(ConfigError, match="mix tiny and toy models"):
+        scoring.resolve_weights("auto", ["tiny:x", "toy:x"])
 
 
 def test_shards_split_the_scoring_keys():

@@ -15,6 +15,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from conftest import on_tiny
 from styleprobe.data import PromptSpec, StyleReference
 from styleprobe.engine import Engine
 from styleprobe.errors import ConfigError
@@ -223,7 +224,7 @@ def _sweep_cfg(tmp_path, *overrides):
     from styleprobe.config import CONFIG_DIR
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=[f"results_root={tmp_path}", *overrides])
+        return compose(config_name="config", overrides=on_tiny([f"results_root={tmp_path}", *overrides]))
 
 
 def test_a_sweep_of_both_methods_is_scored_analysed_and_resumes(tmp_path, tiny_model, monkeypatch):

@@ -14,6 +14,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
+from conftest import on_tiny
 from styleprobe import models
 from styleprobe.config import CONFIG_DIR
 from styleprobe.errors import ConfigError
@@ -31,7 +32,7 @@ def _cfg(tmp_path: Path, *overrides: str):
     """The composed sweep config; unscored (metrics=[]) unless the test names metrics (test_scoring covers them)."""
     unscored = [] if any(o.startswith("metrics") for o in overrides) else ["metrics=[]"]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=[f"results_root={tmp_path}", *unscored, *overrides])
+        return compose(config_name="config", overrides=on_tiny([f"results_root={tmp_path}", *unscored, *overrides]))
 
 
 def test_experiments_compose(tmp_path):
@@ -139,7 +140,7 @@ def test_failure_mid_run_keeps_finished_batches_and_rerun_completes(tmp_path, ti
 def _cli(args: list[str], tmp_path: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "STYLEPROBE_RESULTS": str(tmp_path / "results"), "STYLEPROBE_MULTIRUN_DIR": str(tmp_path / "multirun")}
     return subprocess.run(
-        [sys.executable, "-m", "styleprobe.cli", *args], capture_output=True, text=True, env=env, timeout=timeout, cwd=tmp_path
+        [sys.executable, "-m", "styleprobe.cli", *on_tiny(args)], capture_output=True, text=True, env=env, timeout=timeout, cwd=tmp_path
     )
 
 
@@ -254,7 +255,7 @@ def test_cli_multirun_shares_one_model_and_one_table(tmp_path):
 def test_killed_run_leaves_no_partial_files_and_resumes(tmp_path):
     """SIGKILL mid-sweep: every row names a readable image, and a rerun completes without duplicates."""
     env = {**os.environ, "STYLEPROBE_RESULTS": str(tmp_path / "results")}
-    args = [sys.executable, "-m", "styleprobe.cli", "data=small", "engine.batch_size=2", "sampler.steps=2"]
+    args = [sys.executable, "-m", "styleprobe.cli", "model=tiny", "data=small", "engine.batch_size=2", "sampler.steps=2"]
     proc = subprocess.Popen(args, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rows = tmp_path / "results" / "tiny" / "layer_probe" / "rows"
     deadline = time.time() + 240
@@ -318,3 +319,19 @@ def test_auto_batch_size_follows_the_gpu_memory():
     assert auto_batch_size(torch.device("cpu")) == 8
     # cards as torch reports them (GiB): H100 80 GB, A100 40 GB, RTX 4090 / 3090, 16 GB cards, 12 GB
     assert [batch_for_memory(g) for g in (79.1, 39.4, 23.6, 15.7, 11.6)] == [8, 8, 4, 2, 1]
+
+
+def test_each_model_preset_brings_its_own_data_unless_one_is_given(tmp_path):
+    def cfg(*overrides):
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            return compose(config_name="config", overrides=[f"results_root={tmp_path}", *overrides])
+
+    toy = cfg("model=toy")
+    assert (toy.data.style_set, toy.data.prompts) == ("builtin:toy", "builtin:toy")
+    assert Sampler.resolve(toy.sampler, {}, toy.model).steps == 20
+    assert cfg("model=toy", "experiment=benchmark").data.prompts == "builtin:toy"
+    for model in ("tiny", "sdxl"):
+        other = cfg(f"model={model}")
+        assert (other.data.style_set, other.data.prompts) == ("builtin:shapes", "builtin:objects")
+        assert cfg(f"model={model}", "experiment=benchmark").data.prompts == "builtin:benchmark"
+    assert cfg("model=toy", "data=small").data.style_set == "builtin:shapes_small"  # an explicit set still wins

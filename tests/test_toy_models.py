@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from styleprobe.toy import classifier, world
@@ -64,3 +65,141 @@ def test_clip_targets_count_every_image_a_caption_describes():
     for text, ci, si, cc, ss in zip(texts, c, s, contents, styles):
         assert (ci < 0 or ci == cc) and (si < 0 or si == ss) and (ci >= 0 or si >= 0)
         assert text == world.caption(world.CONTENTS[ci] if ci >= 0 else None, world.STYLES[si] if si >= 0 else None)
+
+
+def test_every_training_stage_names_the_weight_files_it_writes():
+    from styleprobe.toy.train import OUTPUTS, STAGES
+
+    assert list(OUTPUTS) == list(STAGES)
+    names = [n for files in OUTPUTS.values() for n in files]
+    assert len(names) == len(set(names))
+
+
+def test_the_caption_table_holds_every_partial_caption_once():
+    from styleprobe.toy.unet import caption_table
+
+    captions, index = caption_table()
+    assert len(captions) == (len(world.CONTENTS) + 1) * (len(world.STYLES) + 1) - 1 == len(set(captions))
+    assert sorted(index.values()) == list(range(1, len(captions) + 1))  # row 0 stays the unconditional (zeros)
+    assert captions[index[(3, 1)] - 1] == "a star in neon outline style"
+    assert captions[index[(3, -1)] - 1] == "a star" and captions[index[(-1, 1)] - 1] == "something in neon outline style"
+
+
+def test_toy_unet_has_sdxl_module_names_and_fits_the_vae_and_text_encoders():
+    from styleprobe.layers import LayerMap
+    from styleprobe.toy import clip, unet, vae
+
+    model = unet.build_unet()
+    modules = {name for name, _ in model.named_modules()}
+    assert {"down_blocks.2.attentions.1", "up_blocks.0.attentions.1", "mid_block.attentions.0"} <= modules
+    assert unet.UNET_CONFIG["cross_attention_dim"] == 2 * clip.TEXT.hidden
+    assert unet.UNET_CONFIG["sample_size"] * 4 == world.SIZE and len(vae.VAE_CONFIG["block_out_channels"]) == 3
+    assert len(LayerMap.from_unet(model).layers) == 2 * 2 + 2 * 3 + 3 + 3 * 3 + 3 * 2  # 28 attn2 layers
+
+
+def test_adapter_export_is_h94_format_and_round_trips_through_diffusers_loader(tmp_path):
+    """What the adapter stage trains (diffusers' own modules) is saved in h94's keys and loads back through
+    `_load_ip_adapter_weights` to the same outputs."""
+    from styleprobe.toy import adapter, unet
+
+    torch.manual_seed(0)
+    a, b = unet.build_unet().eval(), unet.build_unet().eval()
+    b.load_state_dict(a.state_dict())
+    state = adapter.initial_state(a, 32, torch.Generator().manual_seed(1))
+    params = adapter.attach(a, state)
+    with torch.no_grad():
+        for p in params:
+            p.add_(0.01 * torch.randn_like(p))  # "trained"
+    exported = adapter.export(a)
+    assert set(exported) == set(state) and any(not torch.equal(exported[k], state[k]) for k in state)
+    assert all(k.startswith(("image_proj.", "ip_adapter.")) for k in exported)
+    adapter.attach(b, exported)
+    x, t, text = torch.randn(2, 4, 16, 16), torch.tensor([10, 500]), torch.randn(2, 77, 64)
+    cond = {"text_embeds": torch.randn(2, 32), "time_ids": torch.zeros(2, 6), "image_embeds": [torch.randn(2, 1, 32)]}
+    with torch.no_grad():
+        assert torch.allclose(a(x, t, text, added_cond_kwargs=cond).sample, b(x, t, text, added_cond_kwargs=cond).sample)
+
+
+def test_pair_auc_counts_same_label_pairs_above_different_label_pairs():
+    import itertools
+
+    import numpy as np
+
+    from styleprobe.toy.scorers import pair_auc
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 12)
+    feats = torch.from_numpy(rng.normal(size=(12, 4)) + labels[:, None]).float()
+    z = torch.nn.functional.normalize(feats, dim=-1)
+    sims = (z @ z.T).numpy()
+    pairs = list(itertools.combinations(range(12), 2))
+    pos = [sims[i, j] for i, j in pairs if labels[i] == labels[j]]
+    neg = [sims[i, j] for i, j in pairs if labels[i] != labels[j]]
+    brute = np.mean([(p > n) + 0.5 * (p == n) for p in pos for n in neg])
+    assert abs(pair_auc(feats, labels) - brute) < 1e-9
+
+
+def test_scorer_training_inputs_are_the_scorers_own_preprocessing():
+    """The toy scorers train on exactly what `Preprocess.tensors` makes of the PNGs a sweep writes."""
+    from PIL import Image
+
+    from styleprobe.metrics import preprocess
+    from styleprobe.toy.scorers import scorer_pixels
+
+    images, _, _ = world.batch(world.samples(4, 11))
+    pils = [Image.fromarray(((im.transpose(1, 2, 0) + 1) * 127.5).round().clip(0, 255).astype("uint8")) for im in images]
+    for pre in (preprocess.CLIP, preprocess.DINO):
+        assert torch.allclose(scorer_pixels(pre, torch.from_numpy(images)), pre.tensors(pils), atol=1e-5)
+
+
+def test_the_toy_preset_without_its_weights_says_how_to_make_them(tmp_path):
+    from styleprobe.errors import ModelUnavailableError
+    from styleprobe.toy.assemble import ensure_toy
+
+    with pytest.raises(ModelUnavailableError, match=r"toy world's unet weights are not in .*python -m styleprobe.toy.train"):
+        ensure_toy(tmp_path / "cache", folder=tmp_path)
+
+
+@pytest.mark.slow
+def test_toy_weights_assemble_into_the_real_layouts_and_run_a_scored_sweep(tmp_path, monkeypatch):
+    """Untrained toy weights of every stage, in a folder: `model=toy` assembles them, loads them with from_pretrained
+    and load_ip_adapter, generates, and scores with the toy scorers (open_clip, CSD and DINO formats), every row
+    naming them."""
+    import shutil
+
+    from hydra import compose, initialize_config_dir
+
+    from styleprobe.config import CONFIG_DIR
+    from styleprobe.store import Store
+    from styleprobe.sweep import run
+    from styleprobe.toy import adapter, clip, scorers, unet
+    from styleprobe.toy.train import save_half
+    from styleprobe.toy.weights import FOLDER
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    for name in ("vae", "training"):
+        src = FOLDER / ("training.json" if name == "training" else f"{name}.safetensors")
+        shutil.copy(src, weights / src.name)
+    torch.manual_seed(0)
+    towers = clip.build()
+    for name in ("text_encoder", "text_encoder_2", "image_encoder"):
+        save_half(towers[name], weights / f"{name}.safetensors")
+    model = unet.build_unet()
+    save_half(model, weights / "unet.safetensors")
+    adapter.attach(model, adapter.initial_state(model, clip.EMBED_DIM, torch.Generator().manual_seed(0)))
+    from safetensors.torch import save_file
+
+    save_file({k: v.half() for k, v in adapter.export(model).items()}, str(weights / "adapter.safetensors"))
+    for name, build in (("open_clip", scorers.build_open_clip), ("csd", scorers.build_csd), ("dino", scorers.build_dino)):
+        save_half(build(), weights / f"scorer_{name}.safetensors")
+    monkeypatch.setenv("STYLEPROBE_TOY_WEIGHTS", str(weights))
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"results_root={tmp_path / 'results'}", "model=toy", "data=small",
+                                                       "injection=presets", "experiment=custom", "sampler.steps=2",
+                                                       "analyze=false"])
+    result = run(cfg)
+    table = Store(cfg.results_dir).table()
+    assert result.generated == len(table) == 4 * 2 * 2
+    assert set(table.model) == {"toy"} and table.style_csd.notna().all() and table.leak_dino.notna().all()
+    assert table.style_csd_model.str.startswith("toy-world").all() and table.text_clip_model.str.contains("toy").all()

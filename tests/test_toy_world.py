@@ -67,3 +67,14 @@ def test_batches_are_scaled_to_minus_one_one_with_their_labels():
     assert images.shape == (10, 3, world.SIZE, world.SIZE) and images.dtype == np.float32
     assert -1.0 <= images.min() and images.max() <= 1.0
     assert list(contents) == [s.content for s in items] and list(styles) == [s.style for s in items]
+
+
+def test_the_toy_data_set_has_one_reference_per_style_and_shape_only_prompts(tmp_path):
+    from styleprobe.data import load_prompts, load_style_set
+
+    refs = load_style_set("builtin:toy", cache_dir=tmp_path)
+    assert sorted(r.style for r in refs) == sorted(world.STYLES)
+    assert len({r.content for r in refs}) == len(refs) == 8
+    assert all(r.load().size == (world.SIZE, world.SIZE) for r in refs)
+    prompts = load_prompts("builtin:toy")
+    assert [p.prompt for p in prompts] == [f"a {c}" for c in world.CONTENTS] and all(p.subject == p.prompt for p in prompts)

@@ -225,9 +225,25 @@ _SHAPES: tuple[_Entry, ...] = (
     ("03_mosaic.png", "mosaic", "a house", "a mosaic of square tiles", _mosaic_house),
 )
 
+def _toy_entries() -> tuple[_Entry, ...]:
+    """The toy world's references: one per style, each showing another shape, drawn with seeds no training used."""
+    from styleprobe.toy import world
+
+    entries = []
+    for s, style in enumerate(world.STYLES):
+        c = (3 * s + 1) % len(world.CONTENTS)
+        name = f"{s:02d}_{style.replace(' ', '_')}.png"
+        entries.append((name, style, world.caption(world.CONTENTS[c], None), f"{style} style",
+                        lambda c=c, s=s: world.render(c, s, TOY_REFERENCE_SEED + s)))
+    return tuple(entries)
+
+
+TOY_REFERENCE_SEED = 7_000_000  # fixed drawing seeds; training sets draw theirs at random, so these are unseen images
+
 _BUILTIN_STYLE_SETS: dict[str, tuple[_Entry, ...]] = {
     "shapes": _SHAPES,
     "shapes_small": _SHAPES[:2],
+    "toy": _toy_entries(),
 }
 
 
@@ -482,7 +498,12 @@ _BENCHMARK: tuple[PromptSpec, ...] = (
     PromptSpec("a library with tall shelves", "a library"),
 )
 
+# The toy world's prompts: each names a shape only, so the style is the method's to bring.
+_TOY_PROMPTS: tuple[PromptSpec, ...] = tuple(PromptSpec(f"a {c}", f"a {c}") for c in (
+    "circle", "square", "triangle", "star", "cross", "heart", "crescent", "arrow"))
+
 _BUILTIN_PROMPT_SETS: dict[str, tuple[PromptSpec, ...]] = {
+    "toy": _TOY_PROMPTS,
     "objects": _OBJECTS,
     "objects_small": _OBJECTS[:2],
     "benchmark": _BENCHMARK,

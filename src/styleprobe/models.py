@@ -2,7 +2,8 @@
 
 A preset (the `model` config group) names a base pipeline, an IP-Adapter checkpoint in h94's layout and
 the text tower whose CLIP space matches the adapter's image encoder (used for content subtraction).
-Sources are Hub ids, local folders, or `tiny:<folder>` (the embedded model, built on first use).
+Sources are Hub ids, local folders, `tiny:<folder>` (the random-weight embedded model, built on first use) or
+`toy:<folder>` (the trained toy world, assembled from the shipped weights on first use).
 `load` reads the base pipeline only: what a method adds to it (IP-Adapter's adapter and processors,
 StyleAligned's shared attention) is the method's business, attached on first use and kept on the model.
 Loaded models are kept per process, so every job of a basic-launcher multirun reuses them.
@@ -92,7 +93,7 @@ class ModelSpec:
 
 
 def resolve_source(source: str) -> str:
-    """Turn `tiny:<folder>` into the tiny model's local folder; Hub ids and paths pass through.
+    """Turn `tiny:<folder>` / `toy:<folder>` into the tiny / toy model's local folder; Hub ids and paths pass through.
 
     Before the first Hub id is used, `hub_offline` decides once whether the Hub can be reached at all.
     """
@@ -100,6 +101,10 @@ def resolve_source(source: str) -> str:
         from styleprobe.tiny import ensure_tiny
 
         return str(ensure_tiny() / source.removeprefix("tiny:"))
+    if source.startswith("toy:"):
+        from styleprobe.toy.assemble import ensure_toy
+
+        return str(ensure_toy() / source.removeprefix("toy:"))
     if not Path(source).expanduser().exists():
         hub_offline()
     return source

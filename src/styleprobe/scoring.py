@@ -37,7 +37,7 @@ log = logging.getLogger("styleprobe")
 
 #: Row columns the scorers read.
 NEEDED_COLUMNS = ("key", "image_path", "reference", "reference_digest", "prompt", "content", "subject", "base")
-WEIGHTS = ("auto", "tiny", "hub", "random")
+WEIGHTS = ("auto", "tiny", "toy", "hub", "random")
 
 
 @dataclass
@@ -69,15 +69,17 @@ def metric_configs(cfg: DictConfig) -> dict[str, dict[str, Any]]:
 
 
 def resolve_weights(weights: str, bases: Iterable[str]) -> str:
-    """`auto`: the tiny random scorers for a tiny model's outputs, the real ones for everything else."""
+    """`auto`: the tiny random scorers for a tiny model's outputs, the toy world's trained scorers for the toy
+    model's, the real ones for everything else."""
     if weights not in WEIGHTS:
         raise ConfigError(f"scoring.weights={weights!r}; choose one of {', '.join(WEIGHTS)}")
     if weights != "auto":
         return weights
-    tiny = {str(b).startswith("tiny:") for b in bases}
-    if tiny == {True, False}:
-        raise ConfigError("these results mix tiny and real models; set scoring.weights=tiny or scoring.weights=hub")
-    return "tiny" if tiny == {True} else "hub"
+    kinds = {next((k for k in ("tiny", "toy") if str(b).startswith(f"{k}:")), "hub") for b in bases}
+    if len(kinds) > 1:
+        raise ConfigError(f"these results mix {' and '.join(sorted(kinds))} models; set scoring.weights to one of "
+                          f"{', '.join(sorted(kinds))}")
+    return kinds.pop() if kinds else "hub"
 
 
 def build(metrics: Mapping[str, Mapping[str, Any]], scoring: DictConfig, bases: Iterable[str]) -> tuple[list[Any], str, int]:

@@ -13,7 +13,7 @@ import pandas as pd
 
 from styleprobe.analysis import benchmark as bench
 from styleprobe.analysis import figures
-from styleprobe.analysis.load import is_machinery_check, metric_columns, metric_label, model_names
+from styleprobe.analysis.load import is_machinery_check, is_toy_world, metric_columns, metric_label, model_names
 from styleprobe.errors import AnalysisError
 
 if TYPE_CHECKING:
@@ -75,6 +75,10 @@ def _markdown(
     bs, boot = settings.benchmark, settings.bootstrap
     metrics = list(dict.fromkeys(summary["metric"]))
     lines = ["# styleprobe method benchmark", ""]
+    if is_toy_world(table):
+        lines += ["> **Toy world.** These images come from styleprobe's trained toy model (drawn shapes in eight styles, an",
+                  "> SDXL-shaped UNet, IP-Adapter and scorers trained on them; README: The toy world). Its effects are real,",
+                  "> but they are findings about the toy, not about SDXL.", ""]
     if is_machinery_check(table):
         lines += ["> **Machinery check, not science.** These images come from the tiny embedded model (random weights)",
                   "> and are scored by tiny random stand-ins for the metric models. The numbers exercise the benchmark code;",

@@ -31,6 +31,7 @@ from styleprobe.analysis.conditions import (
 )
 from styleprobe.analysis.load import (
     is_machinery_check,
+    is_toy_world,
     method_names,
     metric_label,
     model_names,
@@ -78,6 +79,8 @@ def _title(table: pd.DataFrame, what: str, setting: Mapping[str, Any] | None = N
     models = ", ".join(model_names(table)) or "?"
     methods = ", ".join(method_names(table)) or "?"
     head = textwrap.fill(f"{what}; model {models}, method {methods}" + (f" ({where})" if where else ""), 110)
+    if is_toy_world(table):
+        return head + "\nTOY WORLD: findings about the toy, not about SDXL"
     return head + ("\nMACHINERY CHECK: tiny random model and scorers, numbers are not science" if is_machinery_check(table) else "")
 
 

@@ -120,6 +120,11 @@ def is_machinery_check(table: pd.DataFrame) -> bool:
     return bool(labels.apply(lambda col: col.str.contains("machinery check|random", regex=True)).to_numpy().any())
 
 
+def is_toy_world(table: pd.DataFrame) -> bool:
+    """Whether the images come from the trained toy world: real effects, but findings about the toy, not SDXL."""
+    return "model" in table and table["model"].astype(str).str.startswith("toy").any()
+
+
 #: Condition columns that name what made an image rather than how it was set.
 IDENTITY_COLUMNS: tuple[str, ...] = ("model", "method")
 

@@ -33,6 +33,7 @@ from styleprobe.analysis.load import (
     UNIT_COLUMNS,
     unit_columns,
     is_machinery_check,
+    is_toy_world,
     load_results,
     metric_columns,
     method_names,
@@ -291,6 +292,10 @@ def _markdown(
 ) -> str:
     crit, boot = settings.criterion, settings.bootstrap
     lines = ["# styleprobe analysis", ""]
+    if is_toy_world(table):
+        lines += ["> **Toy world.** These images come from styleprobe's trained toy model (drawn shapes in eight styles, an",
+                  "> SDXL-shaped UNet, IP-Adapter and scorers trained on them; README: The toy world). Its effects are real,",
+                  "> but they are findings about the toy, not about SDXL.", ""]
     if is_machinery_check(table):
         lines += ["> **Machinery check, not science.** These images come from the tiny embedded model (random weights)",
                   "> and are scored by tiny random stand-ins for the metric models. The numbers exercise the analysis code;",

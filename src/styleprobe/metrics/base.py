@@ -64,7 +64,7 @@ class ScorerSettings:
     name: str
     options: dict[str, Any]
     device: torch.device
-    weights: str  # "hub" (Hub id or local path) or "tiny" (random offline stand-ins)
+    weights: str  # "hub" (Hub id or local path), "tiny" (random offline stand-ins) or "toy" (the toy world's trained ones)
     preprocess_on_device: bool = False  # batched tensor preprocessing on `device` (scoring.preprocess)
     dtype: torch.dtype = torch.float32  # the scoring models' weights and inputs (scoring.dtype)
 
@@ -97,6 +97,8 @@ class Scorer(ABC):
         """The model as a reader of the table sees it; stand-in weights always say their numbers are not science."""
         if self.settings.weights == "tiny":
             return f"tiny random {self.family_name()} (machinery check, not science)"
+        if self.settings.weights == "toy":
+            return f"toy-world {self.family_name()} (findings about the toy, not about SDXL)"
         if self.settings.weights == "random":
             return f"random-weight {self.architecture()} (timing only, not science)"
         return self.weights_name() + self.dtype_note()

@@ -136,6 +136,10 @@ class _CLIPScorer(Scorer):
                 from styleprobe.metrics.tiny import tiny_open_clip
 
                 return OpenCLIP.load(*tiny_open_clip(), self.settings.device).to(self.settings.dtype)
+            if self.settings.weights == "toy":
+                from styleprobe.toy.assemble import toy_open_clip
+
+                return OpenCLIP.load(*toy_open_clip(), self.settings.device).to(self.settings.dtype)
             pretrained = None if self.settings.weights == "random" else self.pretrained
             return OpenCLIP.load(self.model_name, pretrained, self.settings.device).to(self.settings.dtype)
 

@@ -60,7 +60,7 @@ class StyleCSD(Scorer):
     def __init__(self, settings: Any):
         super().__init__(settings)
         o = settings.options
-        self.arch_name = "tiny" if settings.weights == "tiny" else str(o.get("arch", "vit_large"))
+        self.arch_name = settings.weights if settings.weights in ("tiny", "toy") else str(o.get("arch", "vit_large"))
         if self.arch_name not in ARCHS:
             raise ConfigError(f"metrics.{self.name}.arch={self.arch_name!r}; choose one of {', '.join(ARCHS)}")
         self.checkpoint = o.get("checkpoint")
@@ -87,6 +87,10 @@ class StyleCSD(Scorer):
                 from styleprobe.metrics.tiny import ensure_tiny_scorers
 
                 path = ensure_tiny_scorers() / "csd" / "checkpoint.pth"
+            elif self.settings.weights == "toy":
+                from styleprobe.toy.assemble import scorer_folder
+
+                path = scorer_folder() / "csd" / "checkpoint.pth"
             elif self.settings.weights == "random":
                 return CSDModel(ARCHS[self.arch_name]).eval().to(self.settings.device, self.settings.dtype)
             else:

@@ -24,7 +24,8 @@ HUB_FILENAME = "pytorch_model.bin"
 
 @dataclass(frozen=True)
 class CSDArch:
-    """The vision tower's shape. `vit_large` is CSD's published model; `tiny` the offline stand-in."""
+    """The vision tower's shape. `vit_large` is CSD's published model; `tiny` the random offline stand-in; `toy`
+    the toy world's trained one."""
 
     width: int
     layers: int
@@ -37,6 +38,7 @@ class CSDArch:
 ARCHS = {
     "vit_large": CSDArch(width=1024, layers=24, head_width=64, patch_size=14, image_size=224, style_dim=768),
     "tiny": CSDArch(width=32, layers=2, head_width=16, patch_size=32, image_size=224, style_dim=24),
+    "toy": CSDArch(width=64, layers=4, head_width=16, patch_size=32, image_size=224, style_dim=32),  # the toy world's
 }
 
 
@@ -130,7 +132,7 @@ def load_csd(path: Path, arch: CSDArch) -> CSDModel:
         k, got, want = wrong[0]
         raise ConfigError(
             f"CSD checkpoint {path}: {len(wrong)} tensors have the wrong shape (e.g. {k} is {got}, the "
-            f"{'tiny' if arch is ARCHS['tiny'] else 'vit_large'} model needs {want}); is metrics.<name>.arch right?"
+            f"{next(n for n, a in ARCHS.items() if a == arch)} model needs {want}); is metrics.<name>.arch right?"
         )
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     return model.eval()

@@ -105,6 +105,8 @@ class StyleDINO(Scorer):
         self.family = _family(self.source)
 
     def family_name(self) -> str:
+        if self.settings.weights == "toy":  # one DINO-format content model stands in for both families in the toy world
+            return "DINO-format content ViT"
         return f"{'DINOv2' if self.family == 'dinov2' else 'DINO'} ViT"
 
     def architecture(self) -> str:
@@ -122,6 +124,10 @@ class StyleDINO(Scorer):
                 from styleprobe.metrics.tiny import ensure_tiny_scorers
 
                 return HFViT.load(str(ensure_tiny_scorers() / self.family), self.settings.device).to(self.settings.dtype)
+            if self.settings.weights == "toy":
+                from styleprobe.toy.assemble import scorer_folder
+
+                return HFViT.load(str(scorer_folder() / "dino"), self.settings.device).to(self.settings.dtype)
             if self.settings.weights == "random":
                 return HFViT.random(self.family, self.settings.device).to(self.settings.dtype)
             return HFViT.load(self.source, self.settings.device).to(self.settings.dtype)

@@ -24,7 +24,7 @@ from styleprobe.toy import world
 from styleprobe.toy.loop import optimise
 
 TEXT = TextDims(hidden=32, intermediate=64, layers=2, heads=2)
-VISION = VisionDims(hidden=48, intermediate=96, layers=3, heads=3, image_size=world.SIZE, patch_size=8)
+VISION = VisionDims(hidden=64, intermediate=128, layers=4, heads=4, image_size=world.SIZE, patch_size=8)
 EMBED_DIM = 32  # text_encoder_2's projection = the image encoder's projection = the adapter's image-embedding space
 CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
 CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
@@ -33,7 +33,7 @@ TOKENS = 48  # training pads captions to this many tokens; causal attention make
 
 @dataclass
 class ClipTraining:
-    steps: int = 2500
+    steps: int = 3000
     batch_size: int = 128
     learning_rate: float = 2e-3
     train_images: int = 12_800

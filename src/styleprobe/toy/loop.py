@@ -11,10 +11,15 @@ log = logging.getLogger("styleprobe")
 
 
 def optimise(optimizer: Any, schedule: Any, loss: Any, losses: list[float], step: int, steps: int, name: str,
-             log_every: int) -> None:
-    """One update from `loss`; appends it to `losses` and logs the mean of the last `log_every` every so often."""
+             log_every: int, max_grad_norm: float | None = None) -> None:
+    """One update from `loss` (gradients clipped to `max_grad_norm` if given); appends it to `losses` and logs the
+    mean of the last `log_every` every so often."""
     optimizer.zero_grad()
     loss.backward()
+    if max_grad_norm is not None:
+        import torch
+
+        torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], max_grad_norm)
     optimizer.step()
     schedule.step()
     losses.append(loss.item())

@@ -1,11 +1,13 @@
 """Train the toy world's models, stage by stage, with fixed seeds: `python -m styleprobe.toy.train`.
 
     python -m styleprobe.toy.train                      every stage whose weights are missing, into the package
-    python -m styleprobe.toy.train --stages classifier  one stage (again, with --force)
-    python -m styleprobe.toy.train --out /tmp/toy       somewhere else
+    python -m styleprobe.toy.train --stages unet --force  one stage again (later stages build on it: retrain them too)
+    python -m styleprobe.toy.train --out /tmp/toy       somewhere else; try it with STYLEPROBE_TOY_WEIGHTS=/tmp/toy styleprobe
 
-Each stage writes `<out>/<stage>.safetensors` atomically and its record (seconds on this machine, steps, seed, final
-loss, what it scored on held-out images) into `<out>/training.json`, so the shipped weights say how they were made.
+Stages, in order (each reads what the earlier ones wrote): classifier (the judge), vae, clip (both text encoders
+and the image encoder), unet, adapter (IP-Adapter on the frozen UNet), scorers (open_clip, CSD and DINO formats).
+Each writes its `<name>.safetensors` atomically and its record (seconds on this machine, recipe, seed, final loss,
+what it scored on held-out images) into `<out>/training.json`, so the shipped weights say how they were made.
 """
 
 from __future__ import annotations
@@ -66,6 +68,43 @@ def _clip(out: Path) -> dict[str, Any]:
     return record
 
 
+def _unet(out: Path) -> dict[str, Any]:
+    """The UNet, on the VAE and text encoders in `out`; judged by the judge on images generated from every caption."""
+    from styleprobe.toy import classifier, unet
+
+    model, pipe, record = unet.train_unet(out)
+    judge = classifier.load_classifier(out / "classifier.safetensors")
+    record["held_out"] = unet.text_to_image_accuracy(pipe, judge, seed=EVAL_SEED)
+    save_half(model, out / "unet.safetensors")
+    return record
+
+
+def _adapter(out: Path) -> dict[str, Any]:
+    """The IP-Adapter on the frozen UNet; judged by the style and content of images prompted by held-out references."""
+    from safetensors.torch import save_file
+
+    from styleprobe.store import atomic_write
+    from styleprobe.toy import adapter, classifier
+
+    pipe, image_encoder, record = adapter.train_adapter(out)
+    judge = classifier.load_classifier(out / "classifier.safetensors")
+    record["held_out"] = adapter.image_prompt_accuracy(pipe, image_encoder, judge, seed=EVAL_SEED)
+    state = {k: v.half() for k, v in adapter.export(pipe.unet).items()}
+    atomic_write(out / "adapter.safetensors", lambda tmp: save_file(state, str(tmp)))
+    return record
+
+
+def _scorers(out: Path) -> dict[str, Any]:
+    """The scoring models (open_clip CLIP, CSD, DINO-format); judged by pair AUCs and zero-shot accuracy."""
+    from styleprobe.toy import scorers, world
+
+    models, record = scorers.train_scorers()
+    record["held_out"] = scorers.evaluate(models, world.samples(512, EVAL_SEED))
+    for name, model in models.items():
+        save_half(model, out / f"scorer_{name}.safetensors")
+    return record
+
+
 def save_half(module: Any, path: Path) -> None:
     """A module's weights as float16 safetensors (the shipped size), written atomically."""
     from safetensors.torch import save_file
@@ -77,7 +116,15 @@ def save_half(module: Any, path: Path) -> None:
 
 
 #: stage -> its training function, in the order they build on one another.
-STAGES: dict[str, Callable[[Path], dict[str, Any]]] = {"classifier": _classifier, "vae": _vae, "clip": _clip}
+STAGES: dict[str, Callable[[Path], dict[str, Any]]] = {
+    "classifier": _classifier, "vae": _vae, "clip": _clip, "unet": _unet, "adapter": _adapter, "scorers": _scorers,
+}
+
+#: stage -> the weight files (`<name>.safetensors`) it writes.
+OUTPUTS: dict[str, tuple[str, ...]] = {
+    "classifier": ("classifier",), "vae": ("vae",), "clip": ("text_encoder", "text_encoder_2", "image_encoder"),
+    "unet": ("unet",), "adapter": ("adapter",), "scorers": ("scorer_open_clip", "scorer_csd", "scorer_dino"),
+}
 
 
 def train(stages: list[str], out: Path = FOLDER, force: bool = False) -> dict[str, Any]:
@@ -92,7 +139,7 @@ def train(stages: list[str], out: Path = FOLDER, force: bool = False) -> dict[st
     torch.set_num_threads(max(1, min(os.cpu_count() or 1, 8)))
     done = records(out)
     for stage in stages:
-        if not force and (out / f"{stage}.safetensors").is_file() and stage in done:
+        if not force and stage in done and all((out / f"{name}.safetensors").is_file() for name in OUTPUTS[stage]):
             log.info("%s: already trained (%s s); --force to train again", stage, done[stage].get("seconds"))
             continue
         log.info("%s: training", stage)
