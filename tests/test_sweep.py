@@ -194,7 +194,7 @@ def test_cli_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path):
     unknown = _cli(["model=sdxl_turbo"], tmp_path)
     assert unknown.returncode == 2
     assert unknown.stderr.strip().splitlines() == [
-        f"styleprobe: error: unknown model 'sdxl_turbo'; choose one of sd15, sdxl, sdxl_vit_h, tiny, tiny_vit_h "
+        f"styleprobe: error: unknown model 'sdxl_turbo'; choose one of sd15, sdxl, sdxl_vit_h, tiny, tiny_vit_h, toy "
         f"(files in {CONFIG_DIR / 'model'})"
     ]
     assert not (tmp_path / "results").exists()
