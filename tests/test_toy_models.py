@@ -165,34 +165,13 @@ def test_toy_weights_assemble_into_the_real_layouts_and_run_a_scored_sweep(tmp_p
     """Untrained toy weights of every stage, in a folder: `model=toy` assembles them, loads them with from_pretrained
     and load_ip_adapter, generates, and scores with the toy scorers (open_clip, CSD and DINO formats), every row
     naming them."""
-    import shutil
-
     from hydra import compose, initialize_config_dir
 
     from styleprobe.config import CONFIG_DIR
     from styleprobe.store import Store
     from styleprobe.sweep import run
-    from styleprobe.toy import adapter, clip, scorers, unet
-    from styleprobe.toy.train import save_half
-    from styleprobe.toy.weights import FOLDER
 
-    weights = tmp_path / "weights"
-    weights.mkdir()
-    for name in ("vae", "training"):
-        src = FOLDER / ("training.json" if name == "training" else f"{name}.safetensors")
-        shutil.copy(src, weights / src.name)
-    torch.manual_seed(0)
-    towers = clip.build()
-    for name in ("text_encoder", "text_encoder_2", "image_encoder"):
-        save_half(towers[name], weights / f"{name}.safetensors")
-    model = unet.build_unet()
-    save_half(model, weights / "unet.safetensors")
-    adapter.attach(model, adapter.initial_state(model, clip.EMBED_DIM, torch.Generator().manual_seed(0)))
-    from safetensors.torch import save_file
-
-    save_file({k: v.half() for k, v in adapter.export(model).items()}, str(weights / "adapter.safetensors"))
-    for name, build in (("open_clip", scorers.build_open_clip), ("csd", scorers.build_csd), ("dino", scorers.build_dino)):
-        save_half(build(), weights / f"scorer_{name}.safetensors")
+    weights = _untrained_weights(tmp_path / "weights")
     monkeypatch.setenv("STYLEPROBE_TOY_WEIGHTS", str(weights))
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"results_root={tmp_path / 'results'}", "model=toy", "data=small",
@@ -203,3 +182,47 @@ def test_toy_weights_assemble_into_the_real_layouts_and_run_a_scored_sweep(tmp_p
     assert result.generated == len(table) == 4 * 2 * 2
     assert set(table.model) == {"toy"} and table.style_csd.notna().all() and table.leak_dino.notna().all()
     assert table.style_csd_model.str.startswith("toy-world").all() and table.text_clip_model.str.contains("toy").all()
+
+
+def _untrained_weights(weights):
+    """A weights folder of every stage, untrained (the shipped VAE and its record aside), as the training writes it."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from styleprobe.toy import adapter, clip, scorers, unet
+    from styleprobe.toy.train import save_half
+    from styleprobe.toy.weights import FOLDER
+
+    weights.mkdir()
+    for name in ("vae.safetensors", "training.json", "classifier.safetensors"):
+        shutil.copy(FOLDER / name, weights / name)
+    torch.manual_seed(0)
+    towers = clip.build()
+    for name in ("text_encoder", "text_encoder_2", "image_encoder"):
+        save_half(towers[name], weights / f"{name}.safetensors")
+    model = unet.build_unet()
+    save_half(model, weights / "unet.safetensors")
+    adapter.attach(model, adapter.initial_state(model, clip.EMBED_DIM, torch.Generator().manual_seed(0)))
+    save_file({k: v.half() for k, v in adapter.export(model).items()}, str(weights / "adapter.safetensors"))
+    for name, build in (("open_clip", scorers.build_open_clip), ("csd", scorers.build_csd), ("dino", scorers.build_dino)):
+        save_half(build(), weights / f"scorer_{name}.safetensors")
+    return weights
+
+
+@pytest.mark.slow
+def test_unet_and_adapter_training_are_reproducible(tmp_path):
+    """A seed and a recipe determine the trained UNet and adapter (a few steps, twice each)."""
+    from styleprobe.toy import adapter, unet
+
+    folder = _untrained_weights(tmp_path / "weights")
+    recipe = unet.UNetTraining(steps=2, batch_size=4, train_images=32)
+    (a, _, ra), (b, _, rb) = unet.train_unet(folder, recipe), unet.train_unet(folder, recipe)
+    assert ra["final_loss"] == rb["final_loss"]
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    recipe = adapter.AdapterTraining(steps=2, batch_size=4, train_images=32)
+    first, second = adapter.train_adapter(folder, recipe)[0], adapter.train_adapter(folder, recipe)[0]
+    x, y = adapter.export(first.unet), adapter.export(second.unet)
+    assert all(torch.equal(x[k], y[k]) for k in x)
+    assert any(not torch.equal(x[k], v) for k, v in adapter.initial_state(first.unet, 32, torch.Generator()).items()
+               if k.endswith("to_v_ip.weight"))  # it moved from the to_v copy it starts as

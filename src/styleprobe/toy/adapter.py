@@ -22,13 +22,7 @@ import torch
 
 from styleprobe.toy import clip, world
 from styleprobe.toy.loop import optimise
-from styleprobe.toy.pipeline import (
-    build_pipeline,
-    encode_captions,
-    generate,
-    load_half,
-    load_towers,
-)
+from styleprobe.toy.pipeline import build_pipeline, generate, load_half, load_towers
 
 NUM_TOKENS = 4  # image tokens the projection makes (h94's SDXL global adapter: 4)
 
@@ -106,12 +100,7 @@ def image_embeddings(image_encoder: Any, images: torch.Tensor, batch_size: int =
 def train_adapter(folder: Path, recipe: AdapterTraining = AdapterTraining(), log_every: int = 100) -> tuple[Any, Any, dict[str, Any]]:
     """Train the adapter on the frozen UNet, VAE and encoders in `folder`; returns the pipeline (adapter attached,
     in eval mode), the image encoder and a record."""
-    from styleprobe.toy.unet import (
-        build_unet,
-        caption_table,
-        denoising_loss,
-        encode_latents,
-    )
+    from styleprobe.toy.unet import build_unet, caption_embeddings, caption_rows, denoising_loss, encode_latents
 
     torch.manual_seed(recipe.seed)
     rng = np.random.default_rng(recipe.seed)
@@ -124,10 +113,7 @@ def train_adapter(folder: Path, recipe: AdapterTraining = AdapterTraining(), log
     x = torch.from_numpy(images)
     means, stds = encode_latents(pipe.vae, x)
     references = image_embeddings(image_encoder, x)
-    captions, index = caption_table()
-    embeds, pooled = encode_captions(pipe, captions)
-    embeds = torch.cat([torch.zeros_like(embeds[:1]), embeds])
-    pooled = torch.cat([torch.zeros_like(pooled[:1]), pooled])
+    embeds, pooled, index = caption_embeddings(pipe)
     params = attach(unet, initial_state(unet, references.shape[1], generator))
     for p in params:
         p.requires_grad_(True)
@@ -135,14 +121,12 @@ def train_adapter(folder: Path, recipe: AdapterTraining = AdapterTraining(), log
     alphas_cumprod = pipe.scheduler.alphas_cumprod.float()
     optimizer = torch.optim.AdamW(params, lr=recipe.learning_rate, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, recipe.learning_rate, total_steps=recipe.steps, pct_start=0.05)
-    p_whole = 1 - recipe.p_content_only - recipe.p_style_only - recipe.p_no_text
     losses: list[float] = []
     for step in range(1, recipe.steps + 1):
         idx = rng.choice(len(means), recipe.batch_size, replace=False)
         latents = means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=generator)
-        kind = rng.choice(4, size=len(idx), p=[p_whole, recipe.p_content_only, recipe.p_style_only, recipe.p_no_text])
-        rows = torch.tensor([0 if k == 3 else index[(c if k != 2 else -1, s if k != 1 else -1)]
-                             for k, c, s in zip(kind, contents[idx], styles[idx])])
+        rows = caption_rows(contents[idx], styles[idx], recipe.p_content_only, recipe.p_style_only, recipe.p_no_text, rng,
+                            index)
         keep = torch.from_numpy(rng.random(len(idx)) >= recipe.p_no_image).float()[:, None]
         image = (references[idx] * keep)[:, None, :]
         loss = denoising_loss(unet, latents, embeds[rows], pooled[rows], alphas_cumprod, recipe.snr_gamma, generator,

@@ -80,11 +80,18 @@ def encode_latents(vae: Any, images: torch.Tensor, batch_size: int = 256) -> tup
     return torch.cat(means), torch.cat(stds)
 
 
-def _caption_rows(contents: np.ndarray, styles: np.ndarray, recipe: UNetTraining, rng: np.random.Generator,
-                  index: dict[tuple[int, int], int]) -> torch.Tensor:
-    """Which row of the caption table conditions each sample (0: unconditional)."""
-    kind = rng.choice(4, size=len(contents), p=[1 - recipe.p_content_only - recipe.p_style_only - recipe.p_unconditional,
-                                                  recipe.p_content_only, recipe.p_style_only, recipe.p_unconditional])
+def caption_embeddings(pipe: Any) -> tuple[torch.Tensor, torch.Tensor, dict[tuple[int, int], int]]:
+    """Every caption's (prompt_embeds, pooled) as the pipeline encodes them, row 0 zeros (the unconditional prompt),
+    and the row of each (content or -1, style or -1)."""
+    captions, index = caption_table()
+    embeds, pooled = encode_captions(pipe, captions)
+    return torch.cat([torch.zeros_like(embeds[:1]), embeds]), torch.cat([torch.zeros_like(pooled[:1]), pooled]), index
+
+
+def caption_rows(contents: np.ndarray, styles: np.ndarray, p_content_only: float, p_style_only: float, p_none: float,
+                 rng: np.random.Generator, index: dict[tuple[int, int], int]) -> torch.Tensor:
+    """Which caption conditions each sample: whole, content only, style only or none (row 0), drawn per sample."""
+    kind = rng.choice(4, size=len(contents), p=[1 - p_content_only - p_style_only - p_none, p_content_only, p_style_only, p_none])
     rows = [0 if k == 3 else index[(c if k != 2 else -1, s if k != 1 else -1)] for k, c, s in zip(kind, contents, styles)]
     return torch.tensor(rows)
 
@@ -118,10 +125,7 @@ def train_unet(folder: Path, recipe: UNetTraining = UNetTraining(), log_every: i
     images, contents, styles = world.batch(world.samples(recipe.train_images, recipe.seed))
     start = time.perf_counter()
     means, stds = encode_latents(pipe.vae, torch.from_numpy(images))
-    captions, index = caption_table()
-    embeds, pooled = encode_captions(pipe, captions)
-    embeds = torch.cat([torch.zeros_like(embeds[:1]), embeds])
-    pooled = torch.cat([torch.zeros_like(pooled[:1]), pooled])
+    embeds, pooled, index = caption_embeddings(pipe)
     alphas_cumprod = pipe.scheduler.alphas_cumprod.float()
     ema = EMAModel(unet.parameters(), decay=recipe.ema_decay, use_ema_warmup=True)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=recipe.learning_rate, weight_decay=0.01)
@@ -130,7 +134,8 @@ def train_unet(folder: Path, recipe: UNetTraining = UNetTraining(), log_every: i
     for step in range(1, recipe.steps + 1):
         idx = torch.from_numpy(rng.choice(len(means), recipe.batch_size, replace=False))
         latents = means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=generator)
-        rows = _caption_rows(contents[idx.numpy()], styles[idx.numpy()], recipe, rng, index)
+        rows = caption_rows(contents[idx.numpy()], styles[idx.numpy()], recipe.p_content_only, recipe.p_style_only,
+                            recipe.p_unconditional, rng, index)
         loss = denoising_loss(unet, latents, embeds[rows], pooled[rows], alphas_cumprod, recipe.snr_gamma, generator)
         optimise(optimizer, schedule, loss, losses, step, recipe.steps, "unet", log_every, recipe.max_grad_norm)
         ema.step(unet.parameters())
