@@ -84,6 +84,13 @@ def _checkpoint_globals() -> list[Any]:
             (scalar, "numpy._core.multiarray.scalar")]
 
 
+def save_checkpoint(state: dict[str, torch.Tensor], path: Path) -> None:
+    """A CSDModel state in CSD's training-checkpoint format (`model_state_dict`, `module.` prefixes), as `load_csd`
+    reads the published file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"epoch": 1, "model_state_dict": {f"module.{k}": v for k, v in state.items()}}, path)
+
+
 def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """CSD's state dict from `checkpoint.pth` / `pytorch_model.bin`: `model_state_dict` taken, `module.` stripped.
 

@@ -47,12 +47,11 @@ def tiny_open_clip(cache_dir: Path | None = None) -> tuple[str, str]:
 
 def write_csd_checkpoint(path: Path, arch: str = "tiny", seed: int = SEED) -> dict[str, torch.Tensor]:
     """A CSD checkpoint of random weights in the original training format; returns the unprefixed state."""
-    from styleprobe.metrics.csd_model import ARCHS, CSDModel
+    from styleprobe.metrics.csd_model import ARCHS, CSDModel, save_checkpoint
 
     torch.manual_seed(seed)
     state = CSDModel(ARCHS[arch]).state_dict()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"epoch": 1, "model_state_dict": {f"module.{k}": v for k, v in state.items()}}, path)
+    save_checkpoint(state, path)
     return state
 
 

@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 from styleprobe.toy.weights import FOLDER, records
 
@@ -57,18 +56,20 @@ def ensure_toy(cache_dir: Path | None = None, folder: Path | None = None) -> Pat
 
 
 def _build(root: Path, folder: Path) -> None:
-    import torch
     import transformers
-    from safetensors.torch import load_file, save_file
 
     transformers.utils.logging.disable_progress_bar()  # "Writing model shards" bars for a few small files
     try:
-        _write(root, folder, torch, load_file, save_file)
+        _write(root, folder)
     finally:
         transformers.utils.logging.enable_progress_bar()
 
 
-def _write(root: Path, folder: Path, torch: Any, load_file: Any, save_file: Any) -> None:
+def _write(root: Path, folder: Path) -> None:
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from styleprobe.metrics.csd_model import save_checkpoint
     from styleprobe.toy import scorers
     from styleprobe.toy.pipeline import build_pipeline, load_half, load_towers
     from styleprobe.toy.unet import build_unet
@@ -86,10 +87,8 @@ def _write(root: Path, folder: Path, torch: Any, load_file: Any, save_file: Any)
     torch.save(load_half(scorers.build_open_clip(), folder / "scorer_open_clip.safetensors").state_dict(),
                clip_dir / "open_clip_model.bin")
     load_half(scorers.build_dino(), folder / "scorer_dino.safetensors").save_pretrained(root / "scorers" / "dino")
-    csd = load_half(scorers.build_csd(), folder / "scorer_csd.safetensors").state_dict()
-    (root / "scorers" / "csd").mkdir(parents=True)
-    torch.save({"epoch": 1, "model_state_dict": {f"module.{k}": v for k, v in csd.items()}},
-               root / "scorers" / "csd" / "checkpoint.pth")
+    save_checkpoint(load_half(scorers.build_csd(), folder / "scorer_csd.safetensors").state_dict(),
+                    root / "scorers" / "csd" / "checkpoint.pth")
     (root / "training.json").write_text(json.dumps(records(folder), indent=1, sort_keys=True))
 
 
