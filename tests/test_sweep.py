@@ -35,6 +35,12 @@ def _cfg(tmp_path: Path, *overrides: str):
         return compose(config_name="config", overrides=on_tiny([f"results_root={tmp_path}", *unscored, *overrides]))
 
 
+def test_the_default_run_is_the_toy_worlds_layer_probe(tmp_path):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"results_root={tmp_path}"])
+    assert cfg.model.name == "toy" and cfg.name == "layer_probe" and cfg.data.style_set == "builtin:toy"
+
+
 def test_experiments_compose(tmp_path):
     probe = _cfg(tmp_path)
     assert probe.name == "layer_probe" and probe.model.name == "tiny"

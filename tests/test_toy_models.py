@@ -184,6 +184,27 @@ def test_toy_weights_assemble_into_the_real_layouts_and_run_a_scored_sweep(tmp_p
     assert table.style_csd_model.str.startswith("toy-world").all() and table.text_clip_model.str.contains("toy").all()
 
 
+
+def test_generate_prompts_each_image_by_its_own_reference(tmp_path):
+    """The held-out image-prompt check batches different references: each image must see only its own (diffusers'
+    pipeline alone would repeat the whole batch's embeddings into every sample)."""
+    from safetensors.torch import load_file
+
+    from styleprobe.toy import adapter
+    from styleprobe.toy.pipeline import build_pipeline, generate
+    from styleprobe.toy.unet import build_unet
+
+    folder = _untrained_weights(tmp_path / "weights")
+    pipe = build_pipeline(folder, build_unet().eval())
+    adapter.attach(pipe.unet, {k: v.float() for k, v in load_file(str(folder / "adapter.safetensors")).items()})
+    embeds = torch.randn(2, 32, generator=torch.Generator().manual_seed(0)) * 3
+    captions, seeds = ["a star", "a star"], [5, 5]
+    together = generate(pipe, captions, seeds, steps=2, image_embeds=embeds)
+    alone = torch.cat([generate(pipe, captions[i : i + 1], seeds[i : i + 1], steps=2, image_embeds=embeds[i : i + 1])
+                       for i in range(2)])
+    assert not torch.allclose(alone[0], alone[1], atol=1e-3)  # the references do steer the images
+    assert torch.allclose(together, alone, atol=1e-4)
+
 def _untrained_weights(weights):
     """A weights folder of every stage, untrained (the shipped VAE and its record aside), as the training writes it."""
     import shutil

@@ -129,7 +129,7 @@ def main() -> None:
     config_name, module = COMMANDS[command]
     flags = any(a.startswith("-") for a in sys.argv[1:])  # --help, --cfg job, ... go to Hydra as they are
     if command != "sweep" and not flags and not any(a.startswith("results_dir=") for a in sys.argv[1:]):
-        print(f"styleprobe: error: {command} needs a results folder; give results_dir=<folder>, e.g. results_dir=results/tiny/layer_probe", file=sys.stderr)
+        print(f"styleprobe: error: {command} needs a results folder; give results_dir=<folder>, e.g. results_dir=results/toy/layer_probe", file=sys.stderr)
         sys.exit(2)
     bad = check_group_choices(sys.argv[1:]) or check_moved(sys.argv[1:]) or check_method_knobs(sys.argv[1:])
     if bad:

@@ -4,7 +4,7 @@ It reads only the store (rows, images, reference copies) and writes one score fi
 so adding a metric to a finished sweep scores only that metric, a rerun scores nothing, an interrupted
 run resumes, and it runs as well on another machine as right after generation:
 
-    styleprobe score results_dir=results/tiny/layer_probe             the default metrics
+    styleprobe score results_dir=results/toy/layer_probe             the default metrics
     styleprobe score results_dir=... metrics=[default,style_dinov2]   add one
 
 Every check (metric names, options, a metric's model changed under an existing column, missing images

@@ -1,9 +1,9 @@
 """Analysis of styleprobe results: tables with bootstrap CIs, ablation figures and the verdict report.
 
     from styleprobe.analysis import load_results, aggregate, paired_differences, analyze
-    table = load_results("results/tiny/layer_probe")
+    table = load_results("results/toy/layer_probe")
     aggregate(table, "style_csd", by=["injection"])
-    analyze("results/tiny/layer_probe")          # writes results/tiny/layer_probe/analysis/report.md
+    analyze("results/toy/layer_probe")          # writes results/toy/layer_probe/analysis/report.md
 
 A method benchmark (several methods at their defaults, `experiment=benchmark`) gets its own report, built by
 `styleprobe.analysis.benchmark` (contenders, method table, Pareto front, cost, published numbers).

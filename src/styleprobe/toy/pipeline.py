@@ -71,16 +71,22 @@ def encode_captions(pipe: Any, captions: list[str]) -> tuple[torch.Tensor, torch
 def generate(pipe: Any, captions: list[str], seeds: list[int], steps: int = 20, guidance: float = 5.0,
              batch_size: int = 64, image_embeds: torch.Tensor | None = None) -> torch.Tensor:
     """Images in [-1, 1] (N, 3, 64, 64), one per caption and seed, each from its own seeded generator; with
-    `image_embeds` (N, dim), each image is also prompted by its row through the loaded IP-Adapter (zeros as the
-    unconditional image, as the pipeline makes them)."""
+    `image_embeds` (N, dim), each image is also prompted by its own row through the loaded IP-Adapter (zeros as the
+    unconditional image, as the pipeline makes them), passed per sample as styleprobe's engine does."""
+    from contextlib import nullcontext
+
+    from styleprobe.methods.ip_adapter import per_sample_adapter_inputs
+
     out = []
     for i in range(0, len(captions), batch_size):
         generators = [torch.Generator().manual_seed(s) for s in seeds[i : i + batch_size]]
-        extra = {}
+        inputs: Any = nullcontext(None)
         if image_embeds is not None:
             cond = image_embeds[i : i + batch_size, None, :]
-            extra["ip_adapter_image_embeds"] = [torch.cat([torch.zeros_like(cond), cond]) if guidance > 1 else cond]
-        images = pipe(prompt=captions[i : i + batch_size], generator=generators, num_inference_steps=steps,
-                      guidance_scale=guidance, height=64, width=64, output_type="pt", **extra).images
+            inputs = per_sample_adapter_inputs(pipe, [torch.cat([torch.zeros_like(cond), cond]) if guidance > 1 else cond])
+        with inputs as embeds:
+            images = pipe(prompt=captions[i : i + batch_size], generator=generators, num_inference_steps=steps,
+                          guidance_scale=guidance, height=64, width=64, output_type="pt",
+                          **({} if embeds is None else {"ip_adapter_image_embeds": embeds})).images
         out.append(images * 2 - 1)
     return torch.cat(out)
