@@ -89,9 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     from styleprobe import models
     from styleprobe.data import load_style_set
     from styleprobe.engine import Engine
-    from styleprobe.injection import native_processors
+    from styleprobe.injection import native_processors, per_sample_adapter_inputs
     from styleprobe.methods import method
-    from styleprobe.methods.ip_adapter import per_sample_adapter_inputs
     from styleprobe.sampler import Sampler
     from styleprobe.subtraction import adapter_inputs, encode_references
 

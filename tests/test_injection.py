@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from styleprobe.injection import LayerScaledIPAttnProcessor, native_processors
+from styleprobe.injection import LayerScaledIPAttnProcessor, native_processors, per_sample_adapter_inputs
 from styleprobe.layers import expand_patterns, native_scale_config
-from styleprobe.methods.ip_adapter import per_sample_adapter_inputs
 from styleprobe.subtraction import adapter_inputs, encode_references
 
 BATCH_TOL = 1e-4

@@ -166,3 +166,18 @@ def native_processors(unet: Any) -> Iterator[None]:
     finally:
         if installed:
             install(unet)
+
+
+@contextmanager
+def per_sample_adapter_inputs(pipe: Any, embeds: list[torch.Tensor]) -> Iterator[list[torch.Tensor]]:
+    """Give each sample of a pipeline call its own adapter input.
+
+    diffusers' pipelines treat `ip_adapter_image_embeds` as one reference for the whole call and repeat it
+    batch-size times; styleprobe's batches mix references and subtraction strengths, so for the duration of
+    the call the pipeline takes the (2B, 1, dim) tensor as it is.
+    """
+    pipe.prepare_ip_adapter_image_embeds = lambda *args, **kwargs: [e.to(pipe.device) for e in embeds]
+    try:
+        yield embeds
+    finally:
+        del pipe.prepare_ip_adapter_image_embeds

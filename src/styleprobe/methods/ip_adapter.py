@@ -14,11 +14,9 @@ were plug-ins, so earlier results folders resume.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
-
 
 from styleprobe.errors import ConfigError
 from styleprobe.methods.base import Method, MethodEntry, Parts, register
@@ -42,21 +40,6 @@ class IPAdapterState:
     text_tower: tuple[Any, Any] | None  # (tokenizer, encoder) for content text of ViT-H adapters
     references: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     contents: dict[str, torch.Tensor] = field(default_factory=dict)
-
-
-@contextmanager
-def per_sample_adapter_inputs(pipe: Any, embeds: list[torch.Tensor]) -> Iterator[list[torch.Tensor]]:
-    """Give each sample of a pipeline call its own adapter input.
-
-    diffusers' pipelines treat `ip_adapter_image_embeds` as one reference for the whole call and repeat it
-    batch-size times; styleprobe's batches mix references and subtraction strengths, so for the duration of
-    the call the pipeline takes the (2B, 1, dim) tensor as it is.
-    """
-    pipe.prepare_ip_adapter_image_embeds = lambda *args, **kwargs: [e.to(pipe.device) for e in embeds]
-    try:
-        yield embeds
-    finally:
-        del pipe.prepare_ip_adapter_image_embeds
 
 
 @register
@@ -156,6 +139,8 @@ class IPAdapter(Method):
         return torch.tensor([[s * it.knobs.scale for s in it.pattern.scales] for it in items], dtype=torch.float32)
 
     def run_batch(self, engine: Any, items: Sequence[Any]) -> list[Any]:
+        from styleprobe.injection import per_sample_adapter_inputs
+
         model = engine.model
         sampler = items[0].sampler
         state = self.state(model)

@@ -75,7 +75,7 @@ def generate(pipe: Any, captions: list[str], seeds: list[int], steps: int = 20, 
     unconditional image, as the pipeline makes them), passed per sample as styleprobe's engine does."""
     from contextlib import nullcontext
 
-    from styleprobe.methods.ip_adapter import per_sample_adapter_inputs
+    from styleprobe.injection import per_sample_adapter_inputs
 
     out = []
     for i in range(0, len(captions), batch_size):
