@@ -231,6 +231,35 @@ def _untrained_weights(weights):
     return weights
 
 
+
+@pytest.mark.slow
+def test_a_killed_unet_training_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    """Killed after a checkpoint and run again, the UNet stage ends with the weights and losses of an uninterrupted
+    run: the checkpoint holds every random stream and optimizer state."""
+    from styleprobe.toy import unet
+
+    folder = _untrained_weights(tmp_path / "weights")
+    recipe = unet.UNetTraining(steps=4, batch_size=4, train_images=32)
+    whole, _, whole_record = unet.train_unet(folder, recipe)
+    checkpoint = tmp_path / "unet-checkpoint.pt"
+    real_optimise = unet.optimise
+
+    def killed_at_step_4(*args, **kwargs):
+        if args[4] == 4:
+            raise KeyboardInterrupt  # the kill, after the checkpoint of step 2 and the update of step 3
+        real_optimise(*args, **kwargs)
+
+    monkeypatch.setattr(unet, "optimise", killed_at_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        unet.train_unet(folder, recipe, checkpoint=checkpoint, checkpoint_every=2)
+    assert torch.load(checkpoint, weights_only=True)["step"] == 2
+    monkeypatch.setattr(unet, "optimise", real_optimise)
+    resumed, _, resumed_record = unet.train_unet(folder, recipe, checkpoint=checkpoint, checkpoint_every=2)
+    assert resumed_record["final_loss"] == whole_record["final_loss"]
+    assert all(torch.equal(x, y) for x, y in zip(whole.state_dict().values(), resumed.state_dict().values()))
+    with pytest.raises(ValueError, match="another UNet recipe"):
+        unet.train_unet(folder, unet.UNetTraining(steps=5, batch_size=4, train_images=32), checkpoint=checkpoint)
+
 @pytest.mark.slow
 def test_unet_and_adapter_training_are_reproducible(tmp_path):
     """A seed and a recipe determine the trained UNet and adapter (a few steps, twice each)."""

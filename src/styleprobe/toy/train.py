@@ -72,10 +72,12 @@ def _unet(out: Path) -> dict[str, Any]:
     """The UNet, on the VAE and text encoders in `out`; judged by the judge on images generated from every caption."""
     from styleprobe.toy import classifier, unet
 
-    model, pipe, record = unet.train_unet(out)
+    checkpoint = out / ".unet-checkpoint.pt"  # about an hour of training: a killed run resumes from here
+    model, pipe, record = unet.train_unet(out, checkpoint=checkpoint)
     judge = classifier.load_classifier(out / "classifier.safetensors")
     record["held_out"] = unet.text_to_image_accuracy(pipe, judge, seed=EVAL_SEED)
     save_half(model, out / "unet.safetensors")
+    checkpoint.unlink(missing_ok=True)
     return record
 
 

@@ -11,6 +11,7 @@ CPU training count.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +24,8 @@ from styleprobe.tiny import UNET_CONFIG as TINY_UNET_CONFIG
 from styleprobe.toy import world
 from styleprobe.toy.loop import optimise
 from styleprobe.toy.pipeline import TIME_IDS, build_pipeline, encode_captions, generate
+
+log = logging.getLogger("styleprobe")
 
 # The tiny model's SDXL layout (DownBlock2D first, two cross-attention down blocks, three-module up blocks, 1/2/3
 # transformer layers with depth, cross_attention_dim 64 = text_encoder 32 + text_encoder_2 32, six time ids + the
@@ -113,9 +116,16 @@ def denoising_loss(unet: Any, latents: torch.Tensor, embeds: torch.Tensor, poole
     return (weight * ((pred - noise) ** 2).mean(dim=(1, 2, 3))).mean()
 
 
-def train_unet(folder: Path, recipe: UNetTraining = UNetTraining(), log_every: int = 100) -> tuple[Any, Any, dict[str, Any]]:
-    """Train on the world with the VAE and text encoders in `folder`; returns the EMA UNet, its pipeline, a record."""
+def train_unet(folder: Path, recipe: UNetTraining = UNetTraining(), log_every: int = 100,
+               checkpoint: Path | None = None, checkpoint_every: int = 250) -> tuple[Any, Any, dict[str, Any]]:
+    """Train on the world with the VAE and text encoders in `folder`; returns the EMA UNet, its pipeline, a record.
+
+    With `checkpoint`, the whole training state (weights, EMA, optimizer, schedule, both random streams, losses,
+    seconds) is written there atomically every `checkpoint_every` steps, and a training that finds it resumes from
+    it: a killed run, resumed, makes the same weights as an uninterrupted one, so the stage can span sessions."""
     from diffusers.training_utils import EMAModel
+
+    from styleprobe.store import atomic_write
 
     torch.manual_seed(recipe.seed)
     rng = np.random.default_rng(recipe.seed)
@@ -131,7 +141,20 @@ def train_unet(folder: Path, recipe: UNetTraining = UNetTraining(), log_every: i
     optimizer = torch.optim.AdamW(unet.parameters(), lr=recipe.learning_rate, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, recipe.learning_rate, total_steps=recipe.steps, pct_start=0.05)
     losses: list[float] = []
-    for step in range(1, recipe.steps + 1):
+    done, earlier_seconds = 0, 0.0
+    if checkpoint is not None and checkpoint.is_file():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        if state["recipe"] != asdict(recipe):
+            raise ValueError(f"{checkpoint} is a checkpoint of another UNet recipe; delete it to train this one")
+        unet.load_state_dict(state["unet"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        rng.bit_generator.state = state["rng"]
+        generator.set_state(state["generator"])
+        losses, done, earlier_seconds = list(state["losses"]), state["step"], state["seconds"]
+        log.info("unet: resuming from step %d/%d (%s)", done, recipe.steps, checkpoint)
+    for step in range(done + 1, recipe.steps + 1):
         idx = torch.from_numpy(rng.choice(len(means), recipe.batch_size, replace=False))
         latents = means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=generator)
         rows = caption_rows(contents[idx.numpy()], styles[idx.numpy()], recipe.p_content_only, recipe.p_style_only,
@@ -139,10 +162,16 @@ def train_unet(folder: Path, recipe: UNetTraining = UNetTraining(), log_every: i
         loss = denoising_loss(unet, latents, embeds[rows], pooled[rows], alphas_cumprod, recipe.snr_gamma, generator)
         optimise(optimizer, schedule, loss, losses, step, recipe.steps, "unet", log_every, recipe.max_grad_norm)
         ema.step(unet.parameters())
+        if checkpoint is not None and step % checkpoint_every == 0 and step < recipe.steps:
+            state = {"step": step, "recipe": asdict(recipe), "unet": unet.state_dict(), "ema": ema.state_dict(),
+                     "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                     "rng": rng.bit_generator.state, "generator": generator.get_state(), "losses": losses,
+                     "seconds": earlier_seconds + time.perf_counter() - start}
+            atomic_write(checkpoint, lambda tmp: torch.save(state, tmp))
     ema.copy_to(unet.parameters())
     unet.eval().requires_grad_(False)
-    record = {"seconds": round(time.perf_counter() - start, 1), "final_loss": float(np.mean(losses[-100:])),
-              "recipe": asdict(recipe), "config": UNET_CONFIG}
+    record = {"seconds": round(earlier_seconds + time.perf_counter() - start, 1),
+              "final_loss": float(np.mean(losses[-100:])), "recipe": asdict(recipe), "config": UNET_CONFIG}
     return unet, pipe, record
 
 
