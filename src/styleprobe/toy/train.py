@@ -8,6 +8,8 @@ Stages, in order (each reads what the earlier ones wrote): classifier (the judge
 and the image encoder), unet, adapter (IP-Adapter on the frozen UNet), scorers (open_clip, CSD and DINO formats).
 Each writes its `<name>.safetensors` atomically and its record (seconds on this machine, recipe, seed, final loss,
 what it scored on held-out images) into `<out>/training.json`, so the shipped weights say how they were made.
+The UNet stage, the long one, checkpoints into `<out>/.unet-checkpoint.pt` every 250 steps: run the same command
+again after a kill and it resumes there, to the same weights.
 """
 
 from __future__ import annotations
