@@ -80,13 +80,13 @@ def generate(pipe: Any, captions: list[str], seeds: list[int], steps: int = 20, 
     out = []
     for i in range(0, len(captions), batch_size):
         generators = [torch.Generator().manual_seed(s) for s in seeds[i : i + batch_size]]
-        inputs: Any = nullcontext(None)
+        embeds = None
         if image_embeds is not None:
             cond = image_embeds[i : i + batch_size, None, :]
-            inputs = per_sample_adapter_inputs(pipe, [torch.cat([torch.zeros_like(cond), cond]) if guidance > 1 else cond])
-        with inputs as embeds:
+            embeds = [torch.cat([torch.zeros_like(cond), cond]) if guidance > 1 else cond]
+        with nullcontext() if embeds is None else per_sample_adapter_inputs(pipe, embeds):
             images = pipe(prompt=captions[i : i + batch_size], generator=generators, num_inference_steps=steps,
                           guidance_scale=guidance, height=64, width=64, output_type="pt",
-                          **({} if embeds is None else {"ip_adapter_image_embeds": embeds})).images
+                          ip_adapter_image_embeds=embeds).images
         out.append(images * 2 - 1)
     return torch.cat(out)
