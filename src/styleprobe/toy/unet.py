@@ -41,7 +41,7 @@ UNET_CONFIG: dict[str, Any] = {
 
 @dataclass
 class UNetTraining:
-    steps: int = 4000
+    steps: int = 6000
     batch_size: int = 64
     learning_rate: float = 8e-4
     max_grad_norm: float = 1.0
