@@ -5,6 +5,8 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -115,6 +117,26 @@ def on_tiny(overrides) -> list[str]:
     """Config overrides for the fast machinery tests: the random tiny model unless a test names a model (the
     default model is the trained toy world, which tests of the toy itself use)."""
     overrides = list(overrides)
-    if overrides and overrides[0] in ("score", "analyze", "status"):  # subcommands read a results folder's own config
+    if overrides and overrides[0] in ("score", "analyze", "status", "compact"):  # subcommands read a results folder's own config
         return overrides
     return overrides if any(str(o).startswith("model=") for o in overrides) else [*overrides, "model=tiny"]
+
+
+#: The libraries that take seconds to import: config checks, planning and resume checks must not need them.
+HEAVY = ("torch", "torchvision", "diffusers", "transformers", "open_clip")
+
+
+def cli_imports(cwd: Path, *args: str, **env: str) -> tuple[subprocess.CompletedProcess, str]:
+    """The CLI in a fresh interpreter: its process and the `IMPORTED [...]` line naming the heavy libraries it had
+    imported when it exited."""
+    code = (
+        "import atexit, sys\n"
+        f"atexit.register(lambda: print('IMPORTED', [m for m in {HEAVY!r} if m in sys.modules], file=sys.stderr))\n"
+        f"sys.argv = ['styleprobe', *{list(args)!r}]\n"
+        "from styleprobe.cli import main\n"
+        "main()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, env={**os.environ, **env},
+                          timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    return proc, lines[-1] if lines else ""

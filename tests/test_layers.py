@@ -60,6 +60,36 @@ def test_tiny_map_keeps_sdxl_names_with_varying_depth(tiny_model):
     assert depth[STYLE_MODULE] > depth["down_blocks.1.attentions.0"]
 
 
+def _configs() -> dict[str, dict]:
+    from styleprobe.tiny import UNET_CONFIG as TINY
+    from styleprobe.toy.unet import UNET_CONFIG as TOY
+
+    configs = {n: json.loads((DATA / f"{n}_unet_config.json").read_text()) for n in ("sdxl", "sd15")}
+    configs.update(tiny=dict(TINY), toy=dict(TOY))
+    # per-layer depths, with the reverse list diffusers then asks for, and a different module count per block
+    configs["asymmetric"] = {**TINY, "layers_per_block": [1, 2, 3], "transformer_layers_per_block": [1, [1, 2], [3, 1, 2]],
+                             "reverse_transformer_layers_per_block": [[2, 1, 3, 1], [1, 2, 1], [1, 1]]}
+    configs["no_mid"] = {**TINY, "mid_block_type": None}
+    return configs
+
+
+@pytest.mark.parametrize("name", ["sdxl", "sd15", "tiny", "toy", "asymmetric", "no_mid"])
+@pytest.mark.parametrize("site", ["attn1", "attn2"])
+def test_map_from_config_is_the_map_of_the_built_unet(name, site):
+    config = _configs()[name]
+    expected = LayerMap.from_unet(build_unet_structure(config), site)
+    got = LayerMap.from_config(config, site)
+    assert got is not None and got.layers == expected.layers  # names, modules, blocks, order
+    assert got.blocks == expected.blocks and got.modules == expected.modules
+
+
+def test_map_from_config_declines_blocks_it_does_not_know():
+    tiny = _configs()["tiny"]
+    assert LayerMap.from_config({**tiny, "mid_block_type": "UNetMidBlock2DSimpleCrossAttn"}) is None
+    assert LayerMap.from_config({**tiny, "down_block_types": ["DownBlock2D", "SimpleCrossAttnDownBlock2D", "CrossAttnDownBlock2D"]}) is None
+    assert LayerMap.from_config({**tiny, "dual_cross_attention": True}) is None
+
+
 def test_presets_and_generated_sweeps(sdxl_map):
     pats = {p.name: p for p in expand_patterns(["all", "none", "style", "style_layout"], sdxl_map)}
     assert sum(pats["all"].scales) == 70 and sum(pats["none"].scales) == 0

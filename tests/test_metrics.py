@@ -392,8 +392,8 @@ def test_scoring_dtype_runs_the_models_in_it_and_says_so(photos):
         batch = _batch(photos[:2], photos[2:])
         return scorers, {k: np.asarray(v, dtype=float) for s in scorers for k, v in s.score(batch).items()}
 
-    full, f32 = run(torch.float32)
-    half, bf16 = run(torch.bfloat16)
+    full, f32 = run("float32")
+    half, bf16 = run("bfloat16")
     kinds = {s.kind: s for s in half}
     modules = [kinds["style_csd"].model(), kinds["style_clip"].clip().model, kinds["style_dino"].backbone().model]
     assert all(p.dtype == torch.bfloat16 for m in modules for p in m.parameters())
@@ -401,7 +401,9 @@ def test_scoring_dtype_runs_the_models_in_it_and_says_so(photos):
         np.testing.assert_allclose(bf16[name], f32[name], atol=0.05, err_msg=name)
     assert all("dtype" not in s.identity() for s in full)
     assert all(s.identity()["dtype"] == "bfloat16" for s in half)
-    assert scoring_dtype("bfloat16") is torch.bfloat16
+    assert scoring_dtype("bfloat16") == "bfloat16" and half[0].settings.torch_dtype is torch.bfloat16
+    old_style = build_scorers(IMAGE_IMAGE, CPU, "tiny", dtype=torch.bfloat16)  # a torch.dtype is taken as its name
+    assert [s.identity() for s in old_style] == [s.identity() for s in half]
     with pytest.raises(ConfigError, match="scoring.dtype='fp8'; choose float32, bfloat16 or float16"):
         scoring_dtype("fp8")
     release_models()

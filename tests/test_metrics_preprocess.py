@@ -50,7 +50,7 @@ def test_csd_preprocessing_is_clip_as_csd_writes_it(photos):
     """CSD's own transform (learn2phoenix/CSD): Resize(224, BICUBIC), CenterCrop(224), ToTensor, Normalize(CLIP)."""
     from styleprobe.metrics import build_scorers
 
-    scorer = build_scorers({"style_csd": {"scorer": "style_csd"}}, torch.device("cpu"), "hub")[0]
+    scorer = build_scorers({"style_csd": {"scorer": "style_csd"}}, "cpu", "hub")[0]
     assert scorer.preprocess == preprocess.CLIP
     csd = transforms.Compose([
         transforms.Resize(224, interpolation=InterpolationMode.BICUBIC),
@@ -131,7 +131,8 @@ def test_scoring_preprocess_choice():
     from styleprobe.errors import ConfigError
     from styleprobe.scoring import preprocess_on_device
 
-    assert preprocess_on_device("auto", torch.device("cuda")) and not preprocess_on_device("auto", torch.device("cpu"))
-    assert preprocess_on_device("tensor", torch.device("cpu")) and not preprocess_on_device("pil", torch.device("cuda"))
+    assert preprocess_on_device("auto", "cuda") and preprocess_on_device("auto", "cuda:1")
+    assert not preprocess_on_device("auto", "cpu")
+    assert preprocess_on_device("tensor", "cpu") and not preprocess_on_device("pil", "cuda")
     with pytest.raises(ConfigError, match="scoring.preprocess='gpu'; choose auto, tensor or pil"):
-        preprocess_on_device("gpu", torch.device("cpu"))
+        preprocess_on_device("gpu", "cpu")

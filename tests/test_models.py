@@ -8,6 +8,7 @@ import os
 import pytest
 from safetensors import safe_open
 
+from conftest import cli_imports
 from styleprobe import models
 from styleprobe.errors import ConfigError
 from styleprobe.models import AdapterSpec, ModelSpec
@@ -144,25 +145,10 @@ def test_an_unreachable_hub_switches_to_the_local_cache_at_once(monkeypatch):
         models.hub_offline.cache_clear()
 
 
-HEAVY = ("torch", "diffusers", "transformers", "open_clip")
-
-
 def _cli_modules(tmp_path, *args: str, **env: str):
-    """Run the CLI in a fresh interpreter; its stderr and the heavy libraries it had imported when it exited."""
-    import subprocess
-    import sys
-
-    code = (
-        "import atexit, sys\n"
-        f"atexit.register(lambda: print('IMPORTED', [m for m in {HEAVY!r} if m in sys.modules], file=sys.stderr))\n"
-        f"sys.argv = ['styleprobe', *{list(args)!r}]\n"
-        "from styleprobe.cli import main\n"
-        "main()\n"
-    )
-    environ = {**os.environ, "HF_HOME": str(tmp_path / "hf"), **env}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=environ, timeout=120)
-    lines = proc.stderr.strip().splitlines()
-    return proc.returncode, [line for line in lines if line.startswith("styleprobe: error:")], lines[-1]
+    """Run the CLI in a fresh interpreter; its exit code, its error lines and the heavy libraries it had imported."""
+    proc, imported = cli_imports(tmp_path, *args, HF_HOME=str(tmp_path / "hf"), **env)
+    return proc.returncode, [line for line in proc.stderr.splitlines() if line.startswith("styleprobe: error:")], imported
 
 
 @pytest.mark.parametrize("offline", ["HF_HUB_OFFLINE", "unreachable"])
@@ -184,3 +170,26 @@ def test_a_config_error_comes_before_any_heavy_import(tmp_path):
     code, errors, imported = _cli_modules(tmp_path, "engine.batch_size=-3", f"results_dir={tmp_path / 'out'}")
     assert code == 2 and errors == ["styleprobe: error: engine.batch_size=-3; give a positive integer or auto"]
     assert imported == "IMPORTED []"
+
+
+def test_device_and_dtype_are_decided_without_torch_and_agree_with_it(monkeypatch):
+    """Planning names the device (and so the dtype in every key) without torch; loading checks torch agrees."""
+    import torch
+
+    models.gpu_visible.cache_clear()
+    assert models.device_name("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert models.device_name("cuda:1") == "cuda:1" and models.device_name(" cpu ") == "cpu"
+    with pytest.raises(ConfigError, match="engine.device='gpu please' is not a device; give auto, cpu, cuda"):
+        models.device_name("gpu please")
+    assert models.dtype_name("auto", "cuda:0") == "float16" and models.dtype_name("auto", "cpu") == "float32"
+    assert models.dtype_name("bfloat16", "cpu") == "bfloat16"
+    assert models.resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # hides every GPU, from torch and from styleprobe alike
+    models.gpu_visible.cache_clear()
+    assert models.gpu_visible() is False
+    models.gpu_visible.cache_clear()
+    monkeypatch.setattr(models, "gpu_visible", lambda: True)  # a driver that reports a GPU this torch cannot use
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert models.device_name("auto") == "cuda"
+    with pytest.raises(ConfigError, match="this torch cannot use it .* set engine.device=cpu, or install a CUDA build"):
+        models.resolve_device("auto")

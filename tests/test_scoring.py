@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from conftest import on_tiny
+from conftest import HEAVY, on_tiny
 from styleprobe import scoring
 from styleprobe.cli import check_group_choices
 from styleprobe.config import CONFIG_DIR
@@ -201,6 +201,57 @@ def test_shards_split_the_scoring_keys():
     assert plain == {k for k in keys if int(k[:12], 16) % 3 == 0}
 
 
+PLAN_SCORERS = """
+import json, sys
+from hydra import compose, initialize_config_dir
+from styleprobe import models, scoring
+from styleprobe.config import CONFIG_DIR
+
+with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+    cfg = compose(config_name="config", overrides=sys.argv[1:])
+spec = models.ModelSpec.from_config(cfg.model)
+scorers, weights, _ = scoring.build(scoring.metric_configs(cfg), cfg.scoring, [spec.base])  # as sweep.prepare plans them
+seen = {s.name: [s.identity(), list(s.columns), s.model_column, s.describe_model()] for s in scorers}
+heavy = [m for m in %r if m in sys.modules]
+assert not heavy, f"building the scorers imported {heavy}"
+print(json.dumps(seen))
+""" % (HEAVY,)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [["model=tiny"], ["model=tiny", "scoring.weights=hub", "scoring.dtype=bfloat16"]],
+    ids=["tiny-float32", "hub-bfloat16"],
+)
+def test_planning_the_scorers_imports_no_torch_and_keeps_their_identities(overrides):
+    """A sweep's plan and resume check build the scorers and read their identities in a process that never imports
+    torch; the identities are those scorers built with torch objects give, so existing metric.yaml files still match."""
+    import json
+
+    import torch
+
+    from styleprobe.metrics import build_scorers
+    from styleprobe.models import ModelSpec, resolve_device
+
+    done = subprocess.run([sys.executable, "-c", PLAN_SCORERS, *overrides], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    planned = json.loads(done.stdout.strip().splitlines()[-1])
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    device = resolve_device(str(cfg.scoring.device))
+    weights = scoring.resolve_weights(str(cfg.scoring.weights), [ModelSpec.from_config(cfg.model).base])
+    dtype = getattr(torch, str(cfg.scoring.dtype))
+    here = build_scorers(scoring.metric_configs(cfg), device, weights, scoring.preprocess_on_device("auto", device), dtype)
+    assert planned == {s.name: [s.identity(), list(s.columns), s.model_column, s.describe_model()] for s in here}
+    assert sorted(planned) == sorted(DEFAULT_METRICS)
+    for identity, *_, model in planned.values():
+        if dtype == torch.float32:
+            assert "dtype" not in identity and " in " not in model
+        else:
+            assert identity["dtype"] == "bfloat16" and model.endswith(" in bfloat16")
+
+
 def test_metric_list_overrides_are_checked():
     assert check_group_choices(["metrics=[default,style_dinov2]"]) is None
     assert check_group_choices(["metrics=[]"]) is None
@@ -221,4 +272,4 @@ def test_score_command_from_the_shell(scored_sweep, tmp_path):
     bad = subprocess.run([*cmd[:3], "score", "metrics=[text_clip]"], capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0
     typo = subprocess.run([*cmd[:3], "scroe"], capture_output=True, text=True, timeout=300)
-    assert typo.returncode == 2 and typo.stderr.strip() == "styleprobe: error: unknown command 'scroe'; use one of sweep, score, analyze, status"
+    assert typo.returncode == 2 and typo.stderr.strip() == "styleprobe: error: unknown command 'scroe'; use one of sweep, score, analyze, status, compact"

@@ -14,7 +14,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from conftest import on_tiny
+from conftest import cli_imports, on_tiny
 from styleprobe import models
 from styleprobe.config import CONFIG_DIR
 from styleprobe.errors import ConfigError
@@ -255,6 +255,25 @@ def test_cli_multirun_shares_one_model_and_one_table(tmp_path):
     table = Store(tmp_path / "results" / "tiny" / "custom").table()
     assert set(table.injection) == {"style", "none"} and len(table) == 8
     assert len(list((tmp_path / "results" / "tiny" / "custom" / "runs").glob("*/config.yaml"))) == 2
+
+
+def _cli_imports(args: list[str], tmp_path: Path) -> tuple[str, subprocess.CompletedProcess]:
+    proc, imported = cli_imports(tmp_path, *on_tiny(args), STYLEPROBE_RESULTS=str(tmp_path / "results"))
+    return imported, proc
+
+
+def test_a_finished_sweep_resumes_and_bad_config_fails_without_torch(tmp_path, tiny_model):
+    """Validation, planning (the layer map from the UNet's config file) and the resume check import no model library."""
+    args = ["data=small", "injection=style", "metrics=[style_clip]", "analyze=false", f"results_root={tmp_path}"]
+    first = run(_cfg(tmp_path, *args))
+    assert first.generated == 4 and first.scored == {"style_clip": 4}
+    imported, proc = _cli_imports(args, tmp_path)
+    assert imported == "IMPORTED []" and proc.returncode == 0, proc.stderr[-2000:]
+    assert "4 already done, 0 to generate" in proc.stdout and "every row already has style_clip" in proc.stdout
+    imported, proc = _cli_imports(["engine.batch_size=-3"], tmp_path)
+    assert imported == "IMPORTED []" and proc.returncode == 2 and "engine.batch_size=-3" in proc.stderr
+    imported, proc = _cli_imports(["--help"], tmp_path)
+    assert imported == "IMPORTED []" and proc.returncode == 0 and "compact" not in proc.stderr
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@
     styleprobe score results_dir=<folder>        score an existing results folder (fills missing metrics only)
     styleprobe analyze results_dir=<folder>      tables, figures and the verdict report of a results folder
     styleprobe status results_dir=<folder>       done / pending per method and shard, speed and ETA of a sweep
+    styleprobe compact results_dir=<folder>      merge each table's part files into one (runs do it at their end)
     styleprobe -m hydra/launcher=slurm shard.count=8 'shard.index=range(8)' ...   a sweep as 8 SLURM jobs
 
 Errors a researcher can fix are printed as one line and exit with code 2.
@@ -44,6 +45,7 @@ COMMANDS = {
     "score": ("score", "styleprobe.scoring"),
     "analyze": ("analyze", "styleprobe.analysis.report"),
     "status": ("status", "styleprobe.status"),
+    "compact": ("compact", "styleprobe.compaction"),
 }
 
 

@@ -89,6 +89,26 @@ class LayerMap:
                 layers.append(AttentionLayer(name=name, block=block, module=f"{block}.{attn}", index=index))
         return cls(layers, site)
 
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], site: str = "attn2") -> "LayerMap | None":
+        """The same map from the UNet's config alone (its `config.json`), with no import of torch or diffusers.
+
+        It follows how diffusers' `UNet2DConditionModel` builds its blocks from the config, for the blocks SD1.5
+        and SDXL use; a UNet with any other block returns None, and the caller builds the structure instead.
+        """
+        if site not in SITES:
+            raise ValueError(f"unknown attention site {site!r}; use one of {', '.join(SITES)}")
+        counts = _transformer_counts(config)
+        if counts is None:
+            return None
+        layers = [
+            AttentionLayer(name=f"{module}.transformer_blocks.{i}.{site}", block=module.rsplit(".attentions.", 1)[0],
+                           module=module, index=i)
+            for module, n in counts
+            for i in range(n)
+        ]
+        return cls(layers, site)
+
     def __len__(self) -> int:
         return len(self.layers)
 
@@ -154,6 +174,44 @@ class LayerMap:
                 on = tuple(1.0 - s for s in on)
             patterns.append(Pattern(name=f"{mode}:{u}", scales=on, sweep=f"{mode}_{unit}", target=u))
         return patterns
+
+
+_ATTENTION_BLOCKS = {"down": "CrossAttnDownBlock2D", "up": "CrossAttnUpBlock2D"}
+_PLAIN_BLOCKS = {"down": "DownBlock2D", "up": "UpBlock2D"}
+
+
+def _transformer_counts(config: Mapping[str, Any]) -> list[tuple[str, int]] | None:
+    """(attention module, transformer layers) in the order diffusers registers them (down, up, then mid), or None
+    for a UNet whose blocks this does not know."""
+    down, up = list(config.get("down_block_types", ())), list(config.get("up_block_types", ()))
+    mid = config.get("mid_block_type", "UNetMidBlock2DCrossAttn")
+    if config.get("dual_cross_attention") or mid not in (None, "UNetMidBlock2DCrossAttn"):
+        return None
+    if any(t not in (_ATTENTION_BLOCKS["down"], _PLAIN_BLOCKS["down"]) for t in down):
+        return None
+    if any(t not in (_ATTENTION_BLOCKS["up"], _PLAIN_BLOCKS["up"]) for t in up):
+        return None
+    per_block = config.get("layers_per_block", 2)
+    per_block = [per_block] * len(down) if isinstance(per_block, int) else list(per_block)
+    depth = config.get("transformer_layers_per_block", 1)
+    depth = [depth] * len(down) if isinstance(depth, int) else list(depth)
+    reverse = config.get("reverse_transformer_layers_per_block") or list(reversed(depth))
+
+    def modules(block: str, n_modules: int, layers: Any) -> list[tuple[str, int]]:
+        layers = [layers] * n_modules if isinstance(layers, int) else list(layers)
+        return [(f"{block}.attentions.{j}", int(layers[j])) for j in range(n_modules)]
+
+    out: list[tuple[str, int]] = []
+    for i, kind in enumerate(down):
+        if kind == _ATTENTION_BLOCKS["down"]:
+            out += modules(f"down_blocks.{i}", per_block[i], depth[i])
+    reversed_per_block = list(reversed(per_block))
+    for i, kind in enumerate(up):
+        if kind == _ATTENTION_BLOCKS["up"]:
+            out += modules(f"up_blocks.{i}", reversed_per_block[i] + 1, reverse[i])
+    if mid is not None:
+        out += modules("mid_block", 1, depth[-1])
+    return out
 
 
 def expand_patterns(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -139,11 +140,63 @@ def hub_offline() -> bool:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
+    """The torch device of `engine.device`; a CUDA device this torch cannot use fails with the fix."""
     import torch
 
+    name = device_name(device)
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"engine.device={device} means a CUDA GPU here (its driver reports one), but this torch cannot use it "
+            "(torch.cuda.is_available() is False); set engine.device=cpu, or install a CUDA build of torch"
+        )
+    return torch.device(name)
+
+
+_DEVICE_RE = re.compile(r"^[a-z]+(:\d+)?$")
+
+
+def device_name(device: str = "auto") -> str:
+    """`engine.device` as a name (`cpu`, `cuda`, `cuda:1`, ...), decided without importing torch, so planning and the
+    resume check (whose keys hold the dtype the device implies) never wait seconds for it. `auto` is `cuda` when
+    NVIDIA's driver reports a visible GPU, else `cpu`: what torch decides, checked by `resolve_device` before loading."""
+    device = str(device).strip()
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+        return "cuda" if gpu_visible() else "cpu"
+    if not _DEVICE_RE.match(device):
+        raise ConfigError(f"engine.device={device!r} is not a device; give auto, cpu, cuda or cuda:<index>")
+    return device
+
+
+@functools.cache
+def gpu_visible() -> bool:
+    """Whether NVIDIA's driver reports a GPU this process may use, asked through NVML (ctypes, no CUDA context: a
+    later fork stays safe). CUDA_VISIBLE_DEVICES set to nothing (or -1) hides every GPU, as it does from torch."""
+    import ctypes
+
+    if os.environ.get("CUDA_VISIBLE_DEVICES", "x").strip() in ("", "-1"):
+        return False
+    for library in ("libnvidia-ml.so.1", "nvml.dll"):
+        try:
+            nvml = ctypes.CDLL(library)
+        except OSError:
+            continue
+        count = ctypes.c_uint(0)
+        try:
+            if nvml.nvmlInit_v2() != 0:
+                return False
+            ok = nvml.nvmlDeviceGetCount_v2(ctypes.byref(count)) == 0
+            nvml.nvmlShutdown()
+        except AttributeError:  # an NVML too old to have the v2 calls
+            return False
+        return ok and count.value > 0
+    return False
+
+
+def dtype_name(dtype: str, device: str) -> str:
+    """`model.dtype` as a name, without torch: `auto` is fp16 on a GPU (SDXL's published weights are fp16), else fp32."""
+    if dtype == "auto":
+        return "float16" if device.startswith("cuda") else "float32"
+    return dtype
 
 
 def auto_batch_size(device: torch.device) -> int:
@@ -186,12 +239,10 @@ def peak_memory(device: torch.device) -> int | None:
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """`auto`: fp16 on a GPU (SDXL's published weights are fp16), fp32 on the CPU."""
+    """The torch dtype of `dtype_name`."""
     import torch
 
-    if dtype == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    return getattr(torch, dtype)
+    return getattr(torch, dtype_name(dtype, device.type))
 
 
 def unavailable(what: str, source: str, subfolder: str | None, err: Exception) -> ModelUnavailableError:

@@ -13,6 +13,7 @@ for IP-Adapter exactly what styleprobe hashed before methods were plug-ins.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -22,7 +23,7 @@ from typing import Any
 
 from styleprobe.data import PromptSpec, StyleReference
 from styleprobe.errors import ConfigError
-from styleprobe.layers import Pattern
+from styleprobe.layers import LayerMap, Pattern
 from styleprobe.methods.base import Method, MethodEntry, Parts
 from styleprobe.models import ModelSpec
 from styleprobe.sampler import Sampler
@@ -65,10 +66,11 @@ def item_key(params: dict[str, Any]) -> str:
 def make_item(parts: Parts, entry: MethodEntry) -> WorkItem:
     """The item of one combination: its key and its row."""
     method, sampler, ref, prompt = entry.method, parts.sampler, parts.reference, parts.prompt
+    digest = ref.digest  # a stat of the file each time it is asked for
     layer_map = entry.layer_map
     pattern = method.effective_pattern(parts.pattern, parts.knobs, layer_map)
     parts = dataclasses.replace(parts, pattern=pattern)
-    layer_scales = {n: s for n, s in zip(layer_map.names, pattern.scales) if s}
+    layer_scales, layers_json, layer_scales_json = _pattern_columns(layer_map, pattern.scales)
     shared = {  # stored in the row and part of the key
         "dtype": parts.dtype,
         "method": method.name,
@@ -86,7 +88,7 @@ def make_item(parts: Parts, entry: MethodEntry) -> WorkItem:
     }
     model_identity = {**parts.spec.base_identity, **method.model_identity(parts.spec)}
     key = item_key({**shared, **method.key_fields(parts), "model": model_identity, "layer_scales": layer_scales,
-                    "reference": ref.digest})
+                    "reference": digest})
     row = {
         "key": key,
         **shared,
@@ -94,20 +96,34 @@ def make_item(parts: Parts, entry: MethodEntry) -> WorkItem:
         "model": parts.spec.name,
         "sweep": pattern.sweep,
         "target": pattern.target,
-        "layers": json.dumps(layer_map.active_names(pattern.scales)),
+        "layers": layers_json,
         "n_layers": len(layer_scales),
-        "layer_scales": json.dumps(layer_scales),
+        "layer_scales": layer_scales_json,
         "reference": str(ref.image),
-        "reference_digest": ref.digest,
+        "reference_digest": digest,
         "subject": prompt.subject,
         "prompt_used": method.prompt_used(parts),
         "prepare_keys": json.dumps(method.prepare_keys(parts)),
-        "knob_columns": json.dumps([f.name for f in dataclasses.fields(parts.knobs) if f.name not in method.replicate_knobs]),
+        "knob_columns": _knob_columns(type(parts.knobs), frozenset(method.replicate_knobs)),
         "base": parts.spec.base,
     }
     if method.replicate_knobs:  # a replicate of the unit (e.g. a training seed), resampled with it by analysis
         row["replicate"] = ",".join(f"{k}={getattr(parts.knobs, k)}" for k in sorted(method.replicate_knobs))
     return WorkItem(key, row, entry, parts.knobs, pattern, ref, prompt, parts.seed)
+
+
+@functools.lru_cache(maxsize=4096)
+def _pattern_columns(layer_map: LayerMap, scales: tuple[float, ...]) -> tuple[dict[str, float], str, str]:
+    """A pattern's per-layer scales (for the key; read-only), its active names and its scales as the row stores them:
+    once per pattern, not once per item (a plan repeats each pattern for every reference, prompt and seed)."""
+    layer_scales = {n: s for n, s in zip(layer_map.names, scales) if s}
+    return layer_scales, json.dumps(layer_map.active_names(scales)), json.dumps(layer_scales)
+
+
+@functools.lru_cache(maxsize=256)
+def _knob_columns(knobs: type, replicates: frozenset[str]) -> str:
+    """The knobs a row's method varies over (replicates left out), as the row stores them."""
+    return json.dumps([f.name for f in dataclasses.fields(knobs) if f.name not in replicates])
 
 
 def build_plan(
@@ -170,4 +186,6 @@ def shard_key(key: str, prepare_keys: str | None) -> str:
 def shard(items: Sequence[WorkItem], index: int, count: int) -> list[WorkItem]:
     """The items of shard `index` of `count`, split by shard key so every job sees the same split."""
     check_shard(index, count)
+    if count == 1:
+        return list(items)
     return [it for it in items if in_shard(it.shard_key, index, count)]

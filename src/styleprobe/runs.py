@@ -1,11 +1,12 @@
 """Run ids and the full config every run saves beside its results (`runs/<run_id>/config.yaml`).
 
 A sweep and a scoring run both record what they were asked to do here; the run id also names every file the
-run writes, so parallel jobs never write the same file.
+run writes, so parallel jobs never write the same file. At its end a run compacts the tables (`compact_tables`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from datetime import datetime, timezone
 from pathlib import Path
@@ -14,6 +15,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from styleprobe.store import HOST, Store, atomic_write
+
+log = logging.getLogger("styleprobe")
 
 
 def new_run_id() -> str:
@@ -49,3 +52,13 @@ def save_run_costs(store: Store, run_id: str, costs: dict[str, Any]) -> Path:
     text = OmegaConf.to_yaml(OmegaConf.create(costs))
     atomic_write(path, lambda tmp: tmp.write_text(text))
     return path
+
+
+def compact_tables(store: Store) -> dict[str, tuple[int, int]]:
+    """At the end of a run: merge each table's files into one, so the next run (a resume, a report) reads one file
+    per table. A table already in one file costs a directory listing."""
+    merged = store.compact()
+    done = {name: n for name, n in merged.items() if n[0] > n[1]}
+    if done:
+        log.info("compacted %s", ", ".join(f"{name} {before} -> {after} files" for name, (before, after) in done.items()))
+    return merged

@@ -30,7 +30,7 @@ from PIL import Image
 from styleprobe.config import positive_int
 from styleprobe.errors import ConfigError
 from styleprobe.progress import Progress
-from styleprobe.runs import new_run_id, save_run_config
+from styleprobe.runs import compact_tables, new_run_id, save_run_config
 from styleprobe.store import Store
 
 log = logging.getLogger("styleprobe")
@@ -85,33 +85,33 @@ def resolve_weights(weights: str, bases: Iterable[str]) -> str:
 def build(metrics: Mapping[str, Mapping[str, Any]], scoring: DictConfig, bases: Iterable[str]) -> tuple[list[Any], str, int]:
     """Scorer objects (no weights read yet), the weights they use and the batch size."""
     from styleprobe.metrics import build_scorers
-    from styleprobe.models import resolve_device
+    from styleprobe.models import device_name
 
     batch_size = positive_int(scoring.batch_size, "scoring.batch_size")
     weights = resolve_weights(str(scoring.weights), bases)
-    device = resolve_device(str(scoring.device))
+    device = device_name(str(scoring.device))  # a name: torch is imported (and the device checked) when models load
     scorers = build_scorers(metrics, device, weights, preprocess_on_device(str(scoring.get("preprocess", "auto")), device),
                             scoring_dtype(str(scoring.get("dtype", "float32"))))
     return scorers, weights, batch_size
 
 
-def scoring_dtype(name: str) -> Any:
+SCORING_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def scoring_dtype(name: str) -> str:
     """`scoring.dtype`: float32 (the default, the published numbers' precision), bfloat16 or float16 (faster on a GPU;
     the metric's model column and identity say so, so its numbers never mix with float32 ones in one column)."""
-    import torch
-
-    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if name not in dtypes:
+    if name not in SCORING_DTYPES:
         raise ConfigError(f"scoring.dtype={name!r}; choose float32, bfloat16 or float16")
-    return dtypes[name]
+    return name
 
 
-def preprocess_on_device(choice: str, device: Any) -> bool:
+def preprocess_on_device(choice: str, device: str) -> bool:
     """`scoring.preprocess`: tensor (batched on the scoring device), pil (per image, the reference implementation),
-    or auto: tensor on a GPU, where PIL's resizing is most of the scoring time, pil on the CPU."""
+    or auto: tensor on a GPU, where PIL's resizing is most of the scoring time, pil on the CPU. `device` is its name."""
     if choice not in ("auto", "tensor", "pil"):
         raise ConfigError(f"scoring.preprocess={choice!r}; choose auto, tensor or pil")
-    return choice == "tensor" or (choice == "auto" and device.type == "cuda")
+    return choice == "tensor" or (choice == "auto" and str(device).split(":")[0] == "cuda")
 
 
 def check_identities(store: Store, scorers: list[Any]) -> None:
@@ -146,28 +146,34 @@ def plan(
     weights: str,
     keys: set[str] | None = None,
     rows: pd.DataFrame | None = None,
+    done: set[str] | None = None,
 ) -> ScoringPlan:
     """Which rows each metric still lacks, with every input they need checked to exist.
 
-    `rows` is the store's generated rows when the caller has read them already.
+    `rows` is the store's generated rows when the caller has read them already, `done` their keys. The rows themselves
+    are read only when some metric lacks some: a finished folder is checked from its key columns alone.
     """
-    rows = store.rows_table() if rows is None else rows
-    if rows.empty:
-        return ScoringPlan(scorers, rows, {s.name: set() for s in scorers}, {}, batch_size, weights)
-    reserved = set(rows.columns)
+    columns = list(rows.columns) if rows is not None else store.row_columns()
+    if not columns or (rows is not None and rows.empty):
+        return ScoringPlan(scorers, pd.DataFrame(), {s.name: set() for s in scorers}, {}, batch_size, weights)
+    reserved = set(columns)
     for s in scorers:
         clash = [c for c in (*s.columns, s.model_column) if c in reserved]
         if clash:
             raise ConfigError(f"metric {s.name} would write column {clash[0]!r}, which the table already has; rename the metric")
-    missing_cols = [c for c in NEEDED_COLUMNS if c not in rows.columns]
+    missing_cols = [c for c in NEEDED_COLUMNS if c not in columns]
     if missing_cols:
         raise ConfigError(f"{store.rows} lacks column(s) {', '.join(missing_cols)}; was it written by styleprobe's sweep?")
-    if keys is not None:
-        rows = rows[rows.key.isin(keys)]
-    rows = rows.sort_values("key").reset_index(drop=True)
     check_identities(store, scorers)
-    pending = {s.name: set(rows.key) - store.scored_keys(s.name) for s in scorers}
-    todo = rows[rows.key.isin(set().union(*pending.values()))] if pending else rows.iloc[:0]
+    available = set(rows.key) if rows is not None else (done if done is not None else store.done_keys())
+    if keys is not None:
+        available = available & keys
+    pending = {s.name: available - store.scored_keys(s.name) for s in scorers}
+    needed = set().union(*pending.values())
+    if not needed:
+        return ScoringPlan(scorers, pd.DataFrame(columns=columns), pending, {}, batch_size, weights)
+    rows = store.rows_table() if rows is None else rows
+    todo = rows[rows.key.isin(needed)].sort_values("key").reset_index(drop=True)
     references: dict[str, Path] = {}
     for digest, ref in todo.groupby("reference_digest")["reference"].first().items():
         path = store.reference_copy(str(digest)) or Path(str(ref))
@@ -294,5 +300,6 @@ def run(cfg: DictConfig) -> ScoringResult:
     store.clean_stale_temp()
     result = score(store, p, run_id)
     log.info("scored %s in %.1f s", ", ".join(f"{k} {v}" for k, v in result.scored.items()), result.seconds)
+    compact_tables(store)
     return result
 

@@ -6,7 +6,7 @@ have a row (done) and those that have none (pending), and per metric the rows sc
 nothing is written, so it is safe to run while jobs are writing.
 
 Speed is images per second of wall time while any job of the sweep was writing: each run is active from its start
-(in its config) to its last row file, overlapping runs (parallel shards) count once, and the gaps between
+(in its config) to its last row (a part's time, or the record a compaction keeps), overlapping runs (parallel shards) count once, and the gaps between
 sessions not at all. The ETA is the pending items at that speed, with as many jobs in parallel as so far.
 """
 
@@ -80,18 +80,14 @@ def replan_config(config: dict[str, Any], results_dir: Path) -> DictConfig:
 def active_time(store: Store, runs: list[tuple[str, dict[str, Any]]]) -> tuple[float, int, int]:
     """Wall seconds while some run was writing rows (overlaps once), the images those runs wrote, and how many runs."""
     intervals, images = [], 0
-    files: dict[str, list[Path]] = {}
-    for f in store.row_files():
-        files.setdefault(f.name.rsplit("-", 1)[0], []).append(f)
+    writes = store.run_writes()
     for run_id, config in runs:
         started = (config.get("_run") or {}).get("started")
-        written = files.get(run_id, [])
-        if not started or not written:
+        if not started or run_id not in writes:
             continue
-        import pandas as pd
-
-        images += sum(pd.read_parquet(f, columns=["key"]).shape[0] for f in written)
-        intervals.append((datetime.fromisoformat(started).timestamp(), max(f.stat().st_mtime for f in written)))
+        rows, last = writes[run_id]
+        images += rows
+        intervals.append((datetime.fromisoformat(started).timestamp(), last))
     seconds, end = 0.0, float("-inf")
     for a, b in sorted(intervals):
         if b > end:

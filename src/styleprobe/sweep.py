@@ -21,7 +21,7 @@ from styleprobe import models
 from styleprobe.config import as_list, seeds
 from styleprobe.errors import ConfigError
 from styleprobe.progress import Progress
-from styleprobe.runs import new_run_id, save_run_config, save_run_costs
+from styleprobe.runs import compact_tables, new_run_id, save_run_config, save_run_costs
 from styleprobe.store import Store
 
 if TYPE_CHECKING:  # imported where used: a config error or a missing model is reported before torch is imported
@@ -40,7 +40,7 @@ class SweepPlan:
     items: list[WorkItem]
     store: Store
     device: str
-    batch_size: int
+    batch_size: int | None  # None: auto, chosen from the device's memory once the model is loaded
     references: list[StyleReference]
     scorers: list[Any]  # the metrics to fill after generation (none when metrics=[])
     scoring_batch_size: int
@@ -63,14 +63,16 @@ class SweepResult:
 
 
 def layer_maps_for(spec: models.ModelSpec) -> Callable[[str], LayerMap]:
-    """The layer map of each attention site, from the UNet's config alone on the `meta` device (no weights read).
+    """The layer map of each attention site, from the UNet's config file alone (a JSON read: no weights, no torch).
 
-    The config is read when the first map is asked for, so a method can refuse a model before that.
+    The config is read when the first map is asked for, so a method can refuse a model before that. A UNet with
+    blocks `LayerMap.from_config` does not know is built on the `meta` device instead (diffusers, no weights).
     """
     from styleprobe.layers import LayerMap
 
-    unet = functools.cache(lambda: models.build_unet_structure(models.load_unet_config(spec)))
-    return functools.cache(lambda site: LayerMap.from_unet(unet(), site))
+    config = functools.cache(lambda: models.load_unet_config(spec))
+    unet = functools.cache(lambda: models.build_unet_structure(config()))
+    return functools.cache(lambda site: LayerMap.from_config(config(), site) or LayerMap.from_unet(unet(), site))
 
 
 def prepare(cfg: DictConfig) -> SweepPlan:
@@ -94,9 +96,8 @@ def prepare(cfg: DictConfig) -> SweepPlan:
         layer_map=layer_maps_for(spec),
         spec=spec,
     )
-    device = models.resolve_device(cfg.engine.device)
-    batch_size = batch_size or models.auto_batch_size(device)
-    dtype = str(models.resolve_dtype(spec.dtype, device)).removeprefix("torch.")
+    device = models.device_name(cfg.engine.device)
+    dtype = models.dtype_name(spec.dtype, device)
     every_item = build_plan(model=spec, dtype=dtype, entries=entries, references=references, prompts=prompts, seeds=seed_list)
     items = shard(every_item, cfg.shard.index, cfg.shard.count)
     store = Store(cfg.results_dir)
@@ -157,7 +158,7 @@ def run(cfg: DictConfig) -> SweepResult:
         from styleprobe.engine import Engine
 
         model = models.load(plan.spec, plan.device)
-        engine = Engine(model, plan.batch_size)
+        engine = Engine(model, plan.batch_size or models.auto_batch_size(model.device))
         with Progress(len(pending), "generate", "image") as bar:
             stats = engine.generate(pending, store, run_id, on_batch=lambda n, total: bar.update_to(n))
         generated = stats.generated
@@ -168,17 +169,19 @@ def run(cfg: DictConfig) -> SweepResult:
         if costs["peak_gpu_bytes"] is not None:
             log.info("peak GPU memory this job: %.2f GiB", costs["peak_gpu_bytes"] / 2**30)
         save_run_costs(store, run_id, costs)
-    log.info("%s: generated %d images in %.1f s; table: %d rows", cfg.name, generated, time.perf_counter() - start, len(store.done_keys()))
+    log.info("%s: generated %d images in %.1f s; table: %d rows", cfg.name, generated, time.perf_counter() - start, len(done) + generated)
     scored: dict[str, int] = {}
     if plan.scorers:
         from styleprobe import scoring
 
-        todo = scoring.plan(store, plan.scorers, plan.scoring_batch_size, plan.scoring_weights, {it.key for it in plan.items})
+        todo = scoring.plan(store, plan.scorers, plan.scoring_batch_size, plan.scoring_weights, {it.key for it in plan.items},
+                            done=done | {it.key for it in pending})
         scored = scoring.score(store, todo, run_id).scored
         if todo.n_pending:
             log.info("%s: scored %s", cfg.name, ", ".join(f"{k} {v}" for k, v in scored.items()))
         else:
             log.info("%s: every row already has %s", cfg.name, ", ".join(s.name for s in plan.scorers))
+    compact_tables(store)
     report = write_report(plan) if plan.analysis is not None else None
     seconds = time.perf_counter() - start
     return SweepResult(len(plan.items), len(plan.items) - len(pending), generated, store.root, run_id, seconds, scored, report)

@@ -35,11 +35,12 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from styleprobe.data import default_cache_dir
+
+if TYPE_CHECKING:  # imported where weights are made: finding an existing folder never waits for torch
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -269,6 +270,8 @@ def _ip_adapter_state_dict(unet, image_embed_dim: int, num_tokens: int = NUM_TOK
     Like IP-Adapter's training init, to_k_ip / to_v_ip start from the layer's own to_k / to_v (here with
     noise added so image and text branches differ).
     """
+    import torch
+
     cross = unet.config.cross_attention_dim
     sd: dict[str, torch.Tensor] = {
         "image_proj.proj.weight": torch.randn(num_tokens * cross, image_embed_dim) / image_embed_dim**0.5,
@@ -292,6 +295,7 @@ def _build(root: Path, dims: ModelDims = SIZES["tiny"]) -> None:
 
     The order of random draws is fixed: changing it changes every weight of the tiny model.
     """
+    import torch
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from safetensors.torch import save_file
     from transformers import CLIPTextModel, CLIPTextModelWithProjection

@@ -90,7 +90,7 @@ def _value_column_models(store: Store) -> dict[str, str]:
         if not files:
             continue
         for column in pq.read_schema(files[0]).names:
-            if column != "key" and not column.endswith("_model"):
+            if column not in ("key", "run_id") and not column.endswith("_model"):
                 out[column] = f"{metric}_model"
     return out
 

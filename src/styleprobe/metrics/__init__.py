@@ -8,14 +8,13 @@
     style_csd     csd      dot product of CSD style vectors, output vs reference
 
 A metric config names its column (the config's key) and its scorer kind, plus the kind's options.
+Building scorers and reading their identities imports no torch: that happens when a model is loaded.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
-
-import torch
 
 from styleprobe.errors import ConfigError
 from styleprobe.metrics import clip, csd, dino  # noqa: F401 - importing registers the scorers
@@ -25,10 +24,14 @@ __all__ = ["ScoreBatch", "Scorer", "ScorerSettings", "build_scorers", "registry"
 
 
 def build_scorers(
-    metrics: Mapping[str, Mapping[str, Any]], device: torch.device, weights: str, preprocess_on_device: bool = False,
-    dtype: torch.dtype = torch.float32,
+    metrics: Mapping[str, Mapping[str, Any]], device: Any, weights: str, preprocess_on_device: bool = False,
+    dtype: Any = "float32",
 ) -> list[Scorer]:
-    """Scorers for the `metrics` config (name -> {scorer: kind, ...options}); no model is loaded yet."""
+    """Scorers for the `metrics` config (name -> {scorer: kind, ...options}); no model is loaded yet.
+
+    `device` and `dtype` are names ("cuda", "bfloat16"); a torch.device or torch.dtype is taken as its name
+    (`ScorerSettings`).
+    """
     kinds = registry()
     scorers: list[Scorer] = []
     for name, options in metrics.items():

@@ -7,17 +7,22 @@ exact model and definition; the scoring stage refuses to mix two identities unde
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, TypeVar
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from styleprobe.errors import ConfigError
+
+if TYPE_CHECKING:  # torch is imported where models load and run: building scorers and checking configs never wait for it
+    import torch
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 #: Bumped when a definition changes, so old scores are not mixed with new ones.
 DEFINITION_VERSION = 1
@@ -34,7 +39,7 @@ class ScoreBatch:
     contents: list[str]  # the reference's content label ("rabbit")
     subjects: list[str]  # the target prompt's subject ("a cat")
     memo: dict[Any, Any] = field(default_factory=dict, repr=False)
-    device: torch.device | None = None  # where the tensor preprocessing runs (the scorers' device)
+    device: str | None = None  # where the tensor preprocessing runs (the scorers' device name)
     preprocess_on_device: bool = False  # batched tensor ops on `device` instead of PIL per image (see preprocess.py)
 
     def __len__(self) -> int:
@@ -47,7 +52,7 @@ class ScoreBatch:
     def preprocess(self, preprocess: Any, images: list[Image.Image]) -> torch.Tensor:
         """`images` through a scorer's `Preprocess`, by this batch's implementation of it."""
         if self.preprocess_on_device and hasattr(preprocess, "tensors"):
-            return preprocess.tensors(images, self.device or "cpu")
+            return preprocess.tensors(images, device_of(self.device or "cpu"))
         return preprocess(images)
 
     def once(self, key: Any, compute: Callable[[], Any]) -> Any:
@@ -57,16 +62,63 @@ class ScoreBatch:
         return self.memo[key]
 
 
+def device_of(device: Any) -> torch.device:
+    """The torch device of a device name (or torch.device); a CUDA device this torch cannot use fails with the fix."""
+    from styleprobe.models import resolve_device
+
+    return resolve_device(str(device))
+
+
+def dtype_of(name: str) -> torch.dtype:
+    """The torch dtype of a dtype name such as "bfloat16"."""
+    import torch
+
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise ConfigError(f"scoring.dtype={name!r}; choose float32, bfloat16 or float16")
+    return dtype
+
+
+def inference_mode(fn: Callable[P, R]) -> Callable[P, R]:
+    """`torch.inference_mode()` around `fn`, importing torch at the call, not when the scorer modules load."""
+
+    @functools.wraps(fn)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        import torch
+
+        with torch.inference_mode():
+            return fn(*args, **kwargs)
+
+    return run
+
+
 @dataclass
 class ScorerSettings:
-    """A metric's config entry plus where it runs and which weights it uses."""
+    """A metric's config entry plus where it runs and which weights it uses.
+
+    `device` and `dtype` are names, so that scorers are built and their identities checked without importing torch;
+    `torch_device` and `torch_dtype` give the torch objects where models load and tensors are made.
+    """
 
     name: str
     options: dict[str, Any]
-    device: torch.device
+    device: str  # e.g. "cpu", "cuda", "cuda:1"
     weights: str  # "hub" (Hub id or local path), "tiny" (random offline stand-ins) or "toy" (the toy world's trained ones)
     preprocess_on_device: bool = False  # batched tensor preprocessing on `device` (scoring.preprocess)
-    dtype: torch.dtype = torch.float32  # the scoring models' weights and inputs (scoring.dtype)
+    dtype: str = "float32"  # the scoring models' weights and inputs (scoring.dtype): float32, bfloat16 or float16
+
+    def __post_init__(self) -> None:
+        # a torch.device / torch.dtype from an older caller becomes its name
+        self.device = str(self.device)
+        self.dtype = str(self.dtype).removeprefix("torch.")
+
+    @functools.cached_property
+    def torch_device(self) -> torch.device:
+        return device_of(self.device)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return dtype_of(self.dtype)
 
 
 class Scorer(ABC):
@@ -105,7 +157,7 @@ class Scorer(ABC):
 
     def dtype_note(self) -> str:
         """` in bfloat16` where the models do not run in float32 (which the table's model column then says)."""
-        return "" if self.settings.dtype == torch.float32 else f" in {str(self.settings.dtype).removeprefix('torch.')}"
+        return "" if self.settings.dtype == "float32" else f" in {self.settings.dtype}"
 
     @abstractmethod
     def family_name(self) -> str:
@@ -127,7 +179,7 @@ class Scorer(ABC):
             "options": dict(sorted(self.settings.options.items())),
             "weights": self.settings.weights,
             "definition": DEFINITION_VERSION,
-            **({} if self.settings.dtype == torch.float32 else {"dtype": str(self.settings.dtype).removeprefix("torch.")}),
+            **({} if self.settings.dtype == "float32" else {"dtype": self.settings.dtype}),
         }
 
     @abstractmethod
@@ -137,6 +189,8 @@ class Scorer(ABC):
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
     """Row-wise cosine similarity in float64 (so that x against itself is 1 to ~1e-12)."""
+    import torch.nn.functional as F
+
     a = F.normalize(a.double(), dim=-1)
     b = F.normalize(b.double(), dim=-1)
     return (a * b).sum(-1).cpu().numpy()
@@ -146,6 +200,8 @@ def cached_rows(
     cache: dict[Any, torch.Tensor], keys: list[Any], compute: Callable[[list[int]], torch.Tensor]
 ) -> torch.Tensor:
     """Stack cached embeddings for `keys`, computing the missing ones in one call (first index per key)."""
+    import torch
+
     missing: dict[Any, int] = {}
     for i, k in enumerate(keys):
         if k not in cache and k not in missing:

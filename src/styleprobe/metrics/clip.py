@@ -16,10 +16,9 @@ CLIP mean/std). Default model: ('ViT-L-14', 'openai') = openai/clip-vit-large-pa
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import torch
 
 from styleprobe.errors import ConfigError, ModelUnavailableError
 from styleprobe.metrics.base import (
@@ -29,12 +28,16 @@ from styleprobe.metrics.base import (
     cached_rows,
     cosine,
     embedding_cache,
+    inference_mode,
     output_embeddings,
     reference_embeddings,
     register,
     shared_model,
 )
 from styleprobe.metrics.preprocess import Preprocess
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_MODEL = "ViT-L-14"
 DEFAULT_PRETRAINED = "openai"
@@ -44,6 +47,8 @@ class OpenCLIP:
     """One open_clip model with its tokenizer and preprocessing, loaded once per process."""
 
     def __init__(self, model: Any, tokenizer: Any, preprocess: Preprocess, device: torch.device):
+        import torch
+
         self.model = model
         self.tokenizer = tokenizer
         self.preprocess = preprocess
@@ -74,11 +79,11 @@ class OpenCLIP:
         pre = Preprocess(size, size, tuple(cfg["mean"]), tuple(cfg["std"]), cfg.get("interpolation", "bicubic"))
         return cls(model, open_clip.get_tokenizer(name), pre, device)
 
-    @torch.inference_mode()
+    @inference_mode
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(pixels.to(self.device, self.dtype)).float().cpu()
 
-    @torch.inference_mode()
+    @inference_mode
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
         return self.model.encode_text(self.tokenizer(texts).to(self.device)).float().cpu()
 
@@ -132,16 +137,17 @@ class _CLIPScorer(Scorer):
 
     def clip(self) -> OpenCLIP:
         def build() -> OpenCLIP:
+            device, dtype = self.settings.torch_device, self.settings.torch_dtype
             if self.settings.weights == "tiny":
                 from styleprobe.metrics.tiny import tiny_open_clip
 
-                return OpenCLIP.load(*tiny_open_clip(), self.settings.device).to(self.settings.dtype)
+                return OpenCLIP.load(*tiny_open_clip(), device).to(dtype)
             if self.settings.weights == "toy":
                 from styleprobe.toy.assemble import toy_open_clip
 
-                return OpenCLIP.load(*toy_open_clip(), self.settings.device).to(self.settings.dtype)
+                return OpenCLIP.load(*toy_open_clip(), device).to(dtype)
             pretrained = None if self.settings.weights == "random" else self.pretrained
-            return OpenCLIP.load(self.model_name, pretrained, self.settings.device).to(self.settings.dtype)
+            return OpenCLIP.load(self.model_name, pretrained, device).to(dtype)
 
         return shared_model(self._model_key(), build)
 

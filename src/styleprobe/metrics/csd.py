@@ -15,18 +15,29 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import torch
 
 from styleprobe.errors import ConfigError, ModelUnavailableError
 from styleprobe.metrics import preprocess
-from styleprobe.metrics.base import ScoreBatch, Scorer, output_embeddings, reference_embeddings, register, shared_model
-from styleprobe.metrics.csd_model import ARCHS, HUB_FILENAME, HUB_REPO, CSDModel, load_csd
+from styleprobe.metrics.csd_arch import ARCHS, HUB_FILENAME, HUB_REPO
+from styleprobe.metrics.base import (
+    ScoreBatch,
+    Scorer,
+    inference_mode,
+    output_embeddings,
+    reference_embeddings,
+    register,
+    shared_model,
+)
+
+if TYPE_CHECKING:  # csd_model (torch) is imported where the model is built, so configs are checked without torch
+    import torch
+
+    from styleprobe.metrics.csd_model import CSDModel
 
 log = logging.getLogger("styleprobe")
-
 
 def resolve_checkpoint(checkpoint: str | None, repo: str, filename: str, metric: str = "style_csd") -> Path:
     """A local checkpoint path, or the Hub mirror's file from the Hugging Face cache (downloaded if allowed)."""
@@ -83,6 +94,9 @@ class StyleCSD(Scorer):
 
     def model(self) -> CSDModel:
         def build() -> CSDModel:
+            from styleprobe.metrics.csd_model import CSDModel, load_csd
+
+            device, dtype = self.settings.torch_device, self.settings.torch_dtype
             if self.settings.weights == "tiny":
                 from styleprobe.metrics.tiny import ensure_tiny_scorers
 
@@ -92,16 +106,16 @@ class StyleCSD(Scorer):
 
                 path = scorer_folder() / "csd" / "checkpoint.pth"
             elif self.settings.weights == "random":
-                return CSDModel(ARCHS[self.arch_name]).eval().to(self.settings.device, self.settings.dtype)
+                return CSDModel(ARCHS[self.arch_name]).eval().to(device, dtype)
             else:
                 path = resolve_checkpoint(self.checkpoint, self.repo, self.filename, self.name)
-            return load_csd(path, ARCHS[self.arch_name]).to(self.settings.device, self.settings.dtype)
+            return load_csd(path, ARCHS[self.arch_name]).to(device, dtype)
 
         return shared_model(self._model_key(), build)
 
-    @torch.inference_mode()
+    @inference_mode
     def embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.model()(pixels.to(self.settings.device, self.settings.dtype)).float().cpu()
+        return self.model()(pixels.to(self.settings.torch_device, self.settings.torch_dtype)).float().cpu()
 
     def score(self, batch: ScoreBatch) -> dict[str, np.ndarray]:
         out = output_embeddings(batch, self._model_key(), self.preprocess, self.embed_pixels)

@@ -2,14 +2,14 @@
 
 The architecture is the OpenAI CLIP ViT-L/14 vision tower without its projection, plus a style and a content
 head, with CSD's parameter names, so the original `checkpoint.pth` (`model_state_dict`, `module.` prefixes) loads
-strictly. The scorer (`csd.py`) and the tiny stand-ins (`tiny.py`) both build on it.
+strictly. The scorer (`csd.py`) and the tiny stand-ins (`tiny.py`) both build on it. The architectures (`ARCHS`)
+and the Hub mirror's names live in `csd_arch.py`, so that a metric's config is checked without importing torch.
 """
 
 from __future__ import annotations
 
 import pickle
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,29 +17,7 @@ import torch
 from torch import nn
 
 from styleprobe.errors import ConfigError
-
-HUB_REPO = "tomg-group-umd/CSD-ViT-L"
-HUB_FILENAME = "pytorch_model.bin"
-
-
-@dataclass(frozen=True)
-class CSDArch:
-    """The vision tower's shape. `vit_large` is CSD's published model; `tiny` the random offline stand-in; `toy`
-    the toy world's trained one."""
-
-    width: int
-    layers: int
-    head_width: int
-    patch_size: int
-    image_size: int
-    style_dim: int
-
-
-ARCHS = {
-    "vit_large": CSDArch(width=1024, layers=24, head_width=64, patch_size=14, image_size=224, style_dim=768),
-    "tiny": CSDArch(width=32, layers=2, head_width=16, patch_size=32, image_size=224, style_dim=24),
-    "toy": CSDArch(width=64, layers=4, head_width=16, patch_size=32, image_size=224, style_dim=32),  # the toy world's
-}
+from styleprobe.metrics.csd_arch import ARCHS, HUB_FILENAME, HUB_REPO, CSDArch
 
 
 class CSDModel(nn.Module):

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import torch
 
 from styleprobe.errors import ModelUnavailableError
 from styleprobe.metrics import preprocess
@@ -29,11 +28,15 @@ from styleprobe.metrics.base import (
     Scorer,
     ScorerSettings,
     cosine,
+    inference_mode,
     output_embeddings,
     reference_embeddings,
     register,
     shared_model,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_MODEL = "facebook/dino-vitb8"
 
@@ -42,6 +45,8 @@ class HFViT:
     """A Hugging Face ViT / DINOv2 backbone returning normalised-CLS embeddings."""
 
     def __init__(self, model: Any, device: torch.device):
+        import torch
+
         self.model = model
         self.device = device
         self.preprocess = preprocess.DINO
@@ -79,7 +84,7 @@ class HFViT:
             model = ViTModel(ViTConfig(patch_size=8), add_pooling_layer=False)
         return cls(model.to(device).eval(), device)
 
-    @torch.inference_mode()
+    @inference_mode
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model(pixel_values=pixels.to(self.device, self.dtype)).last_hidden_state[:, 0].float().cpu()
 
@@ -120,17 +125,18 @@ class StyleDINO(Scorer):
 
     def backbone(self) -> HFViT:
         def build() -> HFViT:
+            device, dtype = self.settings.torch_device, self.settings.torch_dtype
             if self.settings.weights == "tiny":
                 from styleprobe.metrics.tiny import ensure_tiny_scorers
 
-                return HFViT.load(str(ensure_tiny_scorers() / self.family), self.settings.device).to(self.settings.dtype)
+                return HFViT.load(str(ensure_tiny_scorers() / self.family), device).to(dtype)
             if self.settings.weights == "toy":
                 from styleprobe.toy.assemble import scorer_folder
 
-                return HFViT.load(str(scorer_folder() / "dino"), self.settings.device).to(self.settings.dtype)
+                return HFViT.load(str(scorer_folder() / "dino"), device).to(dtype)
             if self.settings.weights == "random":
-                return HFViT.random(self.family, self.settings.device).to(self.settings.dtype)
-            return HFViT.load(self.source, self.settings.device).to(self.settings.dtype)
+                return HFViT.random(self.family, device).to(dtype)
+            return HFViT.load(self.source, device).to(dtype)
 
         return shared_model(self._model_key(), build)
 

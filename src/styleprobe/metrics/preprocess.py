@@ -22,11 +22,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
 from PIL import Image
-from torchvision import transforms
-from torchvision.transforms import InterpolationMode
+
+if TYPE_CHECKING:  # torch and torchvision are imported when images are preprocessed, not when a scorer is built
+    import torch
+    from torchvision import transforms
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -45,6 +47,9 @@ class Preprocess:
     interpolation: str = "bicubic"
 
     def transform(self) -> transforms.Compose:
+        from torchvision import transforms
+        from torchvision.transforms import InterpolationMode
+
         return transforms.Compose(
             [
                 transforms.Resize(self.resize, interpolation=InterpolationMode(self.interpolation)),
@@ -56,12 +61,16 @@ class Preprocess:
 
     def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """A (N, 3, crop, crop) float32 batch."""
+        import torch
+
         t = self.transform()
         return torch.stack([t(im.convert("RGB")) for im in images])
 
     def tensors(self, images: Sequence[Image.Image], device: torch.device | str = "cpu") -> torch.Tensor:
         """The same (N, 3, crop, crop) float32 batch, made on `device`: images of one size resized together (shorter
         side, antialiased bicubic, rounded to 8 bits as PIL's output is), center-cropped and normalised as tensor ops."""
+        import torch
+        from torchvision.transforms import InterpolationMode
         from torchvision.transforms.v2 import functional as F
 
         decoded = [F.pil_to_tensor(im if im.mode == "RGB" else im.convert("RGB")) for im in images]

@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from styleprobe.data import default_cache_dir
 from styleprobe.tiny import build_once
+
+if TYPE_CHECKING:  # torch is imported where weights are made: finding the built folder never waits for it
+    import torch
 
 VERSION = "tiny-scorers-v1"
 SEED = 20240520
@@ -47,6 +49,8 @@ def tiny_open_clip(cache_dir: Path | None = None) -> tuple[str, str]:
 
 def write_csd_checkpoint(path: Path, arch: str = "tiny", seed: int = SEED) -> dict[str, torch.Tensor]:
     """A CSD checkpoint of random weights in the original training format; returns the unprefixed state."""
+    import torch
+
     from styleprobe.metrics.csd_model import ARCHS, CSDModel, save_checkpoint
 
     torch.manual_seed(seed)
@@ -57,6 +61,7 @@ def write_csd_checkpoint(path: Path, arch: str = "tiny", seed: int = SEED) -> di
 
 def _build(root: Path) -> None:
     import open_clip
+    import torch
     from transformers import Dinov2Config, Dinov2Model, ViTConfig, ViTModel
 
     torch.manual_seed(SEED)
