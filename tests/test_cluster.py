@@ -237,12 +237,15 @@ def test_speed_counts_overlapping_jobs_once_and_gaps_not_at_all(tmp_path):
     for run_id, start, end, n in [("r0", t0, t0 + 100, 30), ("r1", t0 + 10, t0 + 90, 20), ("r2", t0 + 86_400, t0 + 86_450, 10)]:
         path = store.rows / f"{run_id}-00000.parquet"
         path.parent.mkdir(parents=True, exist_ok=True)
-        pd.DataFrame({"key": [f"{run_id}-{i}" for i in range(n)]}).to_parquet(path)
+        pd.DataFrame({"key": [f"{run_id}-{i}" for i in range(n)], "run_id": run_id}).to_parquet(path)  # as runs write rows
         os.utime(path, (end, end))
         runs.append((run_id, {"_run": {"started": datetime.fromtimestamp(start, timezone.utc).isoformat()}}))
     runs.append(("r3", {"_run": {"started": datetime.fromtimestamp(t0, timezone.utc).isoformat()}}))  # wrote nothing
     seconds, images, active = active_time(store, runs)
     assert (round(seconds, 6), images, active) == (150.0, 60, 3)
+    store.compact()  # the parts' times live on in the compacted file's record
+    seconds, images, active = active_time(store, runs)
+    assert len(store.row_files()) == 1 and (round(seconds, 6), images, active) == (150.0, 60, 3)
 
 
 @pytest.mark.slow
