@@ -6,8 +6,9 @@ have a row (done) and those that have none (pending), and per metric the rows sc
 nothing is written, so it is safe to run while jobs are writing.
 
 Speed is images per second of wall time while any job of the sweep was writing: each run is active from its start
-(in its config) to its last row (a part's time, or the record a compaction keeps), overlapping runs (parallel shards) count once, and the gaps between
-sessions not at all. The ETA is the pending items at that speed, with as many jobs in parallel as so far.
+(in its config) to its last row (its last part's time, or the record a compaction keeps of it), overlapping runs
+(parallel shards) count once, and the gaps between sessions not at all. The ETA is the pending items at that speed,
+with as many jobs in parallel as so far.
 """
 
 from __future__ import annotations
