@@ -147,18 +147,9 @@ class Store:
 
     def run_writes(self) -> dict[str, tuple[int, float]]:
         """Run id -> (rows it wrote, when it last wrote one): from the row parts and the compacted files' records."""
-        import pyarrow.parquet as pq
-
-        counts = scan(self.rows, ["run_id"]).column("run_id").value_counts().to_pylist() if self.row_files() else []
-        last: dict[str, float] = {}
-        for f in self.row_files():
-            if f.name.startswith(COMPACTED_PREFIX):
-                written = json.loads((pq.read_schema(f).metadata or {}).get(WRITTEN_KEY, b"{}"))
-                for run, when in written.items():
-                    last[run] = max(last.get(run, 0.0), when)
-            else:
-                run = part_run_id(f)
-                last[run] = max(last.get(run, 0.0), f.stat().st_mtime)
+        files = self.row_files()
+        counts = scan(self.rows, ["run_id"]).column("run_id").value_counts().to_pylist() if files else []
+        last = last_writes(files)
         return {c["values"]: (int(c["counts"]), last[c["values"]]) for c in counts if c["values"] in last}
 
     def metric_identity(self, metric: str) -> dict[str, Any] | None:
@@ -373,6 +364,21 @@ def latest_per_key(table: pa.Table) -> pd.DataFrame:
     return latest_rows(table).to_pandas().reset_index(drop=True)
 
 
+def last_writes(files: Sequence[Path]) -> dict[str, float]:
+    """Run id -> when it last wrote to a table: a part's modification time, or the record a compacted file keeps."""
+    import pyarrow.parquet as pq
+
+    last: dict[str, float] = {}
+    for f in files:
+        if f.name.startswith(COMPACTED_PREFIX):
+            written = json.loads((pq.read_schema(f).metadata or {}).get(WRITTEN_KEY, b"{}"))
+        else:
+            written = {part_run_id(f): f.stat().st_mtime}
+        for run, when in written.items():
+            last[run] = max(last.get(run, 0.0), when)
+    return last
+
+
 def compact_folder(folder: Path) -> tuple[int, int]:
     """Merge a table's files into one, keeping one row per key (the latest); returns (files before, after).
 
@@ -386,13 +392,7 @@ def compact_folder(folder: Path) -> tuple[int, int]:
     if len(files) < 2:
         return len(files), len(files)
     table = latest_rows(scan(folder, files=files))
-    written: dict[str, float] = {}
-    for f in files:
-        if f.name.startswith(COMPACTED_PREFIX):
-            for run, when in json.loads((pq.read_schema(f).metadata or {}).get(WRITTEN_KEY, b"{}")).items():
-                written[run] = max(written.get(run, 0.0), when)
-        else:
-            written[part_run_id(f)] = max(written.get(part_run_id(f), 0.0), f.stat().st_mtime)
+    written = last_writes(files)
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), WRITTEN_KEY: json.dumps(written).encode()})
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-%f")
     out = folder / f"{COMPACTED_PREFIX}{stamp}-{HOST}-{os.getpid()}.parquet"
