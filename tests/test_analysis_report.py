@@ -46,7 +46,14 @@ def test_sweep_ends_with_the_report(sweeps):
     assert "Machinery check, not science" in text
     assert "lower CI bound >= 0.8" in text and "upper CI bound < 0" in text and "lower CI bound > 0" in text
     assert "| `style` | `one_hot:up_blocks.0.attentions.1` |" in text and "| `style_layout` | `style_layout` |" in text
-    assert "2 style references x 2 prompts x 1 seed = 4 units" in text
+    assert "Design: 2 style references x 2 prompts: 4 cells (the full cross); 1 seed each" in text
+    assert "**Only 2 style references**: intervals over references are rough" in text
+    assert "`analysis.bootstrap.scheme=two_way`" in text
+    # none beside the candidates, and the decisions counted
+    assert "| `none` | `none` | - |" in text and "| baseline, not a candidate |" in text
+    assert "Read criteria 2 and 3 beside `none`" in text
+    assert "Decisions: 2 verdicts (candidates x settings)" in text and "at most 5.0% (Bonferroni)" in text
+    assert "Intervals are simultaneous over the 11 targets ranked (max-statistic bootstrap" in text
     assert "### one_hot_module" in text and "★ style" in text
     for name in ("module_bars", "tradeoffs", "grid_styles", "grid_prompts"):
         for suffix in (".png", ".pdf"):

@@ -28,8 +28,8 @@ UNIT = ("reference_digest", "prompt", "seed")
 
 
 def _units(n: int) -> list[tuple[str, str, int]]:
-    """n distinct units (reference x prompt x seed), in a fixed order."""
-    grid = itertools.product([f"ref{r}" for r in range(4)], [f"prompt {p}" for p in range(4)], range(8))
+    """n distinct cells (reference x prompt, seed 0), in a fixed order: 8 prompts per reference."""
+    grid = itertools.product([f"ref{r}" for r in range(8)], [f"prompt {p}" for p in range(8)], [0])
     return list(itertools.islice(grid, n))
 
 
@@ -80,6 +80,7 @@ def _ratio(means: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------- bootstrap_ci
+# The plain percentile interval (expanded=False) has exact answers to check against; the expansion is tested below.
 
 
 @pytest.mark.parametrize("level", [0.95, 0.9, 0.6])
@@ -88,7 +89,7 @@ def test_bootstrap_ci_matches_exact_enumeration_of_a_tiny_sample(level):
     values = np.array([1.0, 2.0, 4.0])
     n_boot = 40_000
     want_low, want_high = _exact_bootstrap_quantiles(values, lambda m: m[:, 0], level, n_boot)
-    estimate, low, high = bootstrap_ci(values, boot=Bootstrap(n_boot=n_boot, level=level, seed=3))
+    estimate, low, high = bootstrap_ci(values, boot=Bootstrap(expanded=False, n_boot=n_boot, level=level, seed=3))
     assert estimate == pytest.approx(7 / 3, abs=1e-12)
     # Atoms are at least 1/3 apart, and the premise check above puts each quantile deep inside one atom.
     assert low == pytest.approx(want_low, abs=1e-9)
@@ -107,7 +108,7 @@ def test_bootstrap_exact_quantiles_differ_between_levels():
 def test_bootstrap_ci_of_a_large_normal_sample_is_the_normal_interval():
     """n=400 normal values: the CI is mean +- 1.96 sd/sqrt(n) (sd with ddof=0) within 10% of the half width."""
     values = np.random.default_rng(7).normal(5.0, 2.0, size=400)
-    estimate, low, high = bootstrap_ci(values, boot=Bootstrap(n_boot=4000, seed=1))
+    estimate, low, high = bootstrap_ci(values, boot=Bootstrap(expanded=False, n_boot=4000, seed=1))
     half = 1.96 * values.std(ddof=0) / np.sqrt(len(values))
     assert low == pytest.approx(values.mean() - half, abs=0.1 * half)
     assert high == pytest.approx(values.mean() + half, abs=0.1 * half)
@@ -118,16 +119,16 @@ def test_bootstrap_estimate_is_the_plain_mean():
     """The estimate is the mean of the data, not a bootstrap average."""
     values = np.array([0.3, 9.0, -2.5, 4.25, 1.0])
     for seed in range(3):
-        estimate, _, _ = bootstrap_ci(values, boot=Bootstrap(n_boot=50, seed=seed))
+        estimate, _, _ = bootstrap_ci(values, boot=Bootstrap(expanded=False, n_boot=50, seed=seed))
         assert estimate == values.mean()
 
 
 def test_bootstrap_seed_makes_the_interval_repeatable():
     """The same seed gives the identical CI; another seed gives a different one."""
     values = np.random.default_rng(0).normal(size=30)
-    first = bootstrap_ci(values, boot=Bootstrap(n_boot=500, seed=11))
-    again = bootstrap_ci(values, boot=Bootstrap(n_boot=500, seed=11))
-    other = bootstrap_ci(values, boot=Bootstrap(n_boot=500, seed=12))
+    first = bootstrap_ci(values, boot=Bootstrap(expanded=False, n_boot=500, seed=11))
+    again = bootstrap_ci(values, boot=Bootstrap(expanded=False, n_boot=500, seed=11))
+    other = bootstrap_ci(values, boot=Bootstrap(expanded=False, n_boot=500, seed=12))
     assert first == again
     assert first[0] == other[0] and (first[1], first[2]) != (other[1], other[2])
 
@@ -135,8 +136,8 @@ def test_bootstrap_seed_makes_the_interval_repeatable():
 def test_bootstrap_lower_level_gives_a_narrower_interval():
     """A 50% CI lies strictly inside the 95% CI of the same sample and seed."""
     values = np.random.default_rng(1).normal(size=50)
-    _, low95, high95 = bootstrap_ci(values, boot=Bootstrap(n_boot=2000, level=0.95))
-    _, low50, high50 = bootstrap_ci(values, boot=Bootstrap(n_boot=2000, level=0.5))
+    _, low95, high95 = bootstrap_ci(values, boot=Bootstrap(expanded=False, n_boot=2000, level=0.95))
+    _, low50, high50 = bootstrap_ci(values, boot=Bootstrap(expanded=False, n_boot=2000, level=0.5))
     assert low95 < low50 < high50 < high95
     assert high50 - low50 < 0.5 * (high95 - low95)
     assert Bootstrap(level=0.5).quantiles == pytest.approx((0.25, 0.75))
@@ -145,7 +146,7 @@ def test_bootstrap_lower_level_gives_a_narrower_interval():
 @pytest.mark.parametrize("value", [3.0, 0.1])
 def test_bootstrap_constant_sample_has_a_zero_width_interval(value):
     """Every resample of a constant sample has the same mean: low == high == estimate == the value."""
-    estimate, low, high = bootstrap_ci(np.full(7, value), boot=Bootstrap(n_boot=300))
+    estimate, low, high = bootstrap_ci(np.full(7, value), boot=Bootstrap(expanded=False, n_boot=300))
     assert low == high == estimate
     assert estimate == pytest.approx(value, rel=1e-15)  # the mean of seven 0.1s may be off by one ulp
 
@@ -153,7 +154,7 @@ def test_bootstrap_constant_sample_has_a_zero_width_interval(value):
 @pytest.mark.parametrize("empty", [np.array([]), np.empty((0, 2))])
 def test_bootstrap_empty_sample_gives_nans(empty):
     """No units: estimate and both limits are NaN (and nothing raises)."""
-    assert all(np.isnan(x) for x in bootstrap_ci(empty, boot=Bootstrap(n_boot=10)))
+    assert all(np.isnan(x) for x in bootstrap_ci(empty, boot=Bootstrap(expanded=False, n_boot=10)))
 
 
 @pytest.mark.parametrize("level", [0.95, 0.6])
@@ -166,7 +167,7 @@ def test_bootstrap_ratio_of_paired_columns_drops_non_finite_replicates(level):
     values = np.array([[0.0, 0.0], [1.0, 0.0], [3.0, 1.0]])
     n_boot = 40_000
     want_low, want_high = _exact_bootstrap_quantiles(values, _ratio, level, n_boot)
-    estimate, low, high = bootstrap_ci(values, _ratio, Bootstrap(n_boot=n_boot, level=level, seed=5))
+    estimate, low, high = bootstrap_ci(values, _ratio, Bootstrap(expanded=False, n_boot=n_boot, level=level, seed=5))
     assert estimate == pytest.approx((4 / 3) / (1 / 3))
     assert np.isfinite(low) and np.isfinite(high)
     assert low == pytest.approx(want_low, abs=1e-9)
@@ -176,7 +177,7 @@ def test_bootstrap_ratio_of_paired_columns_drops_non_finite_replicates(level):
 def test_bootstrap_ratio_with_no_finite_replicate_gives_nan_limits():
     """A denominator that is always 0: every replicate is dropped, so the limits are NaN."""
     values = np.array([[1.0, 0.0], [2.0, 0.0]])
-    estimate, low, high = bootstrap_ci(values, _ratio, Bootstrap(n_boot=100))
+    estimate, low, high = bootstrap_ci(values, _ratio, Bootstrap(expanded=False, n_boot=100))
     assert np.isinf(estimate) and np.isnan(low) and np.isnan(high)
 
 
@@ -220,7 +221,8 @@ def test_aggregate_default_by_is_the_varying_conditions_plus_injection():
     one_injection = _table([{"unit": x, "m": float(i)} for i, x in enumerate(u)])
     out = aggregate(one_injection, "m", boot=Bootstrap(n_boot=50))
     assert varying_conditions(one_injection) == ["injection"]
-    assert list(out.columns) == ["injection", "metric", "mean", "low", "high", "n_units", "n_images"]
+    assert list(out.columns) == ["injection", "metric", "mean", "low", "high", "n_units", "n_references",
+                                 "n_prompts", "n_images"]
     assert len(out) == 1 and out["mean"].iloc[0] == 1.0
 
     records = [{"unit": x, "m": float(i) + s, "subtraction": s, "injection": inj}
@@ -275,9 +277,12 @@ def _planted(n_units: int = 24, effect=0.1, seed: int = 0) -> tuple[pd.DataFrame
 
 
 def test_paired_differences_subtract_unit_by_unit():
-    """mean_diff is the mean of hand-computed per-unit differences, and its CI is far narrower than unpaired CIs."""
+    """mean_diff is the mean of hand-computed per-cell differences, and its CI is far narrower than unpaired CIs.
+
+    The cells are resampled as independent (`cell`), so the interval is the textbook one of a mean of 24 values.
+    """
     table, diffs = _planted()
-    boot = Bootstrap(n_boot=2000, seed=2)
+    boot = Bootstrap(n_boot=2000, seed=2, scheme="cell")
     out = paired_differences(table, "m", {"injection": "all"}, boot=boot)
     assert out["injection"].tolist() == ["style"]  # the reference itself is not a row
     row = out.iloc[0]
@@ -463,7 +468,8 @@ def test_aggregate_without_condition_columns_gives_one_overall_row():
     overall = aggregate(frame, "m", by=[], boot=Bootstrap(n_boot=200))
     assert len(overall) == 1 and overall["mean"].iloc[0] == 2.0  # units a=1 and b=3
     assert overall["n_units"].iloc[0] == 2 and overall["n_images"].iloc[0] == 3
-    assert overall.columns.tolist() == ["metric", "mean", "low", "high", "n_units", "n_images"]
+    assert overall.columns.tolist() == ["metric", "mean", "low", "high", "n_units", "n_references", "n_prompts",
+                                         "n_images"]
 
 
 def test_bootstrap_refuses_a_bool_replicate_count():
@@ -568,9 +574,26 @@ def test_bootstrap_ci_agrees_with_scipys_percentile_bootstrap():
     """The same percentile interval as scipy.stats.bootstrap (scikit-image's dependency, in the test extras)."""
     stats = pytest.importorskip("scipy.stats", reason="scipy comes with the test extras (scikit-image)")
     sample = np.random.default_rng(11).gamma(2.0, 1.0, size=60)  # skewed: percentile != normal interval
-    ours = bootstrap_ci(sample, boot=Bootstrap(n_boot=40000, level=0.9, seed=1))
+    ours = bootstrap_ci(sample, boot=Bootstrap(expanded=False, n_boot=40000, level=0.9, seed=1))
     theirs = stats.bootstrap((sample,), np.mean, n_resamples=40000, confidence_level=0.9, method="percentile",
                              random_state=2).confidence_interval
     half = (theirs.high - theirs.low) / 2
     assert ours[1] == pytest.approx(theirs.low, abs=0.03 * half)
     assert ours[2] == pytest.approx(theirs.high, abs=0.03 * half)
+
+
+def test_expanded_percentile_tails_follow_student_t_and_vanish_with_many_units():
+    """The expanded interval's tails: Phi(sqrt(n/(n-1)) t_{n-1}) (Hesterberg 2015); 8 units at 95% take the 0.57%
+    and 99.43% percentiles, many units the plain 2.5% / 97.5%, and expanded=False always the plain ones."""
+    from scipy import stats as sps
+
+    boot = Bootstrap()
+    low, high = boot.quantiles_for(8)
+    assert low == pytest.approx(sps.norm.cdf(np.sqrt(8 / 7) * sps.t.ppf(0.025, 7))) and low == pytest.approx(0.0057, abs=2e-4)
+    assert high == pytest.approx(1 - low)
+    assert boot.quantiles_for(100_000) == pytest.approx((0.025, 0.975), abs=1e-4)
+    assert boot.quantiles_for(1) == boot.quantiles == Bootstrap(expanded=False).quantiles_for(8)
+    values = np.random.default_rng(0).normal(0, 1, 8)
+    _, plain_low, plain_high = bootstrap_ci(values, boot=Bootstrap(expanded=False, n_boot=4000))
+    _, low, high = bootstrap_ci(values, boot=Bootstrap(n_boot=4000))
+    assert low < plain_low and high > plain_high

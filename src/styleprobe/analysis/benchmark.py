@@ -26,7 +26,7 @@ import yaml
 
 from styleprobe.analysis.conditions import describe_setting
 from styleprobe.analysis.load import condition_columns, require_columns
-from styleprobe.analysis.stats import Bootstrap, aggregate, paired_differences, select
+from styleprobe.analysis.stats import Bootstrap, aggregate, holm, paired_differences, select
 from styleprobe.errors import AnalysisError
 
 CONTENDER = "contender"
@@ -138,10 +138,12 @@ def reference_contender(table: pd.DataFrame, settings: BenchmarkSettings) -> str
 def method_table(
     table: pd.DataFrame, metrics: Sequence[str], reference: str, settings: BenchmarkSettings, boot: Bootstrap = Bootstrap()
 ) -> pd.DataFrame:
-    """Per contender and metric: mean [CI] over units, and the paired difference to `reference` [CI].
+    """Per contender and metric: mean [CI] over cells, and the paired difference to `reference` [CI].
 
-    `excludes_zero` is +1 / -1 where the difference's CI lies above / below 0, else 0 (and 0 for the reference).
-    `better` says whether that difference is an improvement (leakage: lower is better).
+    `excludes_zero` is +1 / -1 where the difference's (per-comparison, unadjusted) CI lies above / below 0, else 0.
+    The marks are decided for the family of every contender x metric with a better direction at once: `p_value` is
+    each difference's two-sided bootstrap p, `holm` whether Holm's step-down rejects "no difference" at the
+    family-wise error rate 1 - level, and `better` ("better" / "worse") is set only where it does.
     """
     unit = list(settings.unit)
     require_columns(table, [*metrics, CONTENDER, *unit], "method table")
@@ -150,16 +152,26 @@ def method_table(
         agg = aggregate(table, metric, by=[CONTENDER], unit=unit, boot=boot)
         diff = paired_differences(table, metric, {CONTENDER: reference}, by=[CONTENDER], unit=unit, boot=boot)
         diff = diff.rename(columns={"mean_diff": "diff", "low": "diff_low", "high": "diff_high", "n_units": "n_paired"})
-        merged = agg.merge(diff[[CONTENDER, "diff", "diff_low", "diff_high", "n_paired"]], on=CONTENDER, how="left")
+        merged = agg.merge(diff[[CONTENDER, "diff", "diff_low", "diff_high", "p_value", "n_paired"]], on=CONTENDER, how="left")
         frames.append(merged)
     out = pd.concat(frames, ignore_index=True)
     out["excludes_zero"] = np.where(out["diff_low"] > 0, 1, np.where(out["diff_high"] < 0, -1, 0))
     flip = out["metric"].map(lower_is_better)
-    out["better"] = np.where(out["excludes_zero"] == 0, "", np.where((out["excludes_zero"] > 0) ^ flip, "better", "worse"))
+    directed = out["metric"].map(has_direction).astype(bool)
+    out["holm"] = holm(out["p_value"].where(directed & (out[CONTENDER] != reference)).to_numpy(), boot.alpha)
+    up = out["diff"] > 0
+    out["better"] = np.where(~out["holm"], "", np.where(up ^ flip, "better", "worse"))
     out["reference"] = reference
     out["_m"] = out["metric"].map(list(metrics).index)
     out["_c"] = out[CONTENDER].map({c: i for i, c in enumerate(contenders(table))})
-    return out.sort_values(["_m", "_c"]).drop(columns=["_m", "_c"]).reset_index(drop=True)
+    out = out.sort_values(["_m", "_c"]).drop(columns=["_m", "_c"]).reset_index(drop=True)
+    out.attrs["family"] = int(np.isfinite(out["p_value"].where(directed & (out[CONTENDER] != reference))).sum())
+    return out
+
+
+def has_direction(metric: str) -> bool:
+    """Whether a better direction exists for the metric (so a difference can be marked better or worse)."""
+    return True
 
 
 def pareto_front(points: pd.DataFrame, x: str, y: str, maximize: tuple[bool, bool] = (True, True)) -> pd.Series:

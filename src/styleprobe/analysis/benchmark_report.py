@@ -13,6 +13,7 @@ import pandas as pd
 
 from styleprobe.analysis import benchmark as bench
 from styleprobe.analysis import figures
+from styleprobe.analysis.design import describe_design
 from styleprobe.analysis.load import is_machinery_check, is_toy_world, metric_columns, metric_label, model_names
 from styleprobe.errors import AnalysisError
 
@@ -40,7 +41,7 @@ def build(
     points = bench.tradeoffs(summary, bs.style_metric, others)
     table_out("benchmark_tradeoffs", points)
     units = table.groupby(list(bs.unit), dropna=False).ngroups
-    unit_words = f"{units} units of " + " x ".join(c.removesuffix("_digest") for c in bs.unit)
+    unit_words = f"{units} cells of " + " x ".join(c.removesuffix("_digest") for c in bs.unit)
     figure_out("trade-offs", "benchmark_tradeoffs",
                lambda: figures.benchmark_tradeoff(table, points, bs.style_metric, others, unit_words))
     figure_out("image grid", "benchmark_grid", lambda: figures.benchmark_grid(table, order, bs.grid_prompt, bs.grid_seed))
@@ -83,15 +84,12 @@ def _markdown(
         lines += ["> **Machinery check, not science.** These images come from the tiny embedded model (random weights)",
                   "> and are scored by tiny random stand-ins for the metric models. The numbers exercise the benchmark code;",
                   "> they rank nothing. Run it on a real model (README: On a real GPU) for results.", ""]
-    units = table.groupby(list(bs.unit), dropna=False).ngroups
-    per_unit = [c for c in ("seed", "replicate") if c in table and c not in bs.unit and table[c].nunique() > 1]
     lines += [
         f"Results: {', '.join(f'`{d}`' for d in dirs)}  ",
-        f"Generating model(s): {', '.join(model_names(table))}; {len(order)} contenders; {len(table)} images.  ",
-        f"Units (the resampling unit of every CI): {' x '.join(bs.unit)} = {units} units"
-        + (f"; each contender's images of a unit ({', '.join(per_unit)}) are averaged first" if per_unit else "") + ".  ",
-        f"Intervals: {boot.level:.0%} percentile bootstrap over units, {boot.n_boot} replicates, seed {boot.seed}. "
-        f"Differences are paired unit by unit against **{reference}** (`analysis.benchmark.reference`).",
+        f"Generating model(s): {', '.join(model_names(table))}; {len(order)} contenders; {len(table)} images.",
+        "",
+        *describe_design(table, boot, bs.unit),
+        f"- Differences are paired cell by cell against **{reference}** (`analysis.benchmark.reference`).",
         "", "## Contenders", "",
         "Each method at its published default, on the same references, prompts and seeds; each with its own prompt "
         "convention and sampler.", "",
@@ -105,15 +103,19 @@ def _markdown(
                      f"{first['steps']} | {first['guidance']:g} | {str(first['scheduler']).split('(')[0]} | {n} |")
     lines += ["", "## Method table", "", "Mean per contender with its CI; the metric models:", ""]
     lines += [f"- `{m}`: {metric_label(table, m)} ({'lower' if bench.lower_is_better(m) else 'higher'} is better)" for m in metrics]
-    lines += ["", "| contender | " + " | ".join(metrics) + " | units |", "|---|" + "---|" * (len(metrics) + 1)]
+    lines += ["", "| contender | " + " | ".join(metrics) + " | cells |", "|---|" + "---|" * (len(metrics) + 1)]
     wide = summary.set_index(["contender", "metric"])
     for name in order:
         cells = [_ci(*wide.loc[(name, m), ["mean", "low", "high"]]) if (name, m) in wide.index else "n/a" for m in metrics]
         n = int(wide.loc[(name, metrics[0]), "n_units"]) if (name, metrics[0]) in wide.index else 0
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {n} |")
-    lines += ["", f"Paired difference to **{reference}** (contender - reference, unit by unit). {UP} / {DOWN}: the CI "
-              "excludes 0 and the contender is better / worse there (leakage is better lower).", "",
-              "| contender | " + " | ".join(f"Δ {m}" for m in metrics) + " | paired units |", "|---|" + "---|" * (len(metrics) + 1)]
+    family = summary.attrs.get("family", 0)
+    lines += ["", f"Paired difference to **{reference}** (contender - reference, cell by cell), with per-comparison "
+              f"{boot.level:.0%} CIs. {UP} / {DOWN}: the contender is better / worse there, decided for all {family} "
+              f"comparisons (contenders x metrics with a better direction) at once by Holm's step-down on bootstrap "
+              f"p-values: the chance of any wrong mark among them is at most {1 - boot.level:.0%} (family-wise). "
+              "A CI that excludes 0 without a mark is not significant once the family is counted.", "",
+              "| contender | " + " | ".join(f"Δ {m}" for m in metrics) + " | paired cells |", "|---|" + "---|" * (len(metrics) + 1)]
     for name in order:
         if name == reference:
             continue

@@ -20,15 +20,19 @@ from styleprobe.store import Store
 
 log = logging.getLogger("styleprobe")
 
-#: One experimental unit: a style reference x a prompt x a seed. Conditions are compared over the same units.
+#: What identifies where an image sits in the design: a style reference x a prompt x a seed.
 UNIT_COLUMNS: tuple[str, ...] = ("reference_digest", "prompt", "seed")
-#: A replicate within a unit that a method draws itself (B-LoRA's training seed, `train_seed=3`): part of the unit,
-#: so intervals resample it, and never a condition. Rows of methods without one have none ("").
+REFERENCE_COLUMN, PROMPT_COLUMN = "reference_digest", "prompt"
+#: The cell of the crossed design: a style reference x a prompt. Seeds and replicates are averaged within a cell;
+#: intervals resample references and prompts (`analysis.stats`), and conditions are compared on the same cells.
+CELL_COLUMNS: tuple[str, ...] = (REFERENCE_COLUMN, PROMPT_COLUMN)
+#: A replicate within a cell that a method draws itself (B-LoRA's training seed, `train_seed=3`): averaged within the
+#: cell like seeds, and never a condition. Rows of methods without one have none ("").
 REPLICATE_COLUMN = "replicate"
 
 
 def unit_columns(table: pd.DataFrame) -> tuple[str, ...]:
-    """The unit columns of a table: reference, prompt, seed, and the replicate where any row has one."""
+    """The columns that tell one image's place apart: reference, prompt, seed, and the replicate where any row has one."""
     if REPLICATE_COLUMN in table and table[REPLICATE_COLUMN].fillna("").astype(str).ne("").any():
         return (*UNIT_COLUMNS, REPLICATE_COLUMN)
     return UNIT_COLUMNS
@@ -180,3 +184,35 @@ def require_columns(table: pd.DataFrame, columns: Iterable[str], what: str) -> N
 def layer_names(value: str) -> list[str]:
     """The `layers` column (a JSON list of the modules or transformer layers switched on) as a list."""
     return list(json.loads(value)) if isinstance(value, str) and value else []
+
+
+def data_sets(table: pd.DataFrame) -> pd.DataFrame:
+    """The style sets and prompt sets a table holds, as the runs that made its rows were configured.
+
+    One row per (results folder, style set, prompt set): the sets' names (`data.style_set`, `data.prompts` of each
+    run's saved `runs/<run_id>/config.yaml`; an inline prompt list is named by its length), and the rows, style
+    references and prompts of the table that those runs made. Rows whose run config is gone are "unknown".
+    """
+    import yaml
+
+    names: dict[tuple[str, str], tuple[str, str]] = {}
+    if "run_id" in table and "results_dir" in table:
+        for (folder, run), _ in table.groupby(["results_dir", "run_id"], sort=False):
+            path = Path(str(folder)) / "runs" / str(run) / "config.yaml"
+            data = (yaml.safe_load(path.read_text()) or {}).get("data", {}) if path.is_file() else {}
+            prompts = data.get("prompts", "unknown")
+            prompts = f"{len(prompts)} prompts given inline" if isinstance(prompts, list) else str(prompts)
+            names[(str(folder), str(run))] = (str(data.get("style_set", "unknown")), prompts)
+    keys = zip(table.get("results_dir", pd.Series("", index=table.index)).astype(str),
+               table.get("run_id", pd.Series("", index=table.index)).astype(str))
+    sets = pd.DataFrame([names.get(k, ("unknown", "unknown")) for k in keys], columns=["style_set", "prompt_set"],
+                        index=table.index)
+    frame = table.assign(style_set=sets["style_set"], prompt_set=sets["prompt_set"])
+    grouped = frame.groupby(["style_set", "prompt_set"], sort=True)
+    return pd.DataFrame({
+        "rows": grouped.size(),
+        "references": grouped[REFERENCE_COLUMN].nunique(),
+        "styles": grouped["style"].agg(lambda s: sorted(s.dropna().astype(str).unique())) if "style" in frame
+        else grouped.size().map(lambda _: []),
+        "prompts": grouped[PROMPT_COLUMN].nunique(),
+    }).reset_index()

@@ -29,9 +29,9 @@ from omegaconf import DictConfig, OmegaConf
 from styleprobe.analysis import figures
 from styleprobe.analysis.benchmark import BenchmarkSettings, is_benchmark
 from styleprobe.analysis.conditions import describe_setting, split_by_setting
+from styleprobe.analysis.design import describe_design
 from styleprobe.analysis.load import (
     UNIT_COLUMNS,
-    unit_columns,
     is_machinery_check,
     is_toy_world,
     load_results,
@@ -77,8 +77,13 @@ class AnalysisSettings:
     def from_config(cls, cfg: Any) -> "AnalysisSettings":
         data = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
         boot = data.get("bootstrap", {})
+        unknown = sorted(set(boot) - set(Bootstrap.__dataclass_fields__))
+        if unknown:
+            raise AnalysisError(f"unknown analysis.bootstrap setting {', '.join(unknown)}; known: "
+                                f"{', '.join(Bootstrap.__dataclass_fields__)}")
         try:
-            bootstrap = Bootstrap(int(boot.get("n_boot", 2000)), float(boot.get("level", 0.95)), int(boot.get("seed", 0)))
+            bootstrap = Bootstrap(int(boot.get("n_boot", 2000)), float(boot.get("level", 0.95)), int(boot.get("seed", 0)),
+                                  str(boot.get("scheme", "two_way")), bool(boot.get("expanded", True)))
         except (TypeError, ValueError) as err:
             raise AnalysisError(f"analysis.bootstrap has a value that is not a number ({err}); e.g. n_boot=2000 level=0.95") from None
         grid = data.get("grid", {})
@@ -111,7 +116,8 @@ class Report:
 
     out_dir: Path
     verdicts: list[CandidateVerdict]
-    kind: str = "probe"  # which report was written: probe or benchmark
+    kind: str = "probe"
+    baselines: list[CandidateVerdict] = field(default_factory=list)  # `none` measured as a candidate is, not judged  # which report was written: probe or benchmark
     headline: list[str] = field(default_factory=list)  # the benchmark's summary lines for the log
     figures: list[Path] = field(default_factory=list)
     tables: list[Path] = field(default_factory=list)
@@ -223,6 +229,8 @@ def _build(table: pd.DataFrame, dirs: list[Path], tmp: Path, settings: AnalysisS
             table_out(f"paired_vs_{against}", frame)
     try:
         report.verdicts = judge(table, crit, boot)
+        if crit.baseline:
+            report.baselines = judge(table, dataclasses.replace(crit, candidates=(crit.baseline,)), boot)
         table_out("verdict", _verdict_table(report.verdicts))
     except AnalysisError as err:
         report.skipped["verdict"] = str(err)
@@ -278,12 +286,53 @@ def _verdict_table(verdicts: list[CandidateVerdict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
-
-
 def _fmt(x: float, signed: bool = True) -> str:
     return "n/a" if pd.isna(x) else (f"{x:+.4f}" if signed else f"{x:.3f}")
+
+
+def _cell(check: Any, signed: bool) -> str:
+    return "n/a" if check is None or pd.isna(check.estimate) else (
+        f"{_fmt(check.estimate, signed)} [{_fmt(check.low, signed)}, {_fmt(check.high, signed)}]")
+
+
+def _verdict_row(v: CandidateVerdict, baseline: bool = False) -> str:
+    """One row of the verdict table; the baseline (`none`) is shown beside the candidates, not judged."""
+    cells = {c.name: c for c in v.checks}
+    n = min((c.n_units for c in v.checks), default=0)
+    setting = describe_setting(v.setting) or "-"
+    answer = "baseline, not a candidate" if baseline else f"**{v.word}**"
+    return (f"| `{v.candidate}` | `{v.source}` | {setting} | {_cell(cells.get('style kept'), False)} | "
+            f"{_cell(cells.get('leakage lower'), True)} | {_cell(cells.get('text followed better'), True)} | {n} | {answer} |")
+
+
+def _baseline_words(baselines: Sequence[CandidateVerdict], crit: Criterion) -> list[str]:
+    """What `none` shows: criteria 2 and 3 follow from injecting less, so only criterion 1 makes them mean something."""
+    lines = []
+    for v in baselines:
+        checks = {c.name: c for c in v.checks}
+        leak, text = checks.get("leakage lower"), checks.get("text followed better")
+        if leak is None or text is None or pd.isna(leak.estimate):
+            continue
+        met = [name for name, c in (("leakage lower", leak), ("text followed better", text)) if c.passed]
+        where = describe_setting(v.setting)
+        lines.append(
+            f"Read criteria 2 and 3 beside `{crit.baseline}`{' (' + where + ')' if where else ''}: injecting nothing has "
+            f"Δ leakage {_fmt(leak.estimate)} and Δ text {_fmt(text.estimate)} against `{crit.reference}`"
+            + (f", so it meets {' and '.join(met)} too: injecting less lowers leakage and frees the text, and only "
+               f"criterion 1 (the share of `{crit.reference}`'s style kept) tells a candidate apart from injecting less."
+               if met else f"; here it meets neither criterion, so criteria 2 and 3 are not met merely by injecting less."))
+    return lines + ([""] if lines else [])
+
+
+def _verdict_family(verdicts: Sequence[CandidateVerdict], boot: Bootstrap) -> list[str]:
+    """How many decisions the verdict makes and the error rate that holds for all of them together."""
+    k = len([v for v in verdicts if v.checks and v.checks[0].name != "present"])
+    if not k:
+        return []
+    each = (1 - boot.level) / 2
+    return [f"Decisions: {k} verdict{'s' if k != 1 else ''} (candidates x settings). Each is an intersection-union test: "
+            f"its chance of a false YES is at most {each:.1%}; for all {k} together at most {min(1.0, k * each):.1%} "
+            "(Bonferroni).", ""]
 
 
 def _markdown(
@@ -300,18 +349,12 @@ def _markdown(
         lines += ["> **Machinery check, not science.** These images come from the tiny embedded model (random weights)",
                   "> and are scored by tiny random stand-ins for the metric models. The numbers exercise the analysis code;",
                   "> they say nothing about where style lives in a real model.", ""]
-    unit = unit_columns(table)
-    units = {c: table[c].nunique() for c in unit}
-    replicates = f" x {_count(units['replicate'], 'replicate')} ({', '.join(sorted(table['replicate'].astype(str).unique()))})" if "replicate" in units else ""
     lines += [
         f"Results: {', '.join(f'`{d}`' for d in dirs)}  ",
         f"Generating model(s): {', '.join(model_names(table))}; method(s): {', '.join(method_names(table))}; {len(table)} images; "
-        f"{table['injection'].nunique()} injection conditions; condition columns that vary: {', '.join(varying_conditions(table))}.  ",
-        f"Units (the resampling unit of every CI): {_count(units['reference_digest'], 'style reference')} x "
-        f"{_count(units['prompt'], 'prompt')} x {_count(units['seed'], 'seed')}{replicates} = "
-        f"{table.groupby(list(unit), dropna=False).ngroups} units.  ",
-        f"Intervals: {boot.level:.0%} percentile bootstrap over units, {boot.n_boot} replicates, seed {boot.seed}; "
-        "differences are paired unit by unit.",
+        f"{table['injection'].nunique()} injection conditions; condition columns that vary: {', '.join(varying_conditions(table))}.",
+        "",
+        *describe_design(table, boot),
         "", "Metrics:", "",
     ]
     lines += [f"- {metric_label(table, m)}" for m in metric_columns(table)]
@@ -322,21 +365,14 @@ def _markdown(
     if "verdict" in report.skipped:
         lines += [f"Not judged: {report.skipped['verdict']}", ""]
     else:
-        lines += ["| candidate | rows used | setting | style kept [CI] | Δ leakage [CI] | Δ text [CI] | units | answer |",
+        lines += ["| candidate | rows used | setting | style kept [CI] | Δ leakage [CI] | Δ text [CI] | cells | answer |",
                   "|---|---|---|---|---|---|---|---|"]
-        for v in report.verdicts:
-            cells = {c.name: c for c in v.checks}
-            def cell(name: str, signed: bool) -> str:
-                c = cells.get(name)
-                return "n/a" if c is None or pd.isna(c.estimate) else f"{_fmt(c.estimate, signed)} [{_fmt(c.low, signed)}, {_fmt(c.high, signed)}]"
-            n = min((c.n_units for c in v.checks), default=0)
-            setting = describe_setting(v.setting) or "-"
-            lines.append(f"| `{v.candidate}` | `{v.source}` | {setting} | {cell('style kept', False)} | "
-                         f"{cell('leakage lower', True)} | {cell('text followed better', True)} | {n} | **{v.word}** |")
+        for v in [*report.verdicts, *report.baselines]:
+            lines.append(_verdict_row(v, baseline=v in report.baselines))
         lines += [""]
         for v in report.verdicts:
             lines.append(f"- {v.title('`')}: **{v.word}**" + ("" if v.answer else " - " + "; ".join(v.reasons())))
-        lines += [""]
+        lines += [""] + _baseline_words(report.baselines, crit) + _verdict_family(report.verdicts, boot)
     lines += ["## Which modules and layers carry style", ""]
     if not rankings:
         lines += ["No generated sweep (one_hot:module, one_hot:layer, leave_one_out:...) with its baseline in this table.", ""]
@@ -344,8 +380,16 @@ def _markdown(
         against = frame["against"].iloc[0]
         loo = sweep.startswith("leave_one_out")
         what = f"style lost when the target is left out (vs `{against}`)" if loo else f"effect of injecting only the target (vs `{against}`)"
+        above = int((frame["style_low"] > 0).sum())
+        below = int((frame["style_high"] < 0).sum())
+        crit_value = frame.attrs.get("critical", float("nan"))
         lines += [f"### {sweep}: {what}", "",
-                  f"Ranked by Δ {crit.style_metric}; ★ marks InstantStyle's modules. Top {min(len(frame), 12)} of {len(frame)}.", "",
+                  f"Ranked by Δ {crit.style_metric}; ★ marks InstantStyle's modules. Top {min(len(frame), 12)} of {len(frame)}.",
+                  f"Intervals are simultaneous over the {len(frame)} targets ranked (max-statistic bootstrap, "
+                  f"{_fmt(crit_value, False)} standard errors; one band per metric): all of a column's intervals hold "
+                  f"together with {boot.level:.0%} confidence, so the {len(frame)} claims of a column share a family-wise "
+                  f"error rate of at most {1 - boot.level:.0%}. By Δ {crit.style_metric}, {above} of {len(frame)} targets lie above 0 and "
+                  f"{below} below. Per-target (unadjusted) intervals are in `tables/ranking_{sweep}.csv` as `*_unadjusted`.", "",
                   f"| rank | target | Δ {crit.style_metric} [CI] | Δ {crit.leak_metric} [CI] | Δ {crit.text_metric} [CI] | units |",
                   "|---|---|---|---|---|---|"]
         for _, r in frame.head(12).iterrows():
@@ -368,7 +412,10 @@ def _markdown(
             lines.append(f"- {section}: skipped ({why})")
     lines += ["", "## Tables", ""]
     lines += [f"- [{p.name}]({p.relative_to(report.out_dir).as_posix()})" for p in report.tables]
-    lines += ["", "Regenerate with `styleprobe analyze results_dir=...`; the settings are in `experiments/analysis/default.yaml`.", ""]
+    lines += ["", "The intervals of `aggregate`, `paired_vs_*` and the `*_unadjusted` columns of the rankings are per "
+              f"comparison ({boot.level:.0%} each, no adjustment for the many comparisons a table holds): read them one "
+              "at a time, or use the report's simultaneous intervals and counted decisions above.", "",
+              "Regenerate with `styleprobe analyze results_dir=...`; the settings are in `experiments/analysis/default.yaml`.", ""]
     return "\n".join(lines)
 
 

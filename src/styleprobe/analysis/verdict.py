@@ -24,7 +24,7 @@ import pandas as pd
 
 from styleprobe.analysis.conditions import describe_setting, is_instantstyle, preset_rows, split_by_setting
 from styleprobe.analysis.load import require_columns, varying_conditions
-from styleprobe.analysis.stats import Bootstrap, bootstrap_ci, paired_differences, paired_units, select
+from styleprobe.analysis.stats import Bootstrap, bootstrap_ci, paired_cells, paired_differences, select, simultaneous_differences
 from styleprobe.errors import AnalysisError
 
 
@@ -166,23 +166,23 @@ def _style_kept(
 ) -> Check:
     metric, name = crit.style_metric, "style kept"
     if base is None:
-        values = paired_units(table, metric, [cand, ref])
-        est, low, high = bootstrap_ci(values, lambda m: m[:, 0] / m[:, 1], boot)
+        values, design = paired_cells(table, metric, [cand, ref])
+        est, low, high = bootstrap_ci(values, lambda m: m[:, 0] / m[:, 1], boot, design)
         ok = bool(np.isfinite(low) and low >= crit.style_fraction)
         word = _outcome(ok, high < crit.style_fraction, "kept")
         note = f"{word}: ratio {est:.3f} [{low:.3f}, {high:.3f}] vs {crit.style_fraction:g} (n={len(values)})"
         return Check(name, metric, est, low, high, crit.style_fraction, ok, len(values), note)
-    values = paired_units(table, metric, [cand, ref, base])
+    values, design = paired_cells(table, metric, [cand, ref, base])
     n = len(values)
     if n == 0:
         return Check(name, metric, np.nan, np.nan, np.nan, crit.style_fraction, False, 0,
                      f"no units shared by the candidate, {crit.reference} and {crit.baseline}")
-    effect = bootstrap_ci(values, lambda m: m[:, 1] - m[:, 2], boot)
+    effect = bootstrap_ci(values, lambda m: m[:, 1] - m[:, 2], boot, design)
     if not effect[1] > 0:
         return Check(name, metric, np.nan, np.nan, np.nan, crit.style_fraction, False, n,
                      f"`{crit.reference}` does not raise {metric} over `{crit.baseline}` "
                      f"({_interval(*effect)}, n={n}): there is no style effect to keep a share of")
-    est, low, high = bootstrap_ci(values, lambda m: (m[:, 0] - m[:, 2]) / (m[:, 1] - m[:, 2]), boot)
+    est, low, high = bootstrap_ci(values, lambda m: (m[:, 0] - m[:, 2]) / (m[:, 1] - m[:, 2]), boot, design)
     ok = bool(low >= crit.style_fraction)
     word = _outcome(ok, high < crit.style_fraction, "kept")
     note = f"{word}: share of {crit.reference}'s effect {est:.3f} [{low:.3f}, {high:.3f}] vs {crit.style_fraction:g} (n={n})"
@@ -193,11 +193,11 @@ def _difference(
     table: pd.DataFrame, metric: str, name: str, cand: pd.Series, ref: pd.Series, boot: Bootstrap,
     threshold: float, below: bool,
 ) -> Check:
-    values = paired_units(table, metric, [cand, ref])
+    values, design = paired_cells(table, metric, [cand, ref])
     n = len(values)
     if n == 0:
-        return Check(name, metric, np.nan, np.nan, np.nan, threshold, False, 0, "no units shared with the reference")
-    est, low, high = bootstrap_ci(values, lambda m: m[:, 0] - m[:, 1], boot)
+        return Check(name, metric, np.nan, np.nan, np.nan, threshold, False, 0, "no cells shared with the reference")
+    est, low, high = bootstrap_ci(values, lambda m: m[:, 0] - m[:, 1], boot, design)
     if below:
         ok, contradicted, side = bool(high < threshold), bool(low >= threshold), "<"
     else:
@@ -214,6 +214,10 @@ def rank_by_style_effect(
 
     One-hot sweeps: the effect of injecting only the target, against `baseline` (none).
     Leave-one-out sweeps: the style lost by removing the target, against `reference` (all); most lost first.
+    A ranking makes one claim per target, so each effect carries a simultaneous interval over the sweep's targets
+    (`<role>_low` / `<role>_high`: max-statistic bootstrap; every target's interval holds at once with probability
+    `level`); the per-target intervals are kept as `<role>_low_unadjusted` / `<role>_high_unadjusted`.
+    `attrs["critical"]` holds the style band's multiple of the standard error.
     """
     require_columns(table, ["sweep", "target", "injection"], "ranking")
     out: dict[str, pd.DataFrame] = {}
@@ -225,12 +229,19 @@ def rank_by_style_effect(
         rows = table[(table["sweep"] == sweep) | (table["injection"] == against)]
         targets = rows[rows["sweep"] == sweep].drop_duplicates("injection").set_index("injection")["target"]
         merged: pd.DataFrame | None = None
+        critical = float("nan")
         for role, metric in zip(("style", "leak", "text"), criterion.metrics):
             if metric not in rows:
                 continue
             diff = paired_differences(rows, metric, {"injection": against}, by=by, boot=boot)
-            diff = diff.rename(columns={"mean_diff": f"{role}_diff", "low": f"{role}_low", "high": f"{role}_high"})
-            keep = [*by, f"{role}_diff", f"{role}_low", f"{role}_high"] + (["n_units"] if merged is None else [])
+            band = simultaneous_differences(rows, metric, {"injection": against}, by=by, boot=boot)
+            critical = band.attrs["critical"] if role == "style" else critical
+            diff = diff.merge(band, on=by, how="left")
+            diff = diff.rename(columns={"mean_diff": f"{role}_diff", "low": f"{role}_low_unadjusted",
+                                        "high": f"{role}_high_unadjusted", "simul_low": f"{role}_low",
+                                        "simul_high": f"{role}_high"})
+            keep = [*by, f"{role}_diff", f"{role}_low", f"{role}_high", f"{role}_low_unadjusted",
+                    f"{role}_high_unadjusted"] + (["n_units"] if merged is None else [])
             merged = diff[keep] if merged is None else merged.merge(diff[keep], on=by, how="outer")
         if merged is None or merged.empty:
             continue
@@ -240,6 +251,7 @@ def rank_by_style_effect(
         loo = sweep.startswith("leave_one_out")
         merged = merged.sort_values("style_diff", ascending=loo, kind="stable").reset_index(drop=True)
         merged.insert(0, "rank", np.arange(1, len(merged) + 1))
+        merged.attrs["critical"] = critical
         out[sweep] = merged
     return out
 
