@@ -154,6 +154,14 @@ def bootstrap_ci(
     (m, k) array of column means to m numbers (default: the first column's mean). Rows with a missing value are
     left out; NaN replicates (a ratio whose denominator resampled to zero) are left out of the percentiles.
     """
+    estimate, low, high, _, _ = _interval(values, statistic, boot, design)
+    return estimate, low, high
+
+
+def _interval(
+    values: np.ndarray, statistic: Callable[[np.ndarray], np.ndarray] | None, boot: Bootstrap, design: np.ndarray | None
+) -> tuple[float, float, float, np.ndarray, int]:
+    """`bootstrap_ci`'s (estimate, low, high), with the finite replicates and the number of units behind them."""
     data = np.asarray(values, dtype=np.float64)
     data = data[:, None] if data.ndim == 1 else data
     keep = np.isfinite(data).all(axis=1)
@@ -161,15 +169,16 @@ def bootstrap_ci(
     design = None if design is None else np.asarray(design)[keep]
     stat = statistic or (lambda means: means[:, 0])
     if len(data) == 0:
-        return float("nan"), float("nan"), float("nan")
+        return float("nan"), float("nan"), float("nan"), np.empty(0), 0
     estimate = float(stat(data.mean(axis=0, keepdims=True))[0])
     with np.errstate(invalid="ignore", divide="ignore"):
         replicates = stat(replicate_means(data, boot, design))
     replicates = replicates[np.isfinite(replicates)]
+    n_units = effective_units(design, len(data), boot.scheme)
     if not len(replicates):
-        return estimate, float("nan"), float("nan")
-    low, high = np.quantile(replicates, boot.quantiles_for(effective_units(design, len(data), boot.scheme)))
-    return estimate, float(low), float(high)
+        return estimate, float("nan"), float("nan"), replicates, n_units
+    low, high = np.quantile(replicates, boot.quantiles_for(n_units))
+    return estimate, float(low), float(high), replicates, n_units
 
 
 def bootstrap_p(replicates: np.ndarray, estimate: float, n_units: int, boot: Bootstrap = Bootstrap()) -> float:
@@ -326,6 +335,27 @@ def paired_differences(
     in both conditions count (n_units). Columns: by..., metric, reference, mean_diff, low, high, p_value (two-sided
     bootstrap p of "no difference", unadjusted), n_units, n_references, n_prompts.
     """
+    by, unit, paired = _paired(table, metric, against, by, unit, require_reference=True)
+    label = describe_setting(against)
+    rows = []
+    for cond, group in paired.groupby(by, sort=False, dropna=False):
+        cond = cond if isinstance(cond, tuple) else (cond,)
+        diffs = group["_diff"].to_numpy()
+        estimate, low, high, reps, n_units = _interval(diffs, None, boot, design_codes(group, unit))
+        p_value = bootstrap_p(reps, estimate, n_units, boot)
+        rows.append({**dict(zip(by, cond)), "metric": metric, "reference": label, "mean_diff": estimate, "low": low,
+                     "high": high, "p_value": p_value,
+                     "n_units": len(group), **_factor_sizes(group, unit)})
+    return pd.DataFrame(rows, columns=[*by, "metric", "reference", "mean_diff", "low", "high", "p_value", "n_units",
+                                       "n_references", "n_prompts"])
+
+
+def _paired(
+    table: pd.DataFrame, metric: str, against: Mapping[str, Any], by: Sequence[str] | None,
+    unit: Sequence[str] | None, require_reference: bool,
+) -> tuple[list[str], list[str], pd.DataFrame]:
+    """(by, unit, cells): every non-reference condition's cell means beside its matched reference cell, `_diff` their
+    difference; only cells both have. The reference is the condition `against` fixes, other `by` columns matched."""
     by = list(by) if by is not None else varying_conditions(table)
     unknown = [c for c in against if c not in by] if by else list(against)
     if unknown:
@@ -333,27 +363,15 @@ def paired_differences(
     unit = list(CELL_COLUMNS if unit is None else unit)
     means = cell_means(table, metric, by, unit)
     ref = means[select(means, against)]
-    if ref.empty:
+    if ref.empty and require_reference:
         raise AnalysisError(
             f"paired differences: no rows with {describe_setting(against)} to compare against; add that condition to the sweep"
         )
     matched = [c for c in by if c not in against]
     ref = ref[[*matched, *unit, metric]].rename(columns={metric: "_ref"})
     paired = means[~select(means, against)].merge(ref, on=[*matched, *unit], how="inner")
-    label = describe_setting(against)
-    rows = []
-    for cond, group in paired.groupby(by, sort=False, dropna=False):
-        cond = cond if isinstance(cond, tuple) else (cond,)
-        diffs = (group[metric] - group["_ref"]).to_numpy()
-        design = design_codes(group, unit)
-        estimate, low, high = bootstrap_ci(diffs, boot=boot, design=design)
-        reps = replicate_means(diffs, boot, design)[:, 0]
-        p_value = bootstrap_p(reps, estimate, effective_units(design, len(diffs), boot.scheme), boot)
-        rows.append({**dict(zip(by, cond)), "metric": metric, "reference": label, "mean_diff": estimate, "low": low,
-                     "high": high, "p_value": p_value,
-                     "n_units": len(group), **_factor_sizes(group, unit)})
-    return pd.DataFrame(rows, columns=[*by, "metric", "reference", "mean_diff", "low", "high", "p_value", "n_units",
-                                       "n_references", "n_prompts"])
+    paired["_diff"] = paired[metric] - paired["_ref"]
+    return by, unit, paired
 
 
 def simultaneous_differences(
@@ -369,18 +387,11 @@ def simultaneous_differences(
     `simultaneous_band`). Columns: by..., simul_low, simul_high; `attrs["critical"]` is the band's multiple of the
     standard error and `attrs["family"]` how many differences it covers.
     """
-    by = list(by) if by is not None else varying_conditions(table)
-    unit = list(CELL_COLUMNS if unit is None else unit)
-    means = cell_means(table, metric, by, unit)
-    ref = means[select(means, against)]
-    matched = [c for c in by if c not in against]
-    ref = ref[[*matched, *unit, metric]].rename(columns={metric: "_ref"})
-    paired = means[~select(means, against)].merge(ref, on=[*matched, *unit], how="inner")
+    by, unit, paired = _paired(table, metric, against, by, unit, require_reference=False)
     out = pd.DataFrame(columns=[*by, "simul_low", "simul_high"])
     if paired.empty:
         out.attrs.update(critical=float("nan"), family=0)
         return out
-    paired["_diff"] = paired[metric] - paired["_ref"]
     paired["_cond"] = paired.groupby(by, sort=False, dropna=False).ngroup()  # NaN-safe (a knob another method lacks)
     wide = paired.groupby([*unit, "_cond"], sort=False, dropna=False)["_diff"].mean().unstack("_cond")
     _, low, high, crit = simultaneous_band(wide.to_numpy(dtype=np.float64), boot, design_codes(wide.reset_index(), unit))
