@@ -301,7 +301,9 @@ def test_the_planted_copy_wins_style_in_the_report(benchmark_run):
         assert means.idxmax() == "copy_reference: all", metric
         assert means.max() == pytest.approx(1.0, abs=1e-3)  # an image's similarity to itself
         row = summary.loc[("copy_reference: all", metric)]
-        assert row["diff_low"] > 0 and row["better"] == "better"
+        # the per-comparison CI excludes 0; the mark is the Holm decision over the whole family (4 references here)
+        assert row["diff_low"] > 0
+        assert (row["better"] == "better") if row["holm"] else pd.isna(row["better"])
     points = pd.read_csv(out / "benchmark_tradeoffs.csv").set_index("contender")
     assert points.loc["copy_reference: all", "front_text_clip"]  # nobody has more style
 
