@@ -6,7 +6,7 @@ For every metric (experiments/metrics/<name>.yaml, exactly as shipped) and every
   separate: the metric alone, `scorer.score(ScoreBatch(...))` with a fresh ScoreBatch per call, so nothing is
       shared with other metrics (each CLIP metric re-encodes the outputs with the CLIP image tower).
   together: all chosen metrics on one fresh ScoreBatch per call, the way the scoring stage runs them, so metrics
-      on the same model (style_clip, text_clip, leak_clip; leak_dino and style_dinov2) encode the outputs once.
+      on the same model (style_clip, text_clip, leak_clip; ref_dinov2 and any other DINOv2 metric) encode the outputs once.
   preprocess: each metric's preprocessing (resize, center-crop, normalise of the output images) on its own, timed
       right after that metric's measurement on the same images (its share of the metric's time is reported).
 
@@ -58,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(default: random)")
     p.add_argument("--metrics", default="default",
                    help="comma-separated names of experiments/metrics/*.yaml; 'default' expands to default.yaml's list "
-                        "(style_clip,style_dino,style_csd,text_clip,leak_clip,leak_dino), e.g. 'default,style_dinov2'")
+                        "(style_clip,style_dino,style_csd,text_clip,leak_clip,ref_dinov2), e.g. 'default,style_clip_vit_h'")
     p.add_argument("--batch-sizes", default="1,8,32", help="comma-separated batch sizes (default 1,8,32)")
     p.add_argument("--n-images", type=int, default=32,
                    help="images per measurement: ceil(N / batch size) calls, at least one (default 32)")

@@ -21,7 +21,7 @@ from styleprobe.metrics import base as metrics_base
 from styleprobe.store import Store
 from styleprobe.sweep import run as run_sweep
 
-DEFAULT_METRICS = ["style_clip", "style_dino", "style_csd", "text_clip", "leak_clip", "leak_dino"]
+DEFAULT_METRICS = ["style_clip", "style_dino", "style_csd", "text_clip", "leak_clip", "ref_dinov2"]
 DEFAULT_COLUMNS = [*DEFAULT_METRICS, "leak_margin", "leak_free"]
 
 
@@ -62,7 +62,7 @@ def test_sweep_rows_carry_every_default_metric(scored_sweep):
         assert col in table and table[col].notna().all(), col
     for m in DEFAULT_METRICS:
         assert table[f"{m}_model"].str.startswith("tiny random").all()
-    assert table[["style_clip", "style_dino", "style_csd", "leak_dino"]].abs().le(1 + 1e-6).all().all()
+    assert table[["style_clip", "style_dino", "style_csd", "ref_dinov2"]].abs().le(1 + 1e-6).all().all()
     assert set(table.leak_free.unique()) <= {0.0, 1.0}
     assert (table.leak_free == (table.leak_margin < 0).astype(float)).all()
 
@@ -89,13 +89,11 @@ def test_rerun_scores_nothing(scored_sweep, tmp_path):
 def test_adding_a_metric_scores_only_that_metric(scored_sweep, tmp_path):
     store = _copy(scored_sweep, tmp_path)
     before = store.table()
-    result = scoring.run(_score_cfg(store.root, "metrics=[default,style_dinov2]"))
-    assert result.scored == {**{m: 0 for m in DEFAULT_METRICS}, "style_dinov2": 4}
+    result = scoring.run(_score_cfg(store.root, "metrics=[default,style_clip_vit_h]"))
+    assert result.scored == {**{m: 0 for m in DEFAULT_METRICS}, "style_clip_vit_h": 4}
     after = store.table()
-    assert after.style_dinov2.notna().all()
+    assert after.style_clip_vit_h.notna().all()
     pd.testing.assert_frame_equal(after[before.columns], before)
-    # DINOv2's CLS cosine, under two names: the same numbers
-    np.testing.assert_array_equal(after.set_index("key").style_dinov2, after.set_index("key").leak_dino)
 
 
 def test_changing_a_metrics_model_is_refused_before_loading(scored_sweep, tmp_path):
@@ -253,7 +251,9 @@ def test_planning_the_scorers_imports_no_torch_and_keeps_their_identities(overri
 
 
 def test_metric_list_overrides_are_checked():
-    assert check_group_choices(["metrics=[default,style_dinov2]"]) is None
+    assert check_group_choices(["metrics=[default,style_clip_vit_h]"]) is None
+    old = check_group_choices(["metrics=[default,leak_dino]"])
+    assert old is not None and old.startswith("metric 'leak_dino' is now 'ref_dinov2'")
     assert check_group_choices(["metrics=[]"]) is None
     bad = check_group_choices(["metrics=[default,style_clp]"])
     assert bad is not None and bad.startswith("unknown metrics 'style_clp'; choose one of default, leak_clip")

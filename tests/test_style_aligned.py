@@ -92,7 +92,8 @@ def test_inversion_equals_the_original_and_is_stored_once(tiny_model, neon, gold
     key = items[0].row["inversion_key"]
     assert key and {it.row["inversion_key"] for it in items} == {key}  # one reference, one inversion
     zts, meta = store.read_tensors("inversion", key)
-    torch.testing.assert_close(zts["zts"], golden["inverted/zts"], atol=1e-6, rtol=0)
+    # float32 over 50 steps: the CPU's vector width changes the rounding (1.9e-5 seen on another machine), not the method
+    torch.testing.assert_close(zts["zts"], golden["inverted/zts"], atol=1e-4, rtol=1e-4)
     assert meta["steps"] == 50 and meta["guidance"] == 2.0 and meta["caption"] == "a circle, neon glow." and meta["seconds"] > 0
     # a new process (empty memory) reads it back instead of inverting again
     tiny_model.attached["style_aligned"].inversions.clear()

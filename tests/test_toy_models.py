@@ -180,7 +180,7 @@ def test_toy_weights_assemble_into_the_real_layouts_and_run_a_scored_sweep(tmp_p
     result = run(cfg)
     table = Store(cfg.results_dir).table()
     assert result.generated == len(table) == 4 * 2 * 2
-    assert set(table.model) == {"toy"} and table.style_csd.notna().all() and table.leak_dino.notna().all()
+    assert set(table.model) == {"toy"} and table.style_csd.notna().all() and table.ref_dinov2.notna().all()
     assert table.style_csd_model.str.startswith("toy-world").all() and table.text_clip_model.str.contains("toy").all()
 
 

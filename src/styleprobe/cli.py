@@ -24,6 +24,7 @@ import hydra
 from omegaconf import DictConfig
 
 from styleprobe.config import CONFIG_DIR
+from styleprobe.metric_roles import RENAMED, RENAMED_WHY
 from styleprobe.errors import StyleprobeError
 
 
@@ -80,6 +81,10 @@ def check_group_choices(args: list[str], config_dir: Path = CONFIG_DIR) -> str |
         for choice in value.strip("[]").split(","):
             choice = choice.strip()
             if choice and choice not in options and choice != "null":
+                if group == "metrics" and choice in RENAMED:
+                    new = RENAMED[choice][0]
+                    return (f"metric {choice!r} is now {new!r} ({RENAMED_WHY}); write metrics=[...,{new}] "
+                            f"(folders scored as {choice} are read as {new})")
                 return f"unknown {group} {choice!r}; choose one of {', '.join(options)} (files in {folder})"
     return None
 

@@ -5,7 +5,7 @@ so adding a metric to a finished sweep scores only that metric, a rerun scores n
 run resumes, and it runs as well on another machine as right after generation:
 
     styleprobe score results_dir=results/toy/layer_probe             the default metrics
-    styleprobe score results_dir=... metrics=[default,style_dinov2]   add one
+    styleprobe score results_dir=... metrics=[default,style_clip_vit_h]   add one
 
 Every check (metric names, options, a metric's model changed under an existing column, missing images
 or references) happens before any scoring model is loaded.
@@ -126,6 +126,38 @@ def check_identities(store: Store, scorers: list[Any]) -> None:
             )
 
 
+def role_names(scorer: Any) -> dict[str, str]:
+    """A scorer's column roles as recorded in `_metric.yaml` ('leakage:lower')."""
+    return {column: str(role) for column, role in scorer.roles().items()}
+
+
+def record_roles(store: Store, scorers: list[Any]) -> None:
+    """Give already scored metrics the roles their configs declare now: a role says what a number means, so changing
+    one relabels the column without rescoring it."""
+    for s in scorers:
+        identity = store.metric_identity(s.name)
+        if identity is not None and store.metric_roles(s.name) != role_names(s):
+            store.write_metric_identity(s.name, identity, role_names(s))
+
+
+def adopt_renamed(store: Store, scorers: list[Any]) -> list[str]:
+    """A metric scored under its old name (`leak_dino`, now `ref_dinov2`) with the same identity is moved to its new
+    name, not scored again. Returns the old names adopted."""
+    from styleprobe.metric_roles import RENAMED
+
+    adopted = []
+    for s in scorers:
+        if store.metric_identity(s.name) is not None:
+            continue
+        for old, (new, _) in RENAMED.items():
+            if new == s.name and store.metric_identity(old) == s.identity() and store.score_files(old):
+                store.rename_metric(old, new, role_names(s))
+                log.info("scores of %s are now %s (renamed, not rescored)", old, new)
+                adopted.append(old)
+                break
+    return adopted
+
+
 def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
     """The options that differ between two identities, as 'key: old there, new now'."""
 
@@ -164,6 +196,7 @@ def plan(
     missing_cols = [c for c in NEEDED_COLUMNS if c not in columns]
     if missing_cols:
         raise ConfigError(f"{store.rows} lacks column(s) {', '.join(missing_cols)}; was it written by styleprobe's sweep?")
+    adopt_renamed(store, scorers)
     check_identities(store, scorers)
     available = set(rows.key) if rows is not None else (done if done is not None else store.done_keys())
     if keys is not None:
@@ -198,6 +231,7 @@ def score(store: Store, p: ScoringPlan, run_id: str) -> ScoringResult:
     """Score what is pending, batch by batch; each batch's scores land in one file per metric."""
     start = time.perf_counter()
     result = ScoringResult({s.name: 0 for s in p.scorers})
+    record_roles(store, p.scorers)
     todo = p.todo
     if todo.empty:
         return result
@@ -262,7 +296,7 @@ def _score_chunk(
             frame = pd.DataFrame({"key": list(need), **{c: values[c] for c in s.columns}})
             frame[s.model_column] = s.describe_model()
             if s.name in unrecorded:  # with the first scores, so a failed load leaves no trace
-                store.write_metric_identity(s.name, s.identity())
+                store.write_metric_identity(s.name, s.identity(), role_names(s))
                 unrecorded.discard(s.name)
             store.write_scores(s.name, frame, run_id, n)
             result.scored[s.name] += len(need)
@@ -293,6 +327,7 @@ def run(cfg: DictConfig) -> ScoringResult:
     log.info("scoring %s: %d rows, %d metric values missing (weights: %s)", results_dir, len(keys), p.n_pending, weights)
     if not p.n_pending:
         log.info("nothing to score")
+        record_roles(store, scorers)
         return ScoringResult({s.name: 0 for s in scorers})
     summary = {"stage": "score", "run_id": run_id, "pending": {k: len(v) for k, v in p.pending.items()},
                "started": datetime.now(timezone.utc).isoformat()}

@@ -152,22 +152,52 @@ class Store:
         last = last_writes(files)
         return {c["values"]: (int(c["counts"]), last[c["values"]]) for c in counts if c["values"] in last}
 
-    def metric_identity(self, metric: str) -> dict[str, Any] | None:
-        """What an existing metric folder was scored with, or None for a new metric."""
+    def _metric_file(self, metric: str) -> dict[str, Any] | None:
         found = [self.scores / metric / name for name in IDENTITY_FILES if (self.scores / metric / name).exists()]
         if not found:
             return None
-        path = found[0]
         from omegaconf import OmegaConf
 
-        return OmegaConf.to_container(OmegaConf.load(path))  # type: ignore[return-value]
+        return OmegaConf.to_container(OmegaConf.load(found[0]))  # type: ignore[return-value]
 
-    def write_metric_identity(self, metric: str, identity: dict[str, Any]) -> None:
+    def metric_identity(self, metric: str) -> dict[str, Any] | None:
+        """What an existing metric folder was scored with, or None for a new metric (its roles are not part of it)."""
+        data = self._metric_file(metric)
+        return None if data is None else {k: v for k, v in data.items() if k != "roles"}
+
+    def metric_roles(self, metric: str) -> dict[str, str] | None:
+        """Each column of a metric -> its role ('leakage:lower'), as recorded when it was scored; None where older
+        styleprobe recorded none (analysis then takes them from the scorer kind of the identity)."""
+        data = self._metric_file(metric)
+        roles = (data or {}).get("roles")
+        return {str(k): str(v) for k, v in roles.items()} if isinstance(roles, dict) else None
+
+    def write_metric_identity(self, metric: str, identity: dict[str, Any], roles: dict[str, str] | None = None) -> None:
+        """`_metric.yaml`: the identity, and the roles of its columns (which a relabelling may rewrite, no rescoring)."""
         from omegaconf import OmegaConf
 
-        text = OmegaConf.to_yaml(OmegaConf.create(identity))
+        text = OmegaConf.to_yaml(OmegaConf.create({**identity, **({"roles": dict(roles)} if roles else {})}))
         atomic_write(self.scores / metric / IDENTITY_FILES[0], lambda tmp: tmp.write_text(text))
         (self.scores / metric / IDENTITY_FILES[1]).unlink(missing_ok=True)
+
+    def rename_metric(self, old: str, new: str, roles: dict[str, str]) -> None:
+        """Move a metric's scores to a new name, columns renamed (`old`, `old_model` -> `new`, `new_model`), without
+        rescoring: the new folder is complete before it appears, and the old one goes after."""
+        source, target = self.scores / old, self.scores / new
+        tmp = self.scores / f".{new}.{HOST}.{os.getpid()}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        import pyarrow.parquet as pq
+        from omegaconf import OmegaConf
+
+        names = {old: new, f"{old}_model": f"{new}_model"}
+        for path in parquet_files(source):
+            table = pq.read_table(path)
+            pq.write_table(table.rename_columns([names.get(c, c) for c in table.column_names]), tmp / path.name)
+        identity = self.metric_identity(old) or {}
+        (tmp / IDENTITY_FILES[0]).write_text(OmegaConf.to_yaml(OmegaConf.create({**identity, "roles": dict(roles)})))
+        os.replace(tmp, target)
+        shutil.rmtree(source, ignore_errors=True)
 
     def write_scores(self, metric: str, frame: pd.DataFrame, run_id: str, batch: int) -> Path:
         """One scored batch: key, the metric's columns and the scoring run's id (which decides a key scored twice)."""

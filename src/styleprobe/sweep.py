@@ -131,7 +131,7 @@ def _analysis_settings(cfg: DictConfig, scorers: list[Any]) -> Any:
 
     settings = AnalysisSettings.from_config(cfg.analysis)
     columns = [c for s in scorers for c in s.columns] + scored_columns(Store(cfg.results_dir))
-    check_metrics(columns, settings, "metrics=[...] of this sweep")
+    check_metrics(columns, settings, "metrics=[...] of this sweep", {c: r for s in scorers for c, r in s.roles().items()})
     return settings
 
 

@@ -25,15 +25,12 @@ import pandas as pd
 import yaml
 
 from styleprobe.analysis.conditions import describe_setting
-from styleprobe.analysis.load import condition_columns, require_columns
+from styleprobe.analysis.load import condition_columns, metric_roles, require_columns
 from styleprobe.analysis.stats import Bootstrap, aggregate, holm, paired_differences, select
 from styleprobe.errors import AnalysisError
 
 CONTENDER = "contender"
 PUBLISHED_FILE = Path(__file__).with_name("published.yaml")
-#: Leakage metrics are better lower, except the leak-free rate; every other metric is better higher.
-LOWER_IS_BETTER_PREFIX = "leak_"
-HIGHER_IS_BETTER: frozenset[str] = frozenset({"leak_free"})
 
 
 @dataclass(frozen=True)
@@ -82,11 +79,6 @@ class BenchmarkSettings:
             if (m, i) == (method, injection):
                 return n
         return len(self.names)
-
-
-def lower_is_better(metric: str) -> bool:
-    """Content leakage (`leak_clip`, `leak_dino`, `leak_margin`) is better lower; `leak_free` and the rest higher."""
-    return metric.startswith(LOWER_IS_BETTER_PREFIX) and metric not in HIGHER_IS_BETTER
 
 
 def with_contenders(table: pd.DataFrame, settings: BenchmarkSettings) -> pd.DataFrame:
@@ -141,6 +133,7 @@ def method_table(
     """Per contender and metric: mean [CI] over cells, and the paired difference to `reference` [CI].
 
     `excludes_zero` is +1 / -1 where the difference's (per-comparison, unadjusted) CI lies above / below 0, else 0.
+    `role` and `direction` (+1 higher is better, -1 lower, 0 neither) are the metric's, as its scorer declared them.
     The marks are decided for the family of every contender x metric with a better direction at once: `p_value` is
     each difference's two-sided bootstrap p, `holm` whether Holm's step-down rejects "no difference" at the
     family-wise error rate 1 - level, and `better` ("better" / "worse") is set only where it does.
@@ -156,11 +149,13 @@ def method_table(
         frames.append(merged)
     out = pd.concat(frames, ignore_index=True)
     out["excludes_zero"] = np.where(out["diff_low"] > 0, 1, np.where(out["diff_high"] < 0, -1, 0))
-    flip = out["metric"].map(lower_is_better)
-    directed = out["metric"].map(has_direction).astype(bool)
+    roles = metric_roles(table, metrics)
+    out["role"] = out["metric"].map(lambda m: roles[m].role)
+    out["direction"] = out["metric"].map(lambda m: roles[m].sign).astype(int)
+    directed = out["direction"] != 0  # a similarity without a better side (to the reference) is reported, never marked
     out["holm"] = holm(out["p_value"].where(directed & (out[CONTENDER] != reference)).to_numpy(), boot.alpha)
-    up = out["diff"] > 0
-    out["better"] = np.where(~out["holm"], "", np.where(up ^ flip, "better", "worse"))
+    gain = np.sign(out["diff"]) * out["direction"]
+    out["better"] = np.where(~out["holm"], "", np.where(gain > 0, "better", "worse"))
     out["reference"] = reference
     out["_m"] = out["metric"].map(list(metrics).index)
     out["_c"] = out[CONTENDER].map({c: i for i, c in enumerate(contenders(table))})
@@ -169,9 +164,10 @@ def method_table(
     return out
 
 
-def has_direction(metric: str) -> bool:
-    """Whether a better direction exists for the metric (so a difference can be marked better or worse)."""
-    return True
+def direction(summary: pd.DataFrame, metric: str) -> int:
+    """+1 where higher is better for `metric` in a `method_table`, -1 where lower is, 0 where neither."""
+    found = summary.loc[summary["metric"] == metric, "direction"]
+    return int(found.iloc[0]) if len(found) else 0
 
 
 def pareto_front(points: pd.DataFrame, x: str, y: str, maximize: tuple[bool, bool] = (True, True)) -> pd.Series:
@@ -190,7 +186,7 @@ def tradeoffs(summary: pd.DataFrame, style_metric: str, others: Sequence[str]) -
     """One row per contender: the style metric and each other metric (mean, low, high), and the Pareto front of each pair.
 
     `summary` is `method_table`'s output. Column `front_<metric>` is True where the contender is on the front of
-    (style up, that metric up; leakage down).
+    (style up, and that metric in its better direction; a metric without one is read as higher).
     """
     def part(metric: str) -> pd.DataFrame:
         rows = summary[summary["metric"] == metric].set_index(CONTENDER)[["mean", "low", "high"]]
@@ -199,7 +195,7 @@ def tradeoffs(summary: pd.DataFrame, style_metric: str, others: Sequence[str]) -
     out = part(style_metric)
     for metric in others:
         out = out.join(part(metric), how="inner")
-        out[f"front_{metric}"] = pareto_front(out, f"{style_metric}_mean", f"{metric}_mean", (True, not lower_is_better(metric)))
+        out[f"front_{metric}"] = pareto_front(out, f"{style_metric}_mean", f"{metric}_mean", (True, direction(summary, metric) >= 0))
     return out.reset_index()
 
 
@@ -306,7 +302,7 @@ def published_comparison(
                 block.append({"source": source["source"], "protocol": source["protocol"], "their_metric": their_metric,
                               "metric": ours_metric or "", "method": method, "published": float(values[their_metric]),
                               CONTENDER: contender, "ours": ours})
-            _rank(block, lower_is_better(ours_metric or ""))
+            _rank(block, direction(summary, ours_metric or "") < 0)
             rows += block
     return pd.DataFrame(rows, columns=["source", "protocol", "their_metric", "metric", "method", "published", CONTENDER,
                                        "ours", "rank_published", "rank_ours", "agrees"])
@@ -339,7 +335,7 @@ def is_benchmark(table: pd.DataFrame) -> bool:
 
 
 __all__ = [
-    "BenchmarkSettings", "contenders", "cost_table", "devices", "is_benchmark", "method_table", "pareto_front",
+    "BenchmarkSettings", "contenders", "cost_table", "devices", "direction", "is_benchmark", "method_table", "pareto_front",
     "preparation_records", "published_comparison", "published_tables", "reference_contender", "tradeoffs",
     "with_contenders",
 ]

@@ -14,7 +14,7 @@ import pandas as pd
 from styleprobe.analysis import benchmark as bench
 from styleprobe.analysis import figures
 from styleprobe.analysis.design import describe_design
-from styleprobe.analysis.load import is_machinery_check, is_toy_world, metric_columns, metric_label, model_names
+from styleprobe.analysis.load import is_machinery_check, is_toy_world, metric_columns, metric_label, metric_role, model_names
 from styleprobe.errors import AnalysisError
 
 if TYPE_CHECKING:
@@ -102,7 +102,7 @@ def _markdown(
         lines.append(f"| {name} | `{first['method']}` | `{first['injection']}` | {first.get('prompt_used', first['prompt'])} | "
                      f"{first['steps']} | {first['guidance']:g} | {str(first['scheduler']).split('(')[0]} | {n} |")
     lines += ["", "## Method table", "", "Mean per contender with its CI; the metric models:", ""]
-    lines += [f"- `{m}`: {metric_label(table, m)} ({'lower' if bench.lower_is_better(m) else 'higher'} is better)" for m in metrics]
+    lines += [f"- `{m}`: {metric_label(table, m)}; measures {metric_role(table, m).describe()}" for m in metrics]
     lines += ["", "| contender | " + " | ".join(metrics) + " | cells |", "|---|" + "---|" * (len(metrics) + 1)]
     wide = summary.set_index(["contender", "metric"])
     for name in order:
@@ -132,7 +132,7 @@ def _markdown(
     lines += ["", "## Trade-offs and the Pareto front", ""]
     for metric in (m for m in (bs.text_metric, bs.leak_metric) if f"front_{m}" in points):
         front = list(points.loc[points[f"front_{metric}"], bench.CONTENDER])
-        goal = "less leakage" if bench.lower_is_better(metric) else f"more {metric}"
+        goal = {1: f"more {metric}", -1: f"less {metric}"}.get(bench.direction(summary, metric), f"more {metric}")
         lines.append(f"- {bs.style_metric} vs {metric}: on the front (no contender has more style and {goal} at once): "
                      + (", ".join(f"**{c}**" for c in front) or "none"))
     lines += ["", "The front is taken on the point estimates; read each point's CI bars in the figure before calling "

@@ -392,7 +392,8 @@ def benchmark_tradeoff(
     `points` is `benchmark.tradeoffs(...)`: per contender `<metric>_mean/low/high` and `front_<metric>`. Points on the
     front are filled and joined by a step line; text alignment is better up, leakage better down.
     """
-    from styleprobe.analysis.benchmark import CONTENDER, lower_is_better
+    from styleprobe.analysis.benchmark import CONTENDER
+    from styleprobe.analysis.load import metric_role
 
     if points.empty:
         raise AnalysisError("benchmark trade-off: no contender has every metric of the figure; score the table first")
@@ -410,8 +411,9 @@ def benchmark_tradeoff(
         front = points[points[f"front_{metric}"]].sort_values(f"{style_metric}_mean")
         if len(front) > 1:
             ax.plot(front[f"{style_metric}_mean"], front[f"{metric}_mean"], color="black", linewidth=0.6, linestyle="--",
-                    drawstyle="steps-post" if not lower_is_better(metric) else "steps-pre", zorder=0)
-        better = "lower is better" if lower_is_better(metric) else "higher is better"
+                    drawstyle="steps-post" if metric_role(table, metric).sign >= 0 else "steps-pre", zorder=0)
+        role = metric_role(table, metric)
+        better = f"{role.better} is better" if role.has_direction else "no better side"
         ax.set_xlabel(_label(table, style_metric, "", 44) + " (higher is better)")
         ax.set_ylabel(_label(table, metric, "", 32) + f"\n({better})")
     from matplotlib.lines import Line2D

@@ -2,11 +2,14 @@
 
 Analysis reads only what the store wrote (rows joined with every metric's scores); it never reaches
 into generation or scoring internals. Every metric column gets a `<column>_model` companion naming the
-scorer's model, so a figure's axis can always say which model a number came from.
+scorer's model, so a figure's axis can always say which model a number came from, and a `<column>_role`
+companion saying what it measures and which way is better (`metric_role`), as its scorer declared it.
+Columns renamed since a folder was scored (`RENAMED`) are read under their new names.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Iterable, Sequence
@@ -16,6 +19,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from styleprobe.errors import AnalysisError
+from styleprobe.metric_roles import RENAMED, UNKNOWN_ROLE, MetricRole, kind_roles
 from styleprobe.store import Store
 
 log = logging.getLogger("styleprobe")
@@ -29,6 +33,9 @@ CELL_COLUMNS: tuple[str, ...] = (REFERENCE_COLUMN, PROMPT_COLUMN)
 #: A replicate within a cell that a method draws itself (B-LoRA's training seed, `train_seed=3`): averaged within the
 #: cell like seeds, and never a condition. Rows of methods without one have none ("").
 REPLICATE_COLUMN = "replicate"
+
+
+ROLE_SUFFIX = "_role"
 
 
 def unit_columns(table: pd.DataFrame) -> tuple[str, ...]:
@@ -68,6 +75,10 @@ def load_results(results_dirs: str | Path | Sequence[str | Path]) -> pd.DataFram
         for column, model in _value_column_models(store).items():
             if column in table and f"{column}_model" not in table:
                 table[f"{column}_model"] = table[model]
+        for column, role in _value_column_roles(store).items():
+            if column in table:
+                table[f"{column}{ROLE_SUFFIX}"] = str(role)
+        table = _renamed(table)
         table["results_dir"] = str(root.resolve())
         frames.append(table)
     table = pd.concat(frames, ignore_index=True)
@@ -97,6 +108,74 @@ def _value_column_models(store: Store) -> dict[str, str]:
             if column not in ("key", "run_id") and not column.endswith("_model"):
                 out[column] = f"{metric}_model"
     return out
+
+
+def _value_column_roles(store: Store) -> dict[str, MetricRole]:
+    """Each metric value column -> its role: as recorded at scoring, else (folders scored before roles were recorded)
+    as the scorer kind of its identity declares it, else unknown."""
+    out: dict[str, MetricRole] = {}
+    for metric in store.metrics():
+        recorded = store.metric_roles(metric)
+        if recorded is not None:
+            out.update({c: MetricRole.parse(r) for c, r in recorded.items()})
+            continue
+        identity = store.metric_identity(metric) or {}
+        out.update(kind_roles(str(identity.get("scorer")), metric, identity.get("options") or {}))
+    for old, (_, role) in RENAMED.items():
+        if old in out:
+            out[old] = role
+    return out
+
+
+def _renamed(table: pd.DataFrame) -> pd.DataFrame:
+    """Old metric columns under their new names (where the new name is not also scored)."""
+    names = {}
+    for old, (new, _) in RENAMED.items():
+        if old in table and new not in table and new not in names.values():
+            names.update({f"{old}{suffix}": f"{new}{suffix}" for suffix in ("", "_model", ROLE_SUFFIX) if f"{old}{suffix}" in table})
+    return table.rename(columns=names) if names else table
+
+
+def metric_role(table: pd.DataFrame, metric: str) -> MetricRole:
+    """What a metric column measures and which way is better, from the `<metric>_role` its scorer recorded.
+
+    A table without one (built by hand) takes the role that the shipped metric config of that name declares;
+    a column neither knows is `unknown` (no better direction), which analysis refuses where a role is needed.
+    """
+    column = f"{metric}{ROLE_SUFFIX}"
+    if column in table:
+        values = sorted({str(v) for v in table[column].dropna().unique()})
+        if len(values) > 1:
+            raise AnalysisError(f"metric {metric} has different roles across the folders read ({', '.join(values)}); "
+                                "rescore one of them or give one metric another name")
+        if values:
+            return MetricRole.parse(values[0])
+    return declared_roles().get(metric, UNKNOWN_ROLE)
+
+
+def declared_roles() -> dict[str, MetricRole]:
+    """Every column of the metric configs shipped in `experiments/metrics/` -> the role its scorer declares."""
+    return dict(_declared_roles())
+
+
+@functools.cache
+def _declared_roles() -> tuple[tuple[str, MetricRole], ...]:
+    import yaml
+
+    from styleprobe.config import CONFIG_DIR
+
+    out: dict[str, MetricRole] = {}
+    for path in sorted((CONFIG_DIR / "metrics").glob("*.yaml")):
+        for name, options in (yaml.safe_load(path.read_text()) or {}).items():
+            if isinstance(options, dict) and "scorer" in options:
+                out.update(kind_roles(str(options["scorer"]), str(name), options))
+    out.update({old: role for old, (_, role) in RENAMED.items()})
+    return tuple(out.items())
+
+
+def metric_roles(table: pd.DataFrame, metrics: Iterable[str] | None = None) -> dict[str, MetricRole]:
+    """`metric_role` of each metric column (or of `metrics`)."""
+    return {m: metric_role(table, m) for m in (metric_columns(table) if metrics is None else metrics)}
 
 
 def metric_columns(table: pd.DataFrame) -> list[str]:

@@ -31,6 +31,7 @@ from styleprobe.analysis.benchmark import BenchmarkSettings, is_benchmark
 from styleprobe.analysis.conditions import describe_setting, split_by_setting
 from styleprobe.analysis.design import describe_design
 from styleprobe.analysis.load import (
+    RENAMED,
     UNIT_COLUMNS,
     is_machinery_check,
     is_toy_world,
@@ -38,6 +39,7 @@ from styleprobe.analysis.load import (
     metric_columns,
     method_names,
     metric_label,
+    metric_roles,
     model_names,
     require_columns,
     varying_conditions,
@@ -46,6 +48,7 @@ from styleprobe.analysis.stats import Bootstrap, aggregate, paired_differences
 from styleprobe.analysis.verdict import CandidateVerdict, Criterion, judge, rank_by_style_effect
 from styleprobe.config import CONFIG_DIR
 from styleprobe.errors import AnalysisError
+from styleprobe.metric_roles import ROLES, UNKNOWN_ROLE, MetricRole
 from styleprobe.store import HOST
 
 log = logging.getLogger("styleprobe")
@@ -129,17 +132,42 @@ class Report:
         return self.out_dir / "report.md"
 
 
-def check_metrics(available: Sequence[str], settings: AnalysisSettings, where: str) -> None:
-    """The verdict's metrics must be columns the results will have; says which are, and how to choose."""
+#: The role each metric setting needs its metric to have (`MetricRole.role`).
+SETTING_ROLES: dict[str, str] = {"style_metric": "style", "leak_metric": "leakage", "text_metric": "text"}
+
+
+def metric_settings(settings: AnalysisSettings) -> dict[str, str]:
+    """`analysis.<group>.<setting>` -> the metric it names, for the settings this analysis uses."""
+    out = {f"verdict.{r}": m for r, m in zip(SETTING_ROLES, settings.criterion.metrics)}
+    out.update({f"benchmark.{r}": getattr(settings.benchmark, r) for r in SETTING_ROLES})
+    return {r: m for r, m in out.items() if m in settings.metrics and not (settings.kind == "probe" and r.startswith("benchmark."))
+            and not (settings.kind == "benchmark" and r.startswith("verdict."))}
+
+
+def check_metrics(
+    available: Sequence[str], settings: AnalysisSettings, where: str, roles: Mapping[str, MetricRole] | None = None,
+) -> None:
+    """The analysis's metrics must be columns the results will have, each in the role its setting needs (a reference
+    similarity is no leakage metric); says which are, and how to choose. `roles`: column -> role, where known."""
+    named = metric_settings(settings)
     missing = [m for m in settings.metrics if m not in available]
     if missing:
-        roles = {f"verdict.{r}": m for r, m in zip(("style_metric", "leak_metric", "text_metric"), settings.criterion.metrics)}
-        roles.update({f"benchmark.{r}": getattr(settings.benchmark, r) for r in ("style_metric", "leak_metric", "text_metric")})
-        fix = " ".join(f"analysis.{r}=<column>" for r, m in roles.items() if m in missing and m in settings.metrics)
+        fix = " ".join(f"analysis.{r}=<column>" for r, m in named.items() if m in missing)
+        renamed = [f"{m} is now {RENAMED[m][0]}" for m in missing if m in RENAMED]
         raise AnalysisError(
             f"analysis needs {', '.join(missing)}, which {where} lacks (it has: {', '.join(available) or 'no metrics'}); "
-            f"score it (metrics=[default,...]) or set {fix}"
+            f"score it (metrics=[default,...]) or set {fix}" + (f" ({'; '.join(renamed)})" if renamed else "")
         )
+    if roles is None:
+        return
+    for setting, metric in named.items():
+        wanted, role = SETTING_ROLES[setting.split(".")[1]], roles.get(metric)
+        if role is not None and role.role != wanted:
+            fits = [m for m in available if roles.get(m, UNKNOWN_ROLE).role == wanted]
+            raise AnalysisError(
+                f"analysis.{setting}={metric} measures {ROLES[role.role]}, not {ROLES[wanted]}; set analysis.{setting} to "
+                + (f"one of {', '.join(fits)}" if fits else f"a {wanted} metric (score one first)")
+            )
 
 
 def analyze(
@@ -157,7 +185,7 @@ def analyze(
     table = load_results(dirs)
     require_columns(table, [*UNIT_COLUMNS, "injection"], "analysis")
     settings = dataclasses.replace(settings, kind=settings.kind_for(table))
-    check_metrics(metric_columns(table), settings, f"the table of {', '.join(map(str, dirs))}")
+    check_metrics(metric_columns(table), settings, f"the table of {', '.join(map(str, dirs))}", metric_roles(table))
     tmp = out.parent / f".{out.name}.{HOST}.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     try:

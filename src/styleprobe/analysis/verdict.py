@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from styleprobe.analysis.conditions import describe_setting, is_instantstyle, preset_rows, split_by_setting
-from styleprobe.analysis.load import require_columns, varying_conditions
+from styleprobe.analysis.load import metric_role, require_columns, varying_conditions
 from styleprobe.analysis.stats import Bootstrap, bootstrap_ci, paired_cells, paired_differences, select, simultaneous_differences
 from styleprobe.errors import AnalysisError
 
@@ -141,10 +141,11 @@ def judge(
                 verdict.checks.append(Check("present", "", np.nan, np.nan, np.nan, np.nan, False, 0,
                                             f"no rows for `{name}`; add it to injection.patterns"))
             else:
+                leak_lower = metric_role(table, criterion.leak_metric).sign <= 0  # a leak-free rate is better higher
                 verdict.checks = [
                     _style_kept(table, criterion, cand, ref, base, boot),
                     _difference(table, criterion.leak_metric, "leakage lower", cand, ref, boot,
-                                0.0 - criterion.min_leak_drop, below=True),
+                                -criterion.min_leak_drop if leak_lower else criterion.min_leak_drop, below=leak_lower),
                     _difference(table, criterion.text_metric, "text followed better", cand, ref, boot,
                                 criterion.min_text_gain, below=False),
                 ]

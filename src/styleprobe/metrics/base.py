@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from styleprobe.errors import ConfigError
+from styleprobe.metric_roles import ROLES, UNKNOWN_ROLE, MetricRole, kind_roles  # noqa: F401 - re-exported for scorers
 
 if TYPE_CHECKING:  # torch is imported where models load and run: building scorers and checking configs never wait for it
     import torch
@@ -26,6 +27,7 @@ R = TypeVar("R")
 
 #: Bumped when a definition changes, so old scores are not mixed with new ones.
 DEFINITION_VERSION = 1
+
 
 
 @dataclass
@@ -126,9 +128,11 @@ class Scorer(ABC):
 
     kind: ClassVar[str]
     option_names: ClassVar[tuple[str, ...]] = ()
+    #: Options every kind takes: they say what a number means, not how it is computed (so not in the identity).
+    meaning_options: ClassVar[tuple[str, ...]] = ("role", "better")
 
     def __init__(self, settings: ScorerSettings):
-        unknown = sorted(set(settings.options) - set(self.option_names) - {"scorer"})
+        unknown = sorted(set(settings.options) - set(self.option_names) - {"scorer", *self.meaning_options})
         if unknown:
             raise ConfigError(
                 f"metrics.{settings.name}: unknown option(s) {', '.join(unknown)}; "
@@ -136,10 +140,18 @@ class Scorer(ABC):
             )
         self.settings = settings
         self.name = settings.name
+        try:
+            self._roles = kind_roles(self.kind, self.name, settings.options)
+        except ConfigError as err:
+            raise ConfigError(f"metrics.{self.name}: {err}") from None
 
     @property
     def columns(self) -> tuple[str, ...]:
         return (self.name,)
+
+    def roles(self) -> dict[str, MetricRole]:
+        """Each column this metric fills -> what it measures (`metric_roles`: its kind's, or its config's `role:`)."""
+        return dict(self._roles)
 
     @property
     def model_column(self) -> str:
@@ -176,7 +188,7 @@ class Scorer(ABC):
         return {
             "scorer": self.kind,
             "model": self.describe_model(),
-            "options": dict(sorted(self.settings.options.items())),
+            "options": dict(sorted((k, v) for k, v in self.settings.options.items() if k not in self.meaning_options)),
             "weights": self.settings.weights,
             "definition": DEFINITION_VERSION,
             **({} if self.settings.dtype == "float32" else {"dtype": self.settings.dtype}),

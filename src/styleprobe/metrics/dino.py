@@ -2,11 +2,11 @@
 
 - `style_dino`: DINO v1 ViT-B/8 (`facebook/dino-vitb8`; Caron et al. 2021), the style-consistency score
   of StyleAligned (Hertz et al. 2024) and B-LoRA (Frenkel et al. 2024).
-- `style_dinov2`: the same with DINOv2 ViT-B/14 (`facebook/dinov2-base`; Oquab et al. 2023).
-- `leak_dino`: DINOv2 similarity between output and reference read as *content* alignment (CSGO's CAS,
-  CLeaR's DINO leakage): DINOv2 features are semantic, so a high value means the reference's object or
-  layout came through. It is the same number as `style_dinov2` (one embedding, computed once); the two
-  names say which question a table asks of it.
+- `ref_dinov2`: DINOv2 ViT-B/14 (`facebook/dinov2-base`; Oquab et al. 2023) similarity of output and reference.
+  DINOv2 features are semantic: CSGO (CAS) and CLeaR read it as content leakage, others as style. It mixes both,
+  so styleprobe reports it under one role, similarity to the reference (`role: reference`, no better direction),
+  never as style and leakage at once. Folders scored before the rename hold it as `leak_dino` (or `style_dinov2`);
+  analysis reads those columns as `ref_dinov2`.
 
 Embedding: the CLS token of the last hidden state, after the model's final LayerNorm (DINO's
 `x_norm_clstoken`); no pooler head. Preprocessing: resize the shorter side to 256 (bicubic), center-crop
