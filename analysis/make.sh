@@ -2,13 +2,19 @@
 # Regenerate the committed toy-world analyses from scratch (no download; on 2 CPU cores the times are in README.md):
 #   analysis/toy/layer_probe/   the default run (`styleprobe`): which attention modules carry style in the toy world
 #   analysis/toy/benchmark/     `styleprobe experiment=benchmark`: the methods ranked in the toy world
-# Usage: bash analysis/make.sh   (from anywhere; uses `styleprobe` on PATH, else the README's .venv; results go to a
-# temporary folder that is removed afterwards). These are findings about the toy world, not about SDXL.
+# Usage: bash analysis/make.sh [RESULTS_ROOT]   (from anywhere; uses `styleprobe` on PATH, else the README's .venv;
+# results go to RESULTS_ROOT, which a rerun resumes from, or else to a temporary folder that is removed afterwards).
+# These are findings about the toy world, not about SDXL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 styleprobe="$(command -v styleprobe || echo .venv/bin/styleprobe)"
-results="$(mktemp -d)"
-trap 'rm -rf "$results"' EXIT
+if [ $# -ge 1 ]; then
+  mkdir -p "$1"
+  results="$(cd "$1" && pwd)"
+else
+  results="$(mktemp -d)"
+  trap 'rm -rf "$results"' EXIT
+fi
 for experiment in layer_probe benchmark; do
   start=$SECONDS
   "$styleprobe" experiment="$experiment" results_root="$results" analyze=false
