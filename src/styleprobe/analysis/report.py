@@ -162,6 +162,38 @@ def check_metrics(available: Sequence[str], settings: AnalysisSettings, where: s
         )
 
 
+def check_conditions(conditions: pd.DataFrame, settings: AnalysisSettings, where: str) -> None:
+    """Analysis settings changed from experiments/analysis/default.yaml must name conditions the results will have.
+
+    `conditions` has a row per condition the results will hold (`injection`, `sweep`, `layers`, `layer_scales`,
+    `method`): the plan's and those already in the results folder. The defaults are not checked, since a report
+    without `none` or `all` still has its aggregates and figures and says which sections need them; a setting the
+    user chose (`analysis.verdict.reference=style`, `analysis.grid.rows=[...]`) names what they mean to see.
+    """
+    if conditions.empty or settings.kind_for(conditions) == "benchmark":
+        return
+    default = default_settings()
+    crit, base = settings.criterion, default.criterion
+    asked: list[tuple[str, list[str], bool]] = []  # setting, names, found by name only (judge's reference, baseline)
+    if crit.reference != base.reference:
+        asked.append(("analysis.verdict.reference", [crit.reference], True))
+    if crit.baseline and crit.baseline != base.baseline:
+        asked.append(("analysis.verdict.baseline", [crit.baseline], True))
+    if crit.candidates != base.candidates:
+        asked.append(("analysis.verdict.candidates", list(crit.candidates), False))
+    if settings.grid_rows != default.grid_rows:
+        asked.append(("analysis.grid.rows", list(settings.grid_rows), False))
+    names = conditions["injection"].astype(str)
+    for setting, wanted, by_name in asked:
+        lacking = [n for n in wanted if not ((names == n).any() if by_name else preset_rows(conditions, n)[0].any())]
+        if lacking:
+            listed = ", ".join(lacking)
+            raise AnalysisError(
+                f"{setting} names {listed}, which {where} will not have (its patterns: "
+                f"{', '.join(pattern_specs(conditions))}); add {listed} to injection.patterns, or leave {setting} at its "
+                "default")
+
+
 def analyze(
     results_dirs: str | Path | Sequence[str | Path], settings: AnalysisSettings = AnalysisSettings(),
     out_dir: str | Path | None = None,

@@ -126,6 +126,7 @@ class Scorer(ABC):
 
     kind: ClassVar[str]
     option_names: ClassVar[tuple[str, ...]] = ()
+    needs_content: ClassVar[bool] = False  # rows whose reference has no content label get no score
 
     def __init__(self, settings: ScorerSettings):
         unknown = sorted(set(settings.options) - set(self.option_names) - {"scorer"})
