@@ -237,7 +237,7 @@ def test_figures_are_written_with_labels_naming_metric_and_model(tmp_path):
     table = _table(PLANTED, n_refs=3, n_prompts=3)
     metrics = list(MODELS)
     fig = figures.module_bars(table, metrics, boot=BOOT)
-    assert "style_csd (CSD ViT-L test)" in _flat(fig.axes[0].get_ylabel())
+    assert "style_csd (cosine; CSD ViT-L test)" in _flat(fig.axes[0].get_ylabel())
     ticks = [t.get_text() for t in fig.axes[len(metrics) - 1].get_xticklabels()]  # shared x: labels on the last
     assert ticks == MODULES  # UNet order: down, mid, up
     paths = figures.save(fig, tmp_path, "bars")
@@ -246,8 +246,8 @@ def test_figures_are_written_with_labels_naming_metric_and_model(tmp_path):
     assert width == pytest.approx(figures.WIDTH * 200, abs=2)  # paper width at 200 dpi
     assert paths[1].read_bytes().startswith(b"%PDF") and paths[1].stat().st_size > 1000
     scatter = figures.tradeoff_scatter(table, "style_csd", ["text_clip", "leak_clip"], boot=BOOT)
-    assert _flat(scatter.axes[0].get_xlabel()) == "Δ vs none: style_csd (CSD ViT-L test)"
-    assert _flat(scatter.axes[0].get_ylabel()) == "Δ vs none: text_clip (CLIP L/14 test)"
+    assert _flat(scatter.axes[0].get_xlabel()) == "Δ vs none: style_csd (cosine; CSD ViT-L test)"
+    assert _flat(scatter.axes[0].get_ylabel()) == "Δ vs none: text_clip (cosine; CLIP L/14 test)"
     _png_ok(figures.save(scatter, tmp_path, "scatter")[0])
 
 

@@ -104,7 +104,8 @@ def prepare(cfg: DictConfig) -> SweepPlan:
     metrics = scoring.metric_configs(cfg)
     scorers, weights, scoring_batch = scoring.build(metrics, cfg.scoring, [spec.base]) if metrics else ([], "", 1)
     scoring.check_identities(store, scorers)
-    analysis = _analysis_settings(cfg, scorers)
+    _warn_unscorable(scorers, references)
+    analysis = _analysis_settings(cfg, scorers, every_item)
     return SweepPlan(spec, items, store, str(device), batch_size, references, scorers, scoring_batch, weights, analysis,
                      {it.key for it in every_item}, (int(cfg.shard.index), int(cfg.shard.count)))
 
@@ -118,21 +119,69 @@ def _batch_size(value: Any) -> int | None:
     return value
 
 
-def _analysis_settings(cfg: DictConfig, scorers: list[Any]) -> Any:
+def _warn_unscorable(scorers: list[Any], references: list[StyleReference]) -> None:
+    """Say before generating when a metric will leave rows empty: leakage needs each reference's content label."""
+    unlabelled = [r for r in references if not r.content.strip()]
+    for s in scorers:
+        if s.needs_content and unlabelled:
+            log.warning(
+                "%s: %d of %d style references have no content label, so %s stay empty for their images (the report "
+                "says so); fill in the manifest's content column with what each image shows, e.g. a rabbit",
+                s.name, len(unlabelled), len(references), ", ".join(s.columns),
+            )
+
+
+def _analysis_settings(cfg: DictConfig, scorers: list[Any], items: list[WorkItem]) -> Any:
     """The report's settings when this job should write it: after scoring, if asked (a shard writes it only when it
-    finds the whole sweep done, see `write_report`)."""
+    finds the whole sweep done, see `write_report`). Settings the results cannot feed fail here, before any work:
+    metrics the sweep does not score, and conditions a changed setting names that neither the plan nor the results
+    folder has."""
     if not cfg.get("analyze", False) or "analysis" not in cfg:
         return None
     if not scorers:
         log.info("analysis skipped: nothing is scored (metrics=[]); run styleprobe analyze later")
         return None
     from styleprobe.analysis.load import scored_columns
-    from styleprobe.analysis.report import AnalysisSettings, check_metrics
+    from styleprobe.analysis.report import AnalysisSettings, check_conditions, check_metrics
+    from styleprobe.errors import AnalysisError
 
     settings = AnalysisSettings.from_config(cfg.analysis)
-    columns = [c for s in scorers for c in s.columns] + scored_columns(Store(cfg.results_dir))
+    store = Store(cfg.results_dir)
+    columns = [c for s in scorers for c in s.columns] + scored_columns(store)
     check_metrics(columns, settings, "metrics=[...] of this sweep", {c: r for s in scorers for c, r in s.roles().items()})
+    try:
+        check_conditions(_conditions(items, store), settings, "this sweep (with its results folder)")
+    except AnalysisError as err:
+        if not _in_multirun():
+            raise
+        log.warning("%s (the other jobs of this multirun may add them)", err)
     return settings
+
+
+#: The row columns that say which condition an item or a stored row is.
+CONDITION_FIELDS = ("method", "injection", "sweep", "layers", "layer_scales")
+
+
+def _conditions(items: list[WorkItem], store: Store) -> Any:
+    """One row per condition the results folder will hold after this sweep: the plan's and those already stored."""
+    import pandas as pd
+
+    frames = [pd.DataFrame([{k: it.row.get(k) for k in CONDITION_FIELDS} for it in items], columns=list(CONDITION_FIELDS))]
+    if store.row_files():
+        stored = store.rows_table()
+        frames.append(stored[[c for c in CONDITION_FIELDS if c in stored]])
+    return pd.concat(frames, ignore_index=True).drop_duplicates(["method", "injection"], ignore_index=True)
+
+
+def _in_multirun() -> bool:
+    """Whether this job is one of a Hydra multirun's (whose other jobs may make the conditions this one lacks)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    except (ImportError, ValueError, AttributeError):
+        return False
 
 
 def run(cfg: DictConfig) -> SweepResult:

@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from styleprobe.analysis.load import layer_names, varying_conditions
+from styleprobe.errors import AnalysisError
 from styleprobe.layers import LAYOUT_MODULE, PRESETS, STYLE_MODULE
 
 #: InstantStyle's two modules on SDXL, marked in figures and rankings.
@@ -111,3 +112,41 @@ def split_by_setting(table: pd.DataFrame) -> list[tuple[dict[str, Any], pd.DataF
         values = values if isinstance(values, tuple) else (values,)
         out.append(({c: (v.item() if hasattr(v, "item") else v) for c, v in zip(columns, values)}, part))
     return out
+
+
+class MissingCondition(AnalysisError):
+    """A section of the report needs a condition the table lacks: the message says which to add, and how."""
+
+
+def pattern_specs(table: pd.DataFrame) -> list[str]:
+    """The injection patterns a table's rows were made with, as `injection.patterns` takes them: presets and explicit
+    patterns by name, generated sweeps by their spec (`one_hot:module`); the presets first, in their order, then the
+    others in the order they first appear."""
+    if "injection" not in table or table.empty:
+        return []
+    sweeps = table["sweep"].astype(str) if "sweep" in table else pd.Series("preset", index=table.index)
+    pairs = pd.DataFrame({"injection": table["injection"].astype(str), "sweep": sweeps}).drop_duplicates()
+    specs: list[str] = []
+    for injection, sweep in zip(pairs["injection"], pairs["sweep"]):
+        mode, _, unit = sweep.rpartition("_")
+        spec = f"{mode}:{unit}" if mode in ("one_hot", "leave_one_out") else injection
+        if spec not in specs:
+            specs.append(spec)
+    order = list(PRESETS)
+    return sorted(specs, key=lambda spec: order.index(spec) if spec in order else len(order))  # stable: others as found
+
+
+def add_condition(table: pd.DataFrame, names: str | list[str], what: str) -> str:
+    """`add `none` to the sweep (injection.patterns=[none,all]) to get <what>`: the one line a report writes where a
+    section needs conditions the table lacks."""
+    names = [names] if isinstance(names, str) else list(names)
+    specs = [n for n in names if n] + [s for s in pattern_specs(table) if s not in names]
+    quoted = [f"`{n}`" for n in names if n]
+    listed = quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} and {quoted[-1]}"
+    return f"add {listed} to the sweep (`injection.patterns=[{','.join(specs)}]`) to get {what}"
+
+
+def missing_conditions(table: pd.DataFrame, names: list[str | None]) -> list[str]:
+    """Which of `names` (injection names, None skipped) no row of the table has."""
+    present = set(table["injection"].astype(str)) if "injection" in table else set()
+    return [n for n in dict.fromkeys(names) if n and n not in present]

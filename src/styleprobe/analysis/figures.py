@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import textwrap
+from dataclasses import dataclass, field
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from styleprobe.analysis.conditions import (
     INSTANTSTYLE_MODULES,
+    MissingCondition,
+    add_condition,
     describe_setting,
     is_instantstyle,
     layer_index,
@@ -30,10 +34,9 @@ from styleprobe.analysis.conditions import (
     unet_sort_key,
 )
 from styleprobe.analysis.load import (
-    is_machinery_check,
-    is_toy_world,
+    axis_label,
+    disclaimers,
     method_names,
-    metric_label,
     model_names,
     require_columns,
     varying_conditions,
@@ -71,17 +74,17 @@ def paper(build: Callable[..., Figure]) -> Callable[..., Figure]:
 
 
 def _label(table: pd.DataFrame, metric: str, prefix: str = "", width: int = 34) -> str:
-    return textwrap.fill(prefix + metric_label(table, metric), width)
+    """An axis label: the metric, what its number is (a cosine, a rate) and its model; the disclaimer is the title's."""
+    return textwrap.fill(prefix + axis_label(table, metric), width)
 
 
 def _title(table: pd.DataFrame, what: str, setting: Mapping[str, Any] | None = None) -> str:
+    """What the figure shows, the generating model and method, and once per figure whose findings they are."""
     where = describe_setting({k: v for k, v in (setting or {}).items() if k not in ("model", "method")})  # named next
     models = ", ".join(model_names(table)) or "?"
     methods = ", ".join(method_names(table)) or "?"
     head = textwrap.fill(f"{what}; model {models}, method {methods}" + (f" ({where})" if where else ""), 110)
-    if is_toy_world(table):
-        return head + "\nTOY WORLD: findings about the toy, not about SDXL"
-    return head + ("\nMACHINERY CHECK: tiny random model and scorers, numbers are not science" if is_machinery_check(table) else "")
+    return "\n".join([head, *disclaimers(table)[:1]])
 
 
 def save(fig: Figure, out_dir: Path, name: str, formats: Sequence[str] = FORMATS) -> list[Path]:
@@ -244,16 +247,20 @@ def subtraction_curves(
 @paper
 def tradeoff_scatter(
     table: pd.DataFrame, style_metric: str, others: Sequence[str], baseline: str | None = "none",
-    boot: Bootstrap = Bootstrap(),
+    boot: Bootstrap = Bootstrap(), labels: Mapping[str, str] | None = None,
 ) -> Figure:
     """Style similarity against text alignment and against leakage: one point per condition, CIs on both axes.
 
     With a `baseline` condition in the table, both axes are paired effects against it (the spread between
-    units cancels, so the CIs show what separates conditions); otherwise raw means.
+    units cancels, so the CIs show what separates conditions); otherwise raw means. The presets, InstantStyle's
+    modules and the injections in `labels` (injection -> label, e.g. a ranking's top targets) are labelled, each
+    label placed beside its point where it overlaps no other (`place_labels`).
     """
     require_columns(table, [style_metric, *others, "injection"], "trade-off scatter")
     by = varying_conditions(table)
     paired = bool(baseline) and (table["injection"] == baseline).any()
+    labels = dict(labels or {})
+    rank = {name: i for i, name in enumerate(labels)}  # a ranking's labels are placed in rank order
 
     def summary(metric: str) -> pd.DataFrame:
         if paired:
@@ -266,28 +273,35 @@ def tradeoff_scatter(
     methods = sorted(x["method"].astype(str).unique()) if "method" in by else []
     fig = _figure(3.4)
     axes = fig.subplots(1, len(others), squeeze=False)[0]
+    pending: list[tuple[Any, list[tuple[float, float, str, str, tuple[int, int]]], list[tuple[float, float]]]] = []
     for ax, metric in zip(axes, others):
         both = x.merge(summary(metric), on=by, suffixes=("_x", "_y"))
+        texts, points = [], []
         for _, p in both.iterrows():
             name = str(p["injection"])
             target = name.split(":", 1)[1] if ":" in name else ""
-            kind = is_instantstyle(target) if target else ""
-            labelled = name in PRESETS or bool(kind)
-            color = COLORS[kind] if kind else ("black" if name in PRESETS else COLORS[""])
+            kind = is_instantstyle(target) if target and module_of(target) == target else ""
+            priority = 0 if name in PRESETS else 1 if name in labels else 2 if kind else None
+            color = COLORS[is_instantstyle(target)] if target and is_instantstyle(target) else (
+                "black" if name in PRESETS else "#555555" if name in labels else COLORS[""])
             marker = MARKERS[methods.index(str(p["method"])) % len(MARKERS)] if methods else "o"
             ax.errorbar(p["mean_x"], p["mean_y"], xerr=[[p["mean_x"] - p["low_x"]], [p["high_x"] - p["mean_x"]]],
                         yerr=[[p["mean_y"] - p["low_y"]], [p["high_y"] - p["mean_y"]]], fmt=marker,
-                        markersize=4 if labelled else 2.5, color=color, elinewidth=0.6, capsize=1.5,
-                        alpha=1.0 if labelled else 0.6)
-            if labelled:  # the marker says the method; the label says the rest
+                        markersize=4 if priority is not None else 2.5, color=color, elinewidth=0.6, capsize=1.5,
+                        alpha=1.0 if priority is not None else 0.6)
+            points.append((p["mean_x"], p["mean_y"]))
+            if priority is not None:  # the marker says the method; the label says the rest
                 extra = describe_setting({c: p[c] for c in by if c not in ("injection", "method")})
-                ax.annotate((target or name) + (f" ({extra})" if extra else ""), (p["mean_x"], p["mean_y"]),
-                            fontsize=6, xytext=(3, 3), textcoords="offset points", color=color)
+                text = labels.get(name, target or name) + (f" ({extra})" if extra else "")
+                texts.append((p["mean_x"], p["mean_y"], text, color, (priority, rank.get(name, 0))))
+        pending.append((ax, sorted(texts, key=lambda t: t[4]), points))
+        ax.xaxis.set_major_locator(MaxNLocator(5))
+        ax.yaxis.set_major_locator(MaxNLocator(6))
         if paired:
             ax.axhline(0, color="black", linewidth=0.4)
             ax.axvline(0, color="black", linewidth=0.4)
         ax.set_xlabel(_label(table, style_metric, prefix, 44))
-        ax.set_ylabel(_label(table, metric, prefix, 40))
+        ax.set_ylabel(_label(table, metric, prefix, 30))  # lines that fit beside the axes' height
     for i, name in enumerate(methods):
         axes[0].plot([], [], MARKERS[i % len(MARKERS)], color="black", markersize=4, label=name)
     if methods:
@@ -295,38 +309,205 @@ def tradeoff_scatter(
     what = "paired effects" if paired else "means"
     fig.suptitle(_title(table, f"Trade-offs, one point per condition ({what}, {boot.level:.0%} CIs; "
                                "red/blue: InstantStyle's style/layout module)"))
+    for ax, texts, points in pending:
+        place_labels(ax, [(x_, y_, t, c) for x_, y_, t, c, _ in texts], points)
     return fig
+
+
+#: Where `place_labels` tries a label, in points from its point: nearest rings first, around each ring from upper right.
+_RINGS = (4.0, 9.0, 15.0, 23.0, 33.0, 45.0, 60.0)
+_DIRECTIONS = tuple((float(np.cos(a)), float(np.sin(a))) for a in np.deg2rad([45, -45, 135, -135, 0, 180, 90, -90,
+                                                                            22.5, -22.5, 157.5, -157.5, 67.5, -67.5,
+                                                                            112.5, -112.5]))
+_PAD = 1.5  # pixels kept free around every label
+
+
+def _side(u: float) -> int:
+    """Which way a label extends along one axis from its anchor: +1, -1, or 0 (centred)."""
+    return 0 if abs(u) < 0.3 else (1 if u > 0 else -1)
+
+
+def place_labels(ax: Any, labels: Sequence[tuple[float, float, str, Any]], points: Sequence[tuple[float, float]] = (),
+                 fontsize: float = 6) -> list[Any]:
+    """Annotate each (x, y, text, colour) beside its point so that no two labels overlap (greedy).
+
+    The figure's layout is settled first; then each label in turn, in the order given (the most important first),
+    takes the nearest offset of a few rings around its point whose box overlaps no label placed before it, stays
+    inside the axes and covers no point, else the nearest that overlaps no label, else the least overlapping. A label
+    set away from its point gets a thin leader line. The layout is then kept as it is, so saving does not move the
+    axes under the labels (a figure that labels several axes calls this once per axes, after everything is drawn).
+    """
+    if not labels:
+        return []
+    fig = ax.figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    if not isinstance(fig.canvas, FigureCanvasAgg):
+        FigureCanvasAgg(fig)
+    fig.canvas.draw()  # settles the constrained layout and the data limits the boxes are measured against
+    renderer = fig.canvas.get_renderer()
+    scale = fig.dpi / 72.0
+    frame = ax.get_window_extent(renderer)
+    dots = ax.transData.transform(np.asarray(points, dtype=float)) if len(points) else np.empty((0, 2))
+    placed: list[tuple[float, float, float, float]] = []
+    out = []
+    for x, y, text, color in labels:
+        probe = ax.text(0, 0, text, fontsize=fontsize)
+        box = probe.get_window_extent(renderer)
+        probe.remove()
+        w, h = box.width, box.height
+        px, py = ax.transData.transform((x, y))
+        best: tuple[float, float, float] = (1.0, 1.0, _RINGS[0])
+        best_cost: tuple[float, float] | None = None
+        best_rect = (px, py, px + w, py + h)
+        for radius in _RINGS:
+            for ux, uy in _DIRECTIONS:
+                sx, sy = _side(ux), _side(uy)
+                left = px + ux * radius * scale - (0 if sx > 0 else w if sx < 0 else w / 2)
+                bottom = py + uy * radius * scale - (0 if sy > 0 else h if sy < 0 else h / 2)
+                rect = (left - _PAD, bottom - _PAD, left + w + _PAD, bottom + h + _PAD)
+                overlap = sum(_overlap(rect, other) for other in placed)
+                inside = rect[0] >= frame.x0 and rect[2] <= frame.x1 and rect[1] >= frame.y0 and rect[3] <= frame.y1
+                covers = int(((dots[:, 0] >= rect[0]) & (dots[:, 0] <= rect[2]) & (dots[:, 1] >= rect[1])
+                              & (dots[:, 1] <= rect[3])).sum()) if len(dots) else 0
+                cost = (overlap * 1e6 + (not inside) * 1e3 + covers, radius)
+                if best_cost is None or cost < best_cost:
+                    best, best_cost, best_rect = (ux, uy, radius), cost, rect
+            if best_cost is not None and best_cost[0] == 0:
+                break
+        ux, uy, radius = best
+        sx, sy = _side(ux), _side(uy)
+        ann = ax.annotate(text, (x, y), xytext=(ux * radius, uy * radius), textcoords="offset points", fontsize=fontsize,
+                          color=color, ha="left" if sx > 0 else "right" if sx < 0 else "center",
+                          va="bottom" if sy > 0 else "top" if sy < 0 else "center", annotation_clip=False,
+                          arrowprops=dict(arrowstyle="-", color=color, linewidth=0.4, shrinkA=0, shrinkB=2)
+                          if radius > _RINGS[1] else None)
+        placed.append(best_rect)
+        out.append(ann)
+    fig.set_layout_engine("none")  # keep the layout the labels were placed on: saving must not move the axes
+    return out
+
+
+def _overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+    """The area two (x0, y0, x1, y1) boxes share (0 when they only touch)."""
+    return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+
+
+@dataclass
+class GridChoice:
+    """What an image grid shows: its rows (conditions), its columns (styles or prompts) and the unit held fixed.
+
+    `choose_grid` decides it; the report writes `describe()` beside the grid.
+    """
+
+    columns: str  # "style" or "prompt"
+    fixed: dict[str, Any]  # the other unit columns, held at one value: prompt (or reference_digest) and seed
+    fixed_name: str  # that prompt, or the held reference's style
+    why: str  # how the fixed prompt or reference was chosen
+    shown: list[str]  # the styles or prompts shown, in order
+    left_out: list[str]  # those of the table the grid leaves out
+    rows: list[tuple[str, str]]  # (row label, injection) of each image row, the references' row not counted
+    not_found: list[str] = field(default_factory=list)  # asked-for rows the table has no images of
+    add: str = ""  # the line saying how to get them
+
+    def describe(self) -> list[str]:
+        kind = "styles" if self.columns == "style" else "prompts"
+        held = f"prompt '{self.fixed_name}'" if self.columns == "style" else f"reference {self.fixed_name}"
+        total = len(self.shown) + len(self.left_out)
+        lines = [f"Rows: {', '.join(f'`{inj}`' for _, inj in self.rows)}. Held: {held}, seed {self.fixed['seed']} "
+                 f"({self.why}). Shows {len(self.shown)} of {total} {kind}"
+                 + (f"; leaves out {', '.join(f'`{c}`' for c in self.left_out)}." if self.left_out else ".")]
+        if self.not_found:
+            lines.append(self.add)
+        return lines
+
+
+def choose_grid(
+    table: pd.DataFrame, rows: Sequence[str], columns: str = "style", max_columns: int = 6, metric: str | None = None,
+    baseline: str = "none", labels: Mapping[str, str] | None = None,
+) -> GridChoice:
+    """The rows, columns and fixed unit of an image grid (see `image_grid`).
+
+    Rows: each name in `rows` found in the table (`style` and `style_layout` also by their layers, in a module probe),
+    once each, labelled by `labels` where given; with none of them in the table, its first four conditions. The
+    fixed prompt (styles as columns) or reference (prompts as columns) is the one whose images differ most from
+    `baseline`: the largest mean |Δ metric| of the grid's other rows against it, cell by cell (without `baseline`
+    rows, the largest spread of the metric between the rows); else the first. Seed: the lowest.
+    """
+    require_columns(table, ["image_path", "results_dir", "injection", "prompt", "seed", "style"], "image grid")
+    if columns not in ("style", "prompt"):
+        raise _missing("image grid", f"columns={columns!r}", "grid.columns=style or grid.columns=prompt")
+    labels = dict(labels or {})
+    found: list[tuple[str, str]] = []
+    not_found = []
+    for name in dict.fromkeys(rows):
+        mask, source = preset_rows(table, name)
+        if not mask.any():
+            not_found.append(name)
+        elif source not in {s for _, s in found}:
+            label = labels.get(source, name) if source == name else f"{name}\n(= {source.split(':', 1)[-1]})" + (
+                f"\n{labels[source].split(' ', 1)[0]}" if source in labels else "")  # its rank: `style` is #2
+            found.append((label, source))
+    if not found:
+        found = [(labels.get(n, n), n) for n in list(dict.fromkeys(table["injection"].astype(str)))[:4]]
+    held = "prompt" if columns == "style" else "reference_digest"
+    seed = table["seed"].min()
+    at_seed = table[table["seed"] == seed]
+    pick, why = _most_distinct(at_seed, held, [s for _, s in found], metric, baseline)
+    fixed = {held: pick, "seed": seed}
+    part = at_seed[select(at_seed, {held: pick})]
+    every = list(dict.fromkeys(part[columns].astype(str)))
+    everywhere = list(dict.fromkeys(table[columns].astype(str)))
+    shown = every[:max_columns]
+    name = str(pick) if columns == "style" else str(part["style"].iloc[0])
+    add = add_condition(table, not_found, "their rows in this grid") if not_found else ""
+    return GridChoice(columns, fixed, name, why, shown, [c for c in everywhere if c not in shown], found, not_found, add)
+
+
+def _most_distinct(
+    table: pd.DataFrame, held: str, injections: Sequence[str], metric: str | None, baseline: str
+) -> tuple[Any, str]:
+    """The value of `held` (a prompt or a reference) whose images differ most between the grid's rows, and why."""
+    first = table[held].iloc[0]
+    if not metric or metric not in table or len(injections) < 2:
+        return first, "the first"
+    rows = table[table["injection"].astype(str).isin(injections)].dropna(subset=[metric])
+    other = "reference_digest" if held == "prompt" else "prompt"
+    cells = rows.groupby([held, other, "injection"], sort=False)[metric].mean().unstack("injection")
+    if baseline in cells and len(cells.columns) > 1:
+        score = cells.drop(columns=baseline).sub(cells[baseline], axis=0).abs().mean(axis=1)
+        what = f"its images differ most from `{baseline}`: mean |Δ {metric}|"
+    elif len(cells.columns) > 1:
+        score = cells.std(axis=1)
+        what = f"its images differ most between the rows: sd of {metric}"
+    else:
+        return first, "the first"
+    score = score.groupby(level=held, sort=False).mean().dropna()
+    if score.empty:
+        return first, "the first"
+    pick = score.idxmax()
+    return pick, f"{what} {score[pick]:.3f}, the largest of {len(score)} {'prompts' if held == 'prompt' else 'references'}"
 
 
 @paper
 def image_grid(
     table: pd.DataFrame, rows: Sequence[str], columns: str = "style", max_columns: int = 6,
-    thumb: int = 192, setting: Mapping[str, Any] | None = None,
+    thumb: int = 192, setting: Mapping[str, Any] | None = None, choice: GridChoice | None = None,
 ) -> Figure:
     """Images with conditions as rows and styles (or prompts) as columns; the first row shows the references.
 
-    The other unit columns are fixed to their first value (named in the title). Conditions not in the table
-    are skipped; `style` and `style_layout` are found in a module probe by their layers.
+    What it shows is `choice`, or `choose_grid(table, rows, columns, max_columns)`: the other unit columns are fixed
+    (named in the title), conditions not in the table are skipped, `style` and `style_layout` are found in a module
+    probe by their layers.
     """
     from PIL import Image
 
-    require_columns(table, ["image_path", "results_dir", "injection", "prompt", "seed", "style"], "image grid")
-    if columns not in ("style", "prompt"):
-        raise _missing("image grid", f"columns={columns!r}", "grid.columns=style or grid.columns=prompt")
-    fixed = {"prompt": table["prompt"].iloc[0], "seed": table["seed"].min()}
-    if columns == "prompt":
-        fixed = {"reference_digest": table["reference_digest"].iloc[0], "seed": table["seed"].min()}
-    part = table[select(table, fixed)]
-    cols = list(dict.fromkeys(part[columns].astype(str)))[:max_columns]
-    conds = []
-    for name in rows:
-        mask, source = preset_rows(part, name)
-        if mask.any():
-            conds.append((name if source == name else f"{name}\n(= {source.split(':', 1)[-1]})", part[mask]))
-    if not conds:
-        raise _missing("image grid", f"any of the conditions {', '.join(rows)}", "grid.rows=[...] naming injections in the table")
-    fig = _figure(WIDTH / len(cols) * (len(conds) + 1) * 0.95 + 0.5, WIDTH)
-    axes = fig.subplots(len(conds) + 1, len(cols), squeeze=False)
+    choice = choice or choose_grid(table, rows, columns, max_columns)
+    columns = choice.columns
+    part = table[select(table, choice.fixed)]
+    cols = choice.shown
+    fig = _figure(WIDTH / len(cols) * (len(choice.rows) + 1) * 0.95 + 0.5, WIDTH)
+    axes = fig.subplots(len(choice.rows) + 1, len(cols), squeeze=False)
     first = part.drop_duplicates(columns)
     first = first.set_index(first[columns].astype(str))
     for j, col in enumerate(cols):
@@ -334,14 +515,15 @@ def image_grid(
         _show(axes[0, j], _reference_image(first.loc[col]) if show_ref else None, thumb, blank=not show_ref)
         axes[0, j].set_title(textwrap.fill(col, max(12, 110 // len(cols))), fontsize=6.5)
     _row_label(axes[0, 0], "reference")
-    for i, (label, rows_) in enumerate(conds, start=1):
+    for i, (label, source) in enumerate(choice.rows, start=1):
+        rows_ = part[part["injection"].astype(str) == source]
         for j, col in enumerate(cols):
             hit = rows_[rows_[columns].astype(str) == col]
             path = Path(hit["results_dir"].iloc[0]) / hit["image_path"].iloc[0] if len(hit) else None
             _show(axes[i, j], Image.open(path) if path and path.exists() else None, thumb)
         _row_label(axes[i, 0], label)
-    what = f"prompt '{fixed.get('prompt')}'" if columns == "style" else f"reference {part['style'].iloc[0]}"
-    fig.suptitle(_title(table, f"Images: {what}, seed {fixed['seed']}", setting))
+    what = f"prompt '{choice.fixed_name}'" if columns == "style" else f"reference {choice.fixed_name}"
+    fig.suptitle(_title(table, f"Images: {what}, seed {choice.fixed['seed']}", setting))
     return fig
 
 
@@ -375,7 +557,7 @@ def _show(ax: Any, image: Any, thumb: int, blank: bool = False) -> None:
 
 def _need(table: pd.DataFrame, name: str, what: str) -> None:
     if not (table["injection"] == name).any():
-        raise _missing(what, f"`{name}` rows", f"add {name} to injection.patterns")
+        raise MissingCondition(add_condition(table, name, f"the {what} (effects against `{name}`)"))
 
 
 def _missing(what: str, lacking: str, fix: str) -> Exception:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -188,6 +189,51 @@ def metric_label(table: pd.DataFrame, metric: str) -> str:
     column = f"{metric}_model"
     models = sorted({str(m) for m in table[column].dropna().unique()}) if column in table else []
     return f"{metric} ({'; '.join(models)})" if models else metric
+
+
+#: What the number of each metric config in experiments/metrics/ is (the model that scored it is named beside it).
+METRIC_KINDS: dict[str, str] = {
+    **dict.fromkeys(("style_clip", "style_clip_vit_h", "style_csd", "style_dino", "ref_dinov2", "text_clip",
+                     "leak_clip"), "cosine"),
+    "leak_margin": "difference of cosines",
+    "leak_free": "rate: share of images",
+}
+
+#: The parts of a scorer's name that say whose findings its numbers are: a figure states them once, in its title.
+DISCLAIMER = re.compile(r"\s*\((?:findings about the toy[^)]*|machinery check[^)]*|timing only[^)]*)\)")
+
+
+def metric_kind(table: pd.DataFrame, metric: str) -> str:
+    """What a metric's number is: a cosine, a difference of cosines, a rate; "" when not known.
+
+    A metric config of experiments/metrics/ by its name; another column whose scores are all 0 or 1 is a rate.
+    """
+    if metric in METRIC_KINDS:
+        return METRIC_KINDS[metric]
+    values = table[metric].dropna() if metric in table else pd.Series(dtype=float)
+    return "rate: share of images" if len(values) and values.isin((0, 1)).all() else ""
+
+
+def axis_label(table: pd.DataFrame, metric: str) -> str:
+    """`style_csd (cosine; CSD ViT-L/14)`: the column, what its number is and who scored it, for a figure's axis.
+
+    The toy world's and the machinery check's disclaimers are left out: the figure's title states them once.
+    """
+    column = f"{metric}_model"
+    models = sorted({DISCLAIMER.sub("", str(m)) for m in table[column].dropna().unique()}) if column in table else []
+    parts = [p for p in (metric_kind(table, metric), "; ".join(models)) if p]
+    return f"{metric} ({'; '.join(parts)})" if parts else metric
+
+
+def disclaimers(table: pd.DataFrame) -> list[str]:
+    """The findings its numbers are about, once per figure: the toy world's, or a machinery check's."""
+    labels = " ".join(str(v) for c in table.columns if c.endswith("_model") for v in table[c].dropna().unique())
+    out = []
+    if is_toy_world(table) or "findings about the toy" in labels:
+        out.append("TOY WORLD: findings about the toy, not about SDXL")
+    if is_machinery_check(table):
+        out.append("MACHINERY CHECK: tiny random model and scorers, numbers are not science")
+    return out
 
 
 def model_names(table: pd.DataFrame) -> list[str]:

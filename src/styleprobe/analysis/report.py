@@ -14,6 +14,7 @@ A method benchmark (`analysis.kind`, or found from the table) gets `benchmark_re
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import shutil
@@ -28,7 +29,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from styleprobe.analysis import figures
 from styleprobe.analysis.benchmark import BenchmarkSettings, is_benchmark
-from styleprobe.analysis.conditions import describe_setting, split_by_setting
+from styleprobe.analysis.conditions import (
+    MissingCondition,
+    add_condition,
+    describe_setting,
+    missing_conditions,
+    pattern_specs,
+    preset_rows,
+    split_by_setting,
+)
 from styleprobe.analysis.design import describe_design
 from styleprobe.analysis.load import (
     RENAMED,
@@ -44,7 +53,7 @@ from styleprobe.analysis.load import (
     require_columns,
     varying_conditions,
 )
-from styleprobe.analysis.stats import Bootstrap, aggregate, paired_differences
+from styleprobe.analysis.stats import Bootstrap, aggregate, paired_differences, select
 from styleprobe.analysis.verdict import CandidateVerdict, Criterion, judge, rank_by_style_effect
 from styleprobe.config import CONFIG_DIR
 from styleprobe.errors import AnalysisError
@@ -65,6 +74,7 @@ class AnalysisSettings:
     formats: tuple[str, ...] = figures.FORMATS
     kind: str = "auto"  # probe | benchmark | auto (see experiments/analysis/default.yaml)
     benchmark: BenchmarkSettings = BenchmarkSettings()
+    grid_top: int = 3  # top-ranked targets of each generated sweep shown as grid rows and labelled in the trade-offs
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -99,7 +109,14 @@ class AnalysisSettings:
             raise AnalysisError(f"analysis.kind={kind!r}; choose auto, probe or benchmark")
         return cls(bootstrap, Criterion.from_mapping(data.get("verdict", {})), tuple(grid.get("rows", cls.grid_rows)),
                    int(grid.get("max_columns", 6)), formats, kind,
-                   BenchmarkSettings.from_mapping(data["benchmark"]) if data.get("benchmark") else BenchmarkSettings())
+                   BenchmarkSettings.from_mapping(data["benchmark"]) if data.get("benchmark") else BenchmarkSettings(),
+                   _count(grid.get("top_targets", cls.grid_top), "analysis.grid.top_targets"))
+
+
+def _count(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise AnalysisError(f"{name}={value!r}; give a whole number >= 0, e.g. 3")
+    return value
 
 
 def default_settings(**overrides: Any) -> AnalysisSettings:
@@ -125,6 +142,9 @@ class Report:
     figures: list[Path] = field(default_factory=list)
     tables: list[Path] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # section -> why
+    missing: dict[str, str] = field(default_factory=dict)  # section -> the conditions to add to get it ("add `none` ...")
+    captions: dict[str, list[str]] = field(default_factory=dict)  # figure name -> what the report says beside it
+    unscored: list[str] = field(default_factory=list)  # metric columns no row has a score for
     seconds: float = 0.0
 
     @property
@@ -170,6 +190,38 @@ def check_metrics(
             )
 
 
+def check_conditions(conditions: pd.DataFrame, settings: AnalysisSettings, where: str) -> None:
+    """Analysis settings changed from experiments/analysis/default.yaml must name conditions the results will have.
+
+    `conditions` has a row per condition the results will hold (`injection`, `sweep`, `layers`, `layer_scales`,
+    `method`): the plan's and those already in the results folder. The defaults are not checked, since a report
+    without `none` or `all` still has its aggregates and figures and says which sections need them; a setting the
+    user chose (`analysis.verdict.reference=style`, `analysis.grid.rows=[...]`) names what they mean to see.
+    """
+    if conditions.empty or settings.kind_for(conditions) == "benchmark":
+        return
+    default = default_settings()
+    crit, base = settings.criterion, default.criterion
+    asked: list[tuple[str, list[str], bool]] = []  # setting, names, found by name only (judge's reference, baseline)
+    if crit.reference != base.reference:
+        asked.append(("analysis.verdict.reference", [crit.reference], True))
+    if crit.baseline and crit.baseline != base.baseline:
+        asked.append(("analysis.verdict.baseline", [crit.baseline], True))
+    if crit.candidates != base.candidates:
+        asked.append(("analysis.verdict.candidates", list(crit.candidates), False))
+    if settings.grid_rows != default.grid_rows:
+        asked.append(("analysis.grid.rows", list(settings.grid_rows), False))
+    names = conditions["injection"].astype(str)
+    for setting, wanted, by_name in asked:
+        lacking = [n for n in wanted if not ((names == n).any() if by_name else preset_rows(conditions, n)[0].any())]
+        if lacking:
+            listed = ", ".join(lacking)
+            raise AnalysisError(
+                f"{setting} names {listed}, which {where} will not have (its patterns: "
+                f"{', '.join(pattern_specs(conditions))}); add {listed} to injection.patterns, or leave {setting} at its "
+                "default")
+
+
 def analyze(
     results_dirs: str | Path | Sequence[str | Path], settings: AnalysisSettings = AnalysisSettings(),
     out_dir: str | Path | None = None,
@@ -212,7 +264,8 @@ def _replace(new: Path, out: Path) -> None:
 def _writers(report: Report, settings: AnalysisSettings) -> tuple[Callable[[str, pd.DataFrame], None], Callable[[str, str, Any], None]]:
     """`table_out(name, frame)` and `figure_out(section, name, build)`, writing into the report's folder.
 
-    A figure the table cannot support (its builder raises AnalysisError) is skipped with the reason kept.
+    A figure the table cannot support (its builder raises AnalysisError) is skipped with the reason kept; one that
+    needs a condition the table lacks (MissingCondition) keeps the line saying which to add.
     """
     fig_dir, tab_dir = report.out_dir / "figures", report.out_dir / "tables"
     tab_dir.mkdir(parents=True, exist_ok=True)
@@ -223,11 +276,18 @@ def _writers(report: Report, settings: AnalysisSettings) -> tuple[Callable[[str,
         report.tables.append(path)
 
     def figure_out(section: str, name: str, build: Any) -> None:
+        """`build()` gives a figure, or (figure, lines the report writes beside it)."""
         try:
-            fig = build()
+            built = build()
+        except MissingCondition as err:
+            report.missing[section] = str(err)
+            return
         except AnalysisError as err:
             report.skipped[section] = str(err)
             return
+        fig, notes = built if isinstance(built, tuple) else (built, [])
+        if notes:
+            report.captions[name] = list(notes)
         report.figures.extend(figures.save(fig, fig_dir, name, settings.formats))
 
     return table_out, figure_out
@@ -244,27 +304,41 @@ def _build_benchmark(table: pd.DataFrame, dirs: list[Path], tmp: Path, settings:
 
 
 def _build(table: pd.DataFrame, dirs: list[Path], tmp: Path, settings: AnalysisSettings) -> Report:
+    """Every table and figure the table supports; a section that needs a condition it lacks says which to add."""
     crit, boot = settings.criterion, settings.bootstrap
     report = Report(tmp, [])
     table_out, figure_out = _writers(report, settings)
 
     metrics = metric_columns(table)
+    report.unscored = [m for m in metrics if table[m].isna().all()]
+    scored = [m for m in metrics if m not in report.unscored]
     by = varying_conditions(table)
-    table_out("aggregate", pd.concat([aggregate(table, m, by, boot=boot) for m in metrics], ignore_index=True))
+    table_out("aggregate", _concat([aggregate(table, m, by, boot=boot) for m in scored]))
     for against in dict.fromkeys(c for c in (crit.baseline, crit.reference) if c):
-        if (table["injection"] == against).any():
-            frame = pd.concat([paired_differences(table, m, {"injection": against}, by, boot=boot) for m in metrics])
-            table_out(f"paired_vs_{against}", frame)
-    try:
-        report.verdicts = judge(table, crit, boot)
-        if crit.baseline:
-            report.baselines = judge(table, dataclasses.replace(crit, candidates=(crit.baseline,)), boot)
-        table_out("verdict", _verdict_table(report.verdicts))
-    except AnalysisError as err:
-        report.skipped["verdict"] = str(err)
+        if missing_conditions(table, [against]):
+            report.missing[f"paired_vs_{against}"] = add_condition(
+                table, against, f"`tables/paired_vs_{against}.csv` (every condition's paired difference from `{against}`)")
+        else:
+            table_out(f"paired_vs_{against}",
+                      _concat([paired_differences(table, m, {"injection": against}, by, boot=boot) for m in scored]))
+    why_not = _verdict_needs(table, crit, report.unscored)
+    if why_not:
+        report.skipped["verdict"] = why_not
+    else:
+        try:
+            report.verdicts = judge(table, crit, boot)
+            if crit.baseline:
+                report.baselines = judge(table, dataclasses.replace(crit, candidates=(crit.baseline,)), boot)
+            table_out("verdict", _verdict_table(report.verdicts))
+        except AnalysisError as err:
+            report.skipped["verdict"] = str(err)
     rankings = rank_by_style_effect(table, crit, boot)
     for sweep, frame in rankings.items():
         table_out(f"ranking_{sweep}", frame)
+    for sweep, against in _generated_sweeps(table, crit).items():
+        if sweep not in rankings and against and missing_conditions(table, [against]):
+            report.missing[f"ranking {sweep}"] = add_condition(
+                table, against, f"the ranking of {sweep}'s targets by their effect against `{against}`")
 
     three = list(crit.metrics)
     settings_split = split_by_setting(table)
@@ -279,15 +353,103 @@ def _build(table: pd.DataFrame, dirs: list[Path], tmp: Path, settings: AnalysisS
                        lambda: figures.layer_heatmap(part, three, crit.baseline or "none", boot, setting))
     if "subtraction" in table and table["subtraction"].dropna().nunique() > 1:
         figure_out("subtraction curves", "subtraction_curves", lambda: figures.subtraction_curves(table, three, boot))
-    figure_out("trade-offs", "tradeoffs", lambda: figures.tradeoff_scatter(table, crit.style_metric, three[2:0:-1], crit.baseline, boot))
+    top = _top_targets(rankings, settings.grid_top, [c for c in by if c != "injection"])
+    figure_out("trade-offs", "tradeoffs", lambda: _tradeoffs(table, crit, boot, top))
     for setting, part in _first_setting_per_method(settings_split):
         suffix = _suffix({k: v for k, v in setting.items() if k == "method"})
-        figure_out("image grid (styles)", f"grid_styles{suffix}",
-                   lambda: figures.image_grid(part, settings.grid_rows, "style", settings.grid_columns, setting=setting))
-        figure_out("image grid (prompts)", f"grid_prompts{suffix}",
-                   lambda: figures.image_grid(part, settings.grid_rows, "prompt", settings.grid_columns, setting=setting))
+        rows = [*settings.grid_rows, *_top_for_setting(top, setting)]
+        for columns, label in (("style", "styles"), ("prompt", "prompts")):
+            figure_out(f"image grid ({label})", f"grid_{label}{suffix}",
+                       functools.partial(_grid, part, rows, columns, settings, top, setting))
     (tmp / "report.md").write_text(_markdown(table, dirs, settings, report, rankings))
     return report
+
+
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    frames = [f for f in frames if not f.empty]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _verdict_needs(table: pd.DataFrame, crit: Criterion, unscored: Sequence[str]) -> str:
+    """Why the verdict cannot be judged on this table (the conditions or scores it lacks), or "" when it can."""
+    lacking = missing_conditions(table, [crit.baseline, crit.reference])
+    if lacking:
+        return add_condition(table, lacking, f"the verdict (each candidate against `{crit.reference}`"
+                             + (f", its style effect measured over `{crit.baseline}`)" if crit.baseline else ")"))
+    if not any(preset_rows(table, name)[0].any() for name in crit.candidates):
+        return add_condition(table, list(crit.candidates), "the verdict (the candidates it judges)")
+    empty = [m for m in crit.metrics if m in unscored]
+    if empty:
+        cause = _unscored_cause(table)
+        return f"no row has a score for {', '.join(f'`{m}`' for m in empty)}" + (f" ({cause})" if cause else "")
+    return ""
+
+
+def _unscored_cause(table: pd.DataFrame) -> str:
+    """A likely cause of a metric without scores: references without a content label leave leakage undefined."""
+    if "content" in table and not table["content"].fillna("").astype(str).str.strip().astype(bool).any():
+        return ("no style reference has a content label, which leakage scores need: fill in the manifest's content "
+                "column with what each image shows, and sweep into a new results folder")
+    return ""
+
+
+def _generated_sweeps(table: pd.DataFrame, crit: Criterion) -> dict[str, str | None]:
+    """Each generated sweep in the table and the condition its ranking compares with (leave-one-out: `all`)."""
+    if "sweep" not in table:
+        return {}
+    names = sorted(s for s in table["sweep"].astype(str).unique() if s not in ("preset", "explicit"))
+    return {s: crit.reference if s.startswith("leave_one_out") else crit.baseline for s in names}
+
+
+def _top_targets(rankings: Mapping[str, pd.DataFrame], k: int, setting_columns: Sequence[str]) -> pd.DataFrame:
+    """The k top-ranked targets of each generated sweep, per setting (method, strength, ...), each with the label the
+    figures give it (`#1 down_blocks.1.attentions.0`; a leave-one-out target `#1 without ...`)."""
+    frames = []
+    for sweep, frame in rankings.items():
+        columns = [c for c in setting_columns if c in frame]
+        parts = [part for _, part in frame.groupby(columns, dropna=False, sort=False)] if columns else [frame]
+        word = "without " if sweep.startswith("leave_one_out") else ""
+        for part in parts:
+            part = part.sort_values("rank", kind="stable").head(k)
+            labels = [f"#{i} {word}{t}" for i, t in enumerate(part["target"].astype(str), start=1)]
+            frames.append(part.assign(sweep=sweep, label=labels))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["injection", "target", "label"])
+
+
+def _top_for_setting(top: pd.DataFrame, setting: Mapping[str, Any]) -> list[str]:
+    """The injections of the top targets ranked within one setting."""
+    if top.empty:
+        return []
+    where = {c: v for c, v in setting.items() if c in top}
+    return list(dict.fromkeys(top.loc[select(top, where), "injection"].astype(str))) if where else \
+        list(dict.fromkeys(top["injection"].astype(str)))
+
+
+def _labels(top: pd.DataFrame) -> dict[str, str]:
+    return dict(zip(top["injection"].astype(str), top["label"])) if not top.empty else {}
+
+
+def _tradeoffs(table: pd.DataFrame, crit: Criterion, boot: Bootstrap, top: pd.DataFrame) -> tuple[Any, list[str]]:
+    """The trade-off scatters, the top targets labelled; without the baseline they show means, and say what to add."""
+    fig = figures.tradeoff_scatter(table, crit.style_metric, list(crit.metrics[2:0:-1]), crit.baseline, boot,
+                                   labels=_labels(top))
+    notes = []
+    if not top.empty:
+        notes.append(f"Labelled: the presets, InstantStyle's modules and the top-ranked targets of each ranking by "
+                     f"Δ {crit.style_metric} (`#1` the first).")
+    if crit.baseline and missing_conditions(table, [crit.baseline]):
+        notes.append("Means, not effects: " + add_condition(
+            table, crit.baseline, f"the trade-offs as paired effects over `{crit.baseline}` (the spread between cells cancels)"))
+    return fig, notes
+
+
+def _grid(part: pd.DataFrame, rows: list[str], columns: str, settings: AnalysisSettings, top: pd.DataFrame,
+          setting: Mapping[str, Any]) -> tuple[Any, list[str]]:
+    """One image grid and what the report says beside it: what it shows, how it chose, what it leaves out."""
+    crit = settings.criterion
+    choice = figures.choose_grid(part, rows, columns, settings.grid_columns, metric=crit.style_metric,
+                                 baseline=crit.baseline or "none", labels=_labels(top))
+    return figures.image_grid(part, rows, columns, settings.grid_columns, setting=setting, choice=choice), choice.describe()
 
 
 def _suffix(setting: Mapping[str, Any]) -> str:
@@ -385,7 +547,11 @@ def _markdown(
         *describe_design(table, boot),
         "", "Metrics:", "",
     ]
-    lines += [f"- {metric_label(table, m)}" for m in metric_columns(table)]
+    lines += [f"- {metric_label(table, m)}" + (": **no row has a score**; left out of every table and figure"
+                                                 if m in report.unscored else "") for m in metric_columns(table)]
+    if report.unscored and _unscored_cause(table):
+        lines += ["", f"Why {', '.join(f'`{m}`' for m in report.unscored)} {'has' if len(report.unscored) == 1 else 'have'} "
+                  f"no scores: {_unscored_cause(table)}."]
     lines += ["", "## Verdict: are InstantStyle's blocks enough?", "",
               f"Criterion (settings `analysis.verdict.*`): a candidate passes when, against `{crit.reference}` on the same units,", ""]
     lines += [f"{i}. {text}" for i, text in enumerate(crit.describe(), start=1)]
@@ -402,8 +568,12 @@ def _markdown(
             lines.append(f"- {v.title('`')}: **{v.word}**" + ("" if v.answer else " - " + "; ".join(v.reasons())))
         lines += [""] + _baseline_words(report.baselines, crit) + _verdict_family(report.verdicts, boot)
     lines += ["## Which modules and layers carry style", ""]
-    if not rankings:
-        lines += ["No generated sweep (one_hot:module, one_hot:layer, leave_one_out:...) with its baseline in this table.", ""]
+    lacking = {k: v for k, v in report.missing.items() if k.startswith("ranking ")}
+    if not rankings and not lacking:
+        lines += ["No generated sweep (one_hot:module, one_hot:layer, leave_one_out:...) in this table: add one to the "
+                  "sweep (e.g. `injection.patterns=[none,all,one_hot:module]`, or `experiment=layer_probe`) to rank "
+                  "modules or layers by their style effect.", ""]
+    lines += [f"- {section.removeprefix('ranking ')}: {line}" for section, line in lacking.items()] + ([""] if lacking else [])
     for sweep, frame in rankings.items():
         against = frame["against"].iloc[0]
         loo = sweep.startswith("leave_one_out")
@@ -435,11 +605,17 @@ def _markdown(
         if path.suffix == ".png":
             rel = path.relative_to(report.out_dir)
             lines += [f"![{path.stem}]({rel.as_posix()})  ", f"[{path.stem}.pdf]({rel.with_suffix('.pdf').as_posix()})", ""]
+            notes = report.captions.get(path.stem, [])
+            lines += [f"- {note}" for note in notes] + ([""] if notes else [])
+    for section, line in report.missing.items():
+        if not section.startswith(("ranking ", "paired_vs_")):
+            lines.append(f"- {section}: {line}")
     for section, why in report.skipped.items():
         if section != "verdict":
             lines.append(f"- {section}: skipped ({why})")
     lines += ["", "## Tables", ""]
     lines += [f"- [{p.name}]({p.relative_to(report.out_dir).as_posix()})" for p in report.tables]
+    lines += [f"- {section}: {line}" for section, line in report.missing.items() if section.startswith("paired_vs_")]
     lines += ["", "The intervals of `aggregate`, `paired_vs_*` and the `*_unadjusted` columns of the rankings are per "
               f"comparison ({boot.level:.0%} each, no adjustment for the many comparisons a table holds): read them one "
               "at a time, or use the report's simultaneous intervals and counted decisions above.", "",

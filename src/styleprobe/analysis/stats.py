@@ -333,7 +333,9 @@ def paired_differences(
     `against` fixes some condition columns (e.g. {"injection": "all"}); the other `by` columns are matched,
     so {"subtraction": 0} compares every strength with s=0 of the same injection pattern. Only cells present
     in both conditions count (n_units). Columns: by..., metric, reference, mean_diff, low, high, p_value (two-sided
-    bootstrap p of "no difference", unadjusted), n_units, n_references, n_prompts.
+    bootstrap p of "no difference", unadjusted), n_units, n_references, n_prompts. A table without the reference
+    condition is an error; one whose reference rows have no score for `metric` (a leakage score needs the
+    reference's content label) gives no rows.
     """
     by, unit, paired = _paired(table, metric, against, by, unit, require_reference=True)
     label = describe_setting(against)
@@ -363,7 +365,7 @@ def _paired(
     unit = list(CELL_COLUMNS if unit is None else unit)
     means = cell_means(table, metric, by, unit)
     ref = means[select(means, against)]
-    if ref.empty and require_reference:
+    if ref.empty and require_reference and not select(table, against).any():
         raise AnalysisError(
             f"paired differences: no rows with {describe_setting(against)} to compare against; add that condition to the sweep"
         )

@@ -130,6 +130,7 @@ class Scorer(ABC):
     option_names: ClassVar[tuple[str, ...]] = ()
     #: Options every kind takes: they say what a number means, not how it is computed (so not in the identity).
     meaning_options: ClassVar[tuple[str, ...]] = ("role", "better")
+    needs_content: ClassVar[bool] = False  # rows whose reference has no content label get no score
 
     def __init__(self, settings: ScorerSettings):
         unknown = sorted(set(settings.options) - set(self.option_names) - {"scorer", *self.meaning_options})

@@ -192,6 +192,7 @@ class LeakCLIP(_CLIPScorer):
 
     kind: ClassVar[str] = "leak_clip"
     option_names: ClassVar[tuple[str, ...]] = ("model", "pretrained", "template", "margin_column", "free_column")
+    needs_content: ClassVar[bool] = True
 
     def __init__(self, settings: ScorerSettings):
         super().__init__(settings)
