@@ -475,6 +475,7 @@ def test_the_benchmark_notebook_runs_on_the_tiny_run(benchmark_run, monkeypatch,
     assert str(first.results_dir) in printed and "paired against: InstantStyle style (subtraction=0.0)" in printed
     html = "".join(o.get("data", {}).get("text/html", "") for o in outputs)
     assert "copy_reference: all" in html and "b_lora training" in html and "RB-Modulation" in html
+    assert "train_steps" in html and "tiny model checks machinery" in html  # the departures cell
 
 
 def test_auto_kind_tells_a_benchmark_from_a_probe():
