@@ -208,8 +208,10 @@ def _recipe_notes(recipes: pd.DataFrame) -> list[str]:
     if gone.empty:
         return lines + ["", "No contender departs from its source's settings.", ""]
     lines += ["", "Why they depart:", ""]
+    every = set(recipes.loc[recipes["setting"] != "", bench.CONTENDER])
     for (setting, reason), part in gone.groupby(["setting", "reason"], sort=False):
-        lines.append(f"- `{setting}` ({', '.join(part[bench.CONTENDER])}): {str(reason).rstrip('.')}.")
+        who = "every contender" if set(part[bench.CONTENDER]) == every and len(every) > 1 else ", ".join(part[bench.CONTENDER])
+        lines.append(f"- `{setting}` ({who}): {str(reason).rstrip('.')}.")
     return lines + [""]
 
 
