@@ -54,11 +54,12 @@ def test_every_contender_gets_the_same_units_and_its_own_prompt_convention(tmp_p
     _no_model(monkeypatch)
     plan = prepare(_cfg(tmp_path, "seeds=[0,1]"))
     rows = pd.DataFrame([it.row for it in plan.items])
-    groups = rows.groupby(["method", "injection", "subtraction"], dropna=False)
+    groups = rows.groupby(["method", "injection", "scale", "subtraction"], dropna=False)
     assert {k[:2] for k in groups.groups} == {("ip_adapter", "all"), ("ip_adapter", "style"), ("ip_adapter", "style_layout"),
                                               ("style_aligned", "all"), ("b_lora", "style")}
     assert sorted(rows.loc[(rows.method == "ip_adapter") & (rows.injection == "style"), "subtraction"].unique()) == [0.0, 0.5]
     assert set(rows.loc[rows.injection == "all", "subtraction"].dropna()) == {0.0}
+    assert len(groups) == 8  # IP-Adapter at two scales, four InstantStyle settings, StyleAligned, B-LoRA
     units = {name: set(zip(g.reference_digest, g.prompt, g.seed)) for name, g in groups}
     first = next(iter(units.values()))
     assert len(first) == 4 * 44 * 2 and all(u == first for u in units.values())
@@ -67,7 +68,9 @@ def test_every_contender_gets_the_same_units_and_its_own_prompt_convention(tmp_p
     assert used["ip_adapter"] == prompt["ip_adapter"]
     assert used["b_lora"] == prompt["b_lora"] + " in [v] style"
     assert used["style_aligned"].startswith(prompt["style_aligned"] + ", ")
-    assert (rows[rows.method == "style_aligned"].steps == 50).all() and (rows[rows.method == "b_lora"].steps == 4).all()
+    # each method's own sampler: StyleAligned's notebook and B-LoRA's inference.py run 50 steps, on every model
+    assert (rows[rows.method == "style_aligned"].steps == 50).all() and (rows[rows.method == "b_lora"].steps == 50).all()
+    assert (rows[rows.method == "ip_adapter"].steps == 4).all()  # the tiny preset's (SDXL's: 30)
 
 
 def test_a_contender_is_dropped_or_added_with_one_override(tmp_path, monkeypatch):
@@ -76,9 +79,117 @@ def test_a_contender_is_dropped_or_added_with_one_override(tmp_path, monkeypatch
     _no_model(monkeypatch)
     dropped = prepare(_cfg(tmp_path, "~method.b_lora", "data=small"))
     assert "b_lora" not in {it.row["method"] for it in dropped.items}
-    added = prepare(_cfg(tmp_path, "+method.ip_half={type: ip_adapter, patterns: [all], scale: 0.5}", "data=small"))
+    added = prepare(_cfg(tmp_path, "+method.ip_quarter={type: ip_adapter, patterns: [all], scale: 0.25}", "data=small"))
     scales = {(it.row["injection"], it.row["scale"]) for it in added.items if it.row["method"] == "ip_adapter"}
-    assert ("all", 0.5) in scales and ("all", 1.0) in scales
+    assert {("all", 0.25), ("all", 0.5), ("all", 1.0)} <= scales
+
+
+#: The sources' negative prompts (h94's IPAdapterXL.generate default; InstantStyle's infer_style.py).
+H94_NEGATIVE = "monochrome, lowres, bad anatomy, worst quality, low quality"
+INSTANTSTYLE_NEGATIVE = ("text, watermark, lowres, low quality, worst quality, deformed, glitch, low contrast, noisy, "
+                         "saturation, blurry")
+
+
+def _planned(tmp_path: Path, *overrides: str) -> pd.DataFrame:
+    from styleprobe.sweep import prepare
+
+    return pd.DataFrame([it.row for it in prepare(_cfg(tmp_path, "data=small", *overrides)).items])
+
+
+def test_plain_ip_adapter_runs_at_scales_half_and_one_with_readable_names(tmp_path, monkeypatch):
+    _no_model(monkeypatch)
+    settings = default_settings().benchmark
+    expected = ["IP-Adapter (scale=0.5)", "IP-Adapter (scale=1.0)", "InstantStyle style (subtraction=0.0)",
+                "InstantStyle style (subtraction=0.5)", "InstantStyle style+layout (subtraction=0.0)",
+                "InstantStyle style+layout (subtraction=0.5)", "StyleAligned", "B-LoRA"]
+    # the tiny preset (no negative prompts) and every source's own negative prompt: the entries' negative prompts
+    # differ, but only between names, so no name gets a negative_prompt (or scale) suffix
+    for overrides in ((), ("~model.method_defaults.ip_adapter",)):
+        rows = _planned(tmp_path, *overrides)
+        ip = rows[rows.method == "ip_adapter"]
+        assert sorted(ip.loc[ip.injection == "all", "scale"].unique()) == [0.5, 1.0]
+        assert set(ip.loc[ip.injection != "all", "scale"]) == {1.0}
+        table = bench.with_contenders(rows, settings)
+        assert bench.contenders(table) == expected, overrides
+        assert bench.reference_contender(table, settings) == "InstantStyle style (subtraction=0.0)"
+        assert table.groupby("contender").size().nunique() == 1  # every contender on the same units
+
+
+def test_each_contender_gets_its_sources_negative_prompt_and_steps(tmp_path, monkeypatch):
+    _no_model(monkeypatch)
+    rows = _planned(tmp_path, "~model.method_defaults.ip_adapter")  # as on a model whose text towers know English
+    negative = rows.groupby(["method", "injection"])["negative_prompt"].unique().map(list)
+    assert negative[("ip_adapter", "all")] == [H94_NEGATIVE]
+    assert negative[("ip_adapter", "style")] == negative[("ip_adapter", "style_layout")] == [INSTANTSTYLE_NEGATIVE]
+    assert negative[("style_aligned", "all")] == negative[("b_lora", "style")] == [""]
+    steps = rows.groupby("method")["steps"].unique().map(list)
+    assert steps["b_lora"] == [50] and steps["style_aligned"] == [50] and steps["ip_adapter"] == [4]
+    # the tiny preset empties the English negative prompts; a command-line sampler.negative_prompt still wins
+    assert set(_planned(tmp_path)["negative_prompt"]) == {""}
+    assert set(_planned(tmp_path, "sampler.negative_prompt=blurry")["negative_prompt"]) == {"blurry"}
+    # SDXL (composed only: planning it needs its UNet config) gets the sources' values; the toy preset empties them
+    for model, h94, instantstyle in (("sdxl", H94_NEGATIVE, INSTANTSTYLE_NEGATIVE), ("toy", "", "")):
+        cfg = _cfg(tmp_path, f"model={model}")
+        assert cfg.method.ip_adapter.sampler.negative_prompt == h94, model
+        assert cfg.method.instantstyle.sampler.negative_prompt == instantstyle, model
+        assert cfg.method.b_lora.sampler.steps == 50 and list(cfg.method.ip_adapter.scale) == [0.5, 1.0]
+
+
+def _composed_rows(cfg) -> pd.DataFrame:
+    """One row per contender as the config would plan it, without the model's UNet: the sampler each entry resolves
+    and its knobs (lists crossed), for a preset whose weights are not here."""
+    import itertools
+
+    from omegaconf import OmegaConf
+
+    from styleprobe.methods.base import ENTRY_SETTINGS, knob_names, method
+    from styleprobe.sampler import Sampler
+
+    rows = []
+    for entry, body in OmegaConf.to_container(cfg.method, resolve=True).items():
+        plugin = method(body.get("type", entry))
+        sampler = Sampler.resolve(cfg.sampler, {**plugin.sampler_defaults, **(body.get("sampler") or {})}, cfg.model)
+        given = {k: v if isinstance(v, list) else [v] for k, v in body.items() if k not in ENTRY_SETTINGS}
+        defaults = {f.name: f.default for f in dataclasses.fields(plugin.Knobs)}
+        for combo in itertools.product(*given.values()):
+            for injection in body["patterns"]:
+                rows.append({**defaults, **dict(zip(given, combo)), "method": plugin.name, "injection": injection,
+                             "model": cfg.model.name, "steps": sampler.steps, "guidance": sampler.guidance,
+                             "height": sampler.height, "scheduler": sampler.scheduler_id,
+                             "negative_prompt": sampler.negative_prompt, "knob_columns": json.dumps(knob_names(plugin.name)),
+                             "reference_digest": "r", "prompt": "p"})
+    return pd.DataFrame(rows)
+
+
+def test_on_sdxl_the_benchmark_departs_from_no_source_but_where_it_says_why(tmp_path):
+    settings = default_settings().benchmark
+    table = bench.with_contenders(_composed_rows(_cfg(tmp_path, "model=sdxl")), settings)
+    found = bench.departures(table, settings)
+    assert set(found["contender"]) == set(bench.contenders(table)) and (found["setting"] != "").all()  # every one has a recipe
+    gone = found[found["departs"]]
+    # B-LoRA's 8-bit Adam is the one departure on SDXL, and the recipe states why
+    assert list(zip(gone["contender"], gone["setting"])) == [("B-LoRA", "optimizer")]
+    assert "bitsandbytes" in gone["reason"].iloc[0] and gone["ours"].iloc[0] == "adamw"
+    checked = set(found.loc[found["contender"] == "InstantStyle style (subtraction=0.5)", "setting"])
+    assert {"steps", "guidance", "scheduler", "height", "negative_prompt", "scale", "subtraction"} <= checked
+
+
+def test_departures_name_the_tiny_presets_shortcuts_and_their_reasons(tmp_path, monkeypatch):
+    _no_model(monkeypatch)
+    settings = default_settings().benchmark
+    found = bench.departures(bench.with_contenders(_planned(tmp_path), settings), settings)
+    gone = {(r.contender, r.setting): r for r in found[found["departs"]].itertuples()}
+    ip = gone[("IP-Adapter (scale=0.5)", "steps")]
+    assert (ip.ours, ip.recipe) == ("4", "30") and "tiny model checks machinery" in ip.reason
+    assert gone[("IP-Adapter (scale=0.5)", "negative_prompt")].recipe == H94_NEGATIVE
+    assert "random weights" in gone[("InstantStyle style (subtraction=0.0)", "negative_prompt")].reason
+    assert {s for c, s in gone if c == "StyleAligned"} == {"height"}  # its 50 DDIM steps at guidance 10 are its source's
+    assert {s for c, s in gone if c == "B-LoRA"} == {"height", "train_steps", "learning_rate", "optimizer"}
+    assert "20 steps" in gone[("B-LoRA", "train_steps")].reason and "bitsandbytes" in gone[("B-LoRA", "optimizer")].reason
+    # a setting set on the command line has no stated reason: the report says it is not the source's
+    found = bench.departures(bench.with_contenders(_planned(tmp_path, "method.instantstyle.scale=0.8"), settings), settings)
+    scale = found[(found["contender"] == "InstantStyle style (subtraction=0.0)") & (found["setting"] == "scale")].iloc[0]
+    assert scale["departs"] and scale["reason"] == bench.UNSTATED
 
 
 def test_shards_keep_each_lora_and_inversion_in_one_job(tmp_path, monkeypatch):
@@ -112,9 +223,9 @@ def _planted(seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     contenders = [
         ({"method": "copy_reference", "injection": "all"}, (1.00, 0.10, 0.40), [""]),
-        ({"method": "ip_adapter", "injection": "all", "subtraction": 0.0}, (0.70, 0.20, 0.30), [""]),
-        ({"method": "ip_adapter", "injection": "style", "subtraction": 0.0}, (0.60, 0.26, 0.15), [""]),
-        ({"method": "ip_adapter", "injection": "style", "subtraction": 0.5}, (0.60, 0.26, 0.15), [""]),
+        ({"method": "ip_adapter", "injection": "all", "subtraction": 0.0, "scale": 1.0}, (0.70, 0.20, 0.30), [""]),
+        ({"method": "ip_adapter", "injection": "style", "subtraction": 0.0, "scale": 1.0}, (0.60, 0.26, 0.15), [""]),
+        ({"method": "ip_adapter", "injection": "style", "subtraction": 0.5, "scale": 1.0}, (0.60, 0.26, 0.15), [""]),
         ({"method": "style_aligned", "injection": "all"}, (0.50, 0.27, 0.14), [""]),
         ({"method": "b_lora", "injection": "style"}, (0.55, 0.24, 0.20), ["train_seed=0", "train_seed=1"]),
     ]
@@ -133,7 +244,7 @@ def _planted(seed: int = 0) -> pd.DataFrame:
     for metric in ("style_csd", "text_clip", "leak_clip"):
         table[f"{metric}_model"] = "planted"
     table["model"] = "planted"
-    table["knob_columns"] = json.dumps(["subtraction"])
+    table["knob_columns"] = json.dumps(["scale", "subtraction"])
     return table
 
 
@@ -141,14 +252,14 @@ def test_the_method_table_and_paired_cis_recover_a_planted_ordering():
     settings = default_settings().benchmark
     table = bench.with_contenders(_planted(), settings)
     names = bench.contenders(table)
-    assert names[:2] == ["IP-Adapter (subtraction=0.0)", "InstantStyle style (subtraction=0.0)"]
+    assert names[:2] == ["IP-Adapter", "InstantStyle style (subtraction=0.0)"]
     assert "copy_reference: all" in names and "B-LoRA" in names
     reference = bench.reference_contender(table, settings)
     assert reference == "InstantStyle style (subtraction=0.0)"
     summary = bench.method_table(table, ["style_csd", "text_clip", "leak_clip"], reference, settings, BOOT)
     row = summary.set_index(["contender", "metric"])
     style = row.xs("style_csd", level="metric")["mean"].sort_values(ascending=False)
-    assert list(style.index[:2]) == ["copy_reference: all", "IP-Adapter (subtraction=0.0)"]
+    assert list(style.index[:2]) == ["copy_reference: all", "IP-Adapter"]
     assert row.loc[("copy_reference: all", "style_csd"), "mean"] == pytest.approx(1.0, abs=0.03)
     copy = row.loc["copy_reference: all"]
     assert copy.loc["style_csd", "diff_low"] > 0.35 and copy.loc["style_csd", "better"] == "better"
@@ -172,7 +283,7 @@ def test_the_pareto_front_recovers_the_planted_one():
     points = bench.tradeoffs(summary, "style_csd", ["text_clip", "leak_clip"]).set_index("contender")
     text_front = set(points.index[points["front_text_clip"]])
     # style up, text up: copy (most style), IP-Adapter, InstantStyle style or its tie (whichever noise favours), StyleAligned
-    assert {"copy_reference: all", "IP-Adapter (subtraction=0.0)", "StyleAligned"} <= text_front
+    assert {"copy_reference: all", "IP-Adapter", "StyleAligned"} <= text_front
     assert "B-LoRA" not in text_front and len(text_front & {"InstantStyle style (subtraction=0.0)",
                                                              "InstantStyle style (subtraction=0.5)"}) >= 1
     leak_front = set(points.index[points["front_leak_clip"]])
@@ -200,14 +311,33 @@ def test_published_numbers_are_ranked_beside_ours():
     ]
     out = bench.published_comparison(summary, table, settings, tables)
     a = out[(out.source == "A") & (out.their_metric == "T")].set_index("method")
-    assert list(a.rank_published) == [3, 1, 2] and list(a.rank_ours) == [3, 1, 2] and a.agrees.all()  # 0.20 < 0.26 < 0.27
+    assert list(a.rank_published) == [3, 1, 2] and list(a.rank_ours) == [3, 1, 2] and a.rank_agreement.all()  # 0.20 < 0.26 < 0.27
     b = out[out.source == "B"].set_index("method")
-    assert b.loc["StyleAligned", "rank_ours"] == 2 and b.loc["InstantStyle", "rank_ours"] == 1 and not b.agrees.iloc[0]
+    assert b.loc["StyleAligned", "rank_ours"] == 2 and b.loc["InstantStyle", "rank_ours"] == 1 and not b.rank_agreement.iloc[0]
     assert b.loc["Other", "contender"] == "" and np.isnan(b.loc["Other", "ours"])  # no contender of ours
     x = out[out.their_metric == "X"]
-    assert x.metric.eq("").all() and x.ours.isna().all() and x.agrees.isna().all()
+    assert x.metric.eq("").all() and x.ours.isna().all() and x.rank_agreement.isna().all()
     shipped = bench.published_tables()
     assert {"B-LoRA", "StyleAligned", "InstantStyle", "IP-Adapter"} <= {m for t in shipped for m in t["values"]}
+
+
+def test_published_numbers_are_context_for_toy_and_tiny_and_rank_agreement_for_real_models():
+    from styleprobe.analysis.benchmark_report import _published
+
+    settings = default_settings().benchmark
+    table = bench.with_contenders(_planted(), settings)
+    summary = bench.method_table(table, ["style_csd", "text_clip", "leak_clip"], bench.reference_contender(table, settings),
+                                 settings, BOOT)
+    for model in ("toy", "tiny", "sdxl"):
+        out = bench.published_comparison(summary, table.assign(model=model), settings)
+        text = "\n".join(_published(out))
+        assert len(out) and out["rank_ours"].notna().any(), model  # ours beside theirs either way
+        if model == "sdxl":
+            assert "rank_agreement" in out and not out.attrs["context_only"]
+            assert "rank agreement" in text and "not a check" in text and "| rank agreement |" in text
+        else:  # a 64 px model beside SDXL papers: context, no agreement judged
+            assert "rank_agreement" not in out and "agrees" not in out and out.attrs["context_only"], model
+            assert "for context only" in text and "agree" not in text.replace("no agreement", ""), model
 
 
 def test_reference_and_settings_errors_are_one_line():
@@ -269,7 +399,7 @@ def benchmark_run(tmp_path_factory, tiny_model):
 
 def test_the_benchmark_runs_end_to_end_and_reruns_nothing(benchmark_run):
     first, again, artefacts = benchmark_run
-    assert first.planned == first.generated == 4 * 6 * 8 and set(first.scored.values()) == {first.planned}
+    assert first.planned == first.generated == 4 * 6 * 9 and set(first.scored.values()) == {first.planned}
     assert again.generated == 0 and again.done_before == first.planned and not any(again.scored.values())
     now = {p: p.stat().st_mtime_ns for p in (first.results_dir / "artefacts").rglob("*") if p.is_file()}
     assert now == artefacts  # no LoRA trained, no reference inverted again
@@ -282,11 +412,18 @@ def test_the_report_has_every_part(benchmark_run):
     out = first.results_dir / "analysis"
     text = (out / "report.md").read_text()
     for heading in ("## Contenders", "## Method table", "## Trade-offs and the Pareto front", "## Cost",
-                    "## Published numbers, on other papers' protocols", "Machinery check, not science"):
+                    "## Published numbers, for context only", "Machinery check, not science"):
         assert heading in text, heading
+    assert "rank agreement" not in text and "| agrees |" not in text  # the tiny model: context, not a comparison
+    # each contender's departures from its source, in its row, with the reasons below the table
+    assert "| departs from its source |" in text and "Why they depart:" in text
+    row = next(line for line in text.splitlines() if line.startswith("| IP-Adapter (scale=0.5) |"))
+    assert "steps 4 (source: 30)" in row and "negative_prompt none (source: monochrome, lowres, bad anatomy, ...)" in row
+    assert "`optimizer` (B-LoRA): bitsandbytes'" in text and "tiny model checks machinery" in text
+    assert "| copy_reference: all |" in text and "no recipe recorded" in text
     for name in ("benchmark_tradeoffs", "benchmark_grid"):
         assert (out / "figures" / f"{name}.png").stat().st_size > 10_000 and (out / "figures" / f"{name}.pdf").is_file()
-    for name in ("benchmark_methods", "benchmark_tradeoffs", "benchmark_costs", "benchmark_published"):
+    for name in ("benchmark_methods", "benchmark_tradeoffs", "benchmark_costs", "benchmark_published", "benchmark_recipes"):
         assert (out / "tables" / f"{name}.csv").is_file()
     assert "Paired difference to **InstantStyle style (subtraction=0.0)**" in text
     assert "B-LoRA" in text and "StyleAligned" in text and "a bicycle leaning against a wall in [v] style" in text
@@ -316,7 +453,7 @@ def test_the_cost_table_comes_from_the_runs_measurements(benchmark_run):
     assert costs.loc["StyleAligned", "preparation"] == "ddim inversion" and costs.loc["StyleAligned", "prepared"] == 4
     assert costs.loc["B-LoRA", "preparation"] == "b_lora training" and costs.loc["B-LoRA", "prepared"] == 4
     assert costs.loc["B-LoRA", "prep_seconds_per_reference"] > 0 and costs.loc["StyleAligned", "prep_seconds_per_reference"] > 0
-    assert costs.loc["IP-Adapter (subtraction=0.0)", "prepared"] == 0
+    assert costs.loc["IP-Adapter (scale=1.0)", "prepared"] == 0
     # per-reference preparation: the trainings recorded in the run's costs.yaml, once each
     records = bench.preparation_records([first.results_dir])
     assert sorted(records["what"].value_counts().items()) == [("b_lora training", 4), ("ddim inversion", 4)]
@@ -338,6 +475,7 @@ def test_the_benchmark_notebook_runs_on_the_tiny_run(benchmark_run, monkeypatch,
     assert str(first.results_dir) in printed and "paired against: InstantStyle style (subtraction=0.0)" in printed
     html = "".join(o.get("data", {}).get("text/html", "") for o in outputs)
     assert "copy_reference: all" in html and "b_lora training" in html and "RB-Modulation" in html
+    assert "train_steps" in html and "tiny model checks machinery" in html  # the departures cell
 
 
 def test_auto_kind_tells_a_benchmark_from_a_probe():

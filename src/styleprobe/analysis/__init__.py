@@ -5,8 +5,9 @@
     aggregate(table, "style_csd", by=["injection"])
     analyze("results/toy/layer_probe")          # writes results/toy/layer_probe/analysis/report.md
 
-A method benchmark (several methods at their defaults, `experiment=benchmark`) gets its own report, built by
-`styleprobe.analysis.benchmark` (contenders, method table, Pareto front, cost, published numbers).
+A method benchmark (several methods at their sources' settings, `experiment=benchmark`) gets its own report, built by
+`styleprobe.analysis.benchmark` (contenders, method table, Pareto front, cost, departures from the sources' recipes,
+published numbers).
 It reads only what the store wrote. `styleprobe analyze results_dir=...` runs `analyze` from the command line.
 """
 

@@ -1,8 +1,9 @@
 """The method benchmark: contenders compared on the same units, with bootstrap CIs, a Pareto front and their cost.
 
-A *contender* is a method at one setting: its `method`, its injection pattern and the knobs that vary within that
-method in the table (InstantStyle's `style` with and without subtraction are two contenders). It is named by
-the `names` table of the settings (by method and injection), with the varying knobs appended.
+A *contender* is a method at one setting: its `method`, its injection pattern and the settings that vary within
+that method and injection in the table (InstantStyle's `style` with and without subtraction are two contenders,
+plain IP-Adapter at scales 0.5 and 1.0 two more). It is named by the `names` table of the settings (by method and
+injection), with those varying settings appended.
 
 The unit is a style reference x a prompt (`unit`): each contender's images of one unit (its seeds and, for
 B-LoRA, its training-seed replicates) are averaged first, then units are resampled. Methods that draw
@@ -25,12 +26,34 @@ import pandas as pd
 import yaml
 
 from styleprobe.analysis.conditions import describe_setting
-from styleprobe.analysis.load import condition_columns, metric_roles, require_columns
+from styleprobe.analysis.load import condition_columns, is_machinery_check, is_toy_world, metric_roles, require_columns
 from styleprobe.analysis.stats import Bootstrap, aggregate, holm, paired_differences, select
 from styleprobe.errors import AnalysisError
 
 CONTENDER = "contender"
 PUBLISHED_FILE = Path(__file__).with_name("published.yaml")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A contender's source recipe: where its settings come from, the settings themselves (a setting is a row column;
+    a list accepts any of its values), and the reason for any departure styleprobe makes on every model."""
+
+    method: str
+    injections: tuple[str, ...]
+    source: str
+    settings: Mapping[str, Any]
+    reasons: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_mapping(cls, data: Any) -> "Recipe":
+        known = {"method", "injection", "source", "settings", "reasons"}
+        if not isinstance(data, Mapping) or not {"method", "injection", "settings"} <= set(data) or set(data) - known:
+            raise AnalysisError(f"analysis.benchmark.recipes entry {data!r}; give {{method: ..., injection: ..., "
+                                "source: ..., settings: {steps: 30, ...}, reasons: {setting: why}}}")
+        injections = data["injection"] if isinstance(data["injection"], (list, tuple)) else [data["injection"]]
+        return cls(str(data["method"]), tuple(map(str, injections)), str(data.get("source") or ""),
+                   dict(data["settings"] or {}), {str(k): str(v) for k, v in (data.get("reasons") or {}).items()})
 
 
 @dataclass(frozen=True)
@@ -46,10 +69,13 @@ class BenchmarkSettings:
     grid_prompt: str | None = None  # null: the first prompt in A-Z order
     grid_seed: int | None = None  # null: the lowest seed
     published_as: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # a paper's method name -> our rows
+    recipes: tuple[Recipe, ...] = ()  # each contender's source settings
+    departures: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # model name prefix -> setting -> why
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> "BenchmarkSettings":
-        known = {"reference", "style_metric", "text_metric", "leak_metric", "unit", "names", "grid", "published_as"}
+        known = {"reference", "style_metric", "text_metric", "leak_metric", "unit", "names", "grid", "published_as",
+                 "recipes", "departures"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise AnalysisError(f"unknown analysis.benchmark setting {', '.join(unknown)}; known: {', '.join(sorted(known))}")
@@ -64,9 +90,15 @@ class BenchmarkSettings:
             raise AnalysisError("analysis.benchmark.reference is empty; name the contender to pair against, "
                                 "e.g. {method: ip_adapter, injection: style, subtraction: 0.0}")
         unit = tuple(data.get("unit") or cls.unit)
+        recipes = tuple(Recipe.from_mapping(r) for r in data.get("recipes") or [])
+        departures = data.get("departures") or {}
+        if not isinstance(departures, Mapping) or not all(isinstance(v, Mapping) for v in departures.values()):
+            raise AnalysisError(f"analysis.benchmark.departures={departures!r}; give {{model: {{setting: why}}}}, "
+                                "e.g. {toy: {steps: the toy preset samples 20 steps}}")
         return cls(reference, str(data.get("style_metric", cls.style_metric)), str(data.get("text_metric", cls.text_metric)),
                    str(data.get("leak_metric", cls.leak_metric)), unit, tuple(names), grid.get("prompt"),
-                   grid.get("seed"), {str(k): dict(v) for k, v in (data.get("published_as") or {}).items()})
+                   grid.get("seed"), {str(k): dict(v) for k, v in (data.get("published_as") or {}).items()}, recipes,
+                   {str(m): {str(k): str(v) for k, v in r.items()} for m, r in departures.items()})
 
     def name(self, method: str, injection: str) -> str:
         for m, i, n in self.names:
@@ -82,21 +114,26 @@ class BenchmarkSettings:
 
 
 def with_contenders(table: pd.DataFrame, settings: BenchmarkSettings) -> pd.DataFrame:
-    """The table with a `contender` column: the display name, plus each knob that varies within that method."""
+    """The table with a `contender` column: the display name, plus each setting that varies under that name.
+
+    A setting is appended only where it tells rows of one (method, injection) apart: plain IP-Adapter at two
+    scales is "IP-Adapter (scale=0.5)" and "IP-Adapter (scale=1.0)", while InstantStyle, at one scale and with its
+    own negative prompt, gets neither (a setting that differs only between names needs no suffix).
+    """
     require_columns(table, ["method", "injection"], "benchmark")
     table = table.copy()
     columns = [c for c in condition_columns(table) if c in table and c not in ("method", "injection")]
     labels = pd.Series("", index=table.index, dtype=object)
     order: dict[str, tuple[int, str]] = {}
-    for method, part in table.groupby("method", sort=True):
+    for (method, injection), part in table.groupby(["method", "injection"], sort=True):
+        method, injection = str(method), str(injection)
         varying = [c for c in columns if part[c].dropna().astype(str).nunique() > 1]
-        for values, group in part.groupby(["injection", *varying], sort=True, dropna=False):
+        for values, group in part.groupby(varying, sort=True, dropna=False) if varying else [((), part)]:
             values = values if isinstance(values, tuple) else (values,)
-            injection, knobs = str(values[0]), dict(zip(varying, values[1:]))
-            extra = describe_setting({k: _plain(v) for k, v in knobs.items()})
-            label = settings.name(str(method), injection) + (f" ({extra})" if extra else "")
+            extra = describe_setting({k: _plain(v) for k, v in zip(varying, values)})
+            label = settings.name(method, injection) + (f" ({extra})" if extra else "")
             labels[group.index] = label
-            order[label] = (settings.order(str(method), injection), label)
+            order[label] = (settings.order(method, injection), label)
     table[CONTENDER] = labels
     table.attrs["contender_order"] = sorted(order, key=order.__getitem__)
     return table
@@ -278,7 +315,10 @@ def published_comparison(
 
     One row per (source, metric, method). `ours` is our mean for the contender the method maps to
     (`published_as`); `rank_published` / `rank_ours` order the methods that both have (1 = best);
-    `agrees` is whether the two orders are the same, per (source, metric), where at least two methods overlap.
+    `rank_agreement` is whether the two orders are the same, per (source, metric), where at least two methods
+    overlap: agreement of rankings across protocols (other sets, prompts, resolutions, scorers), not a check of
+    either. A toy-world or tiny-model table (`context_only`) gets no `rank_agreement` column: a 64 px model beside
+    SDXL papers is context, not a comparison (`attrs["context_only"]` says which).
     """
     tables = published_tables() if tables is None else tables
     mapped: dict[str, str] = {}
@@ -304,8 +344,12 @@ def published_comparison(
                               CONTENDER: contender, "ours": ours})
             _rank(block, direction(summary, ours_metric or "") < 0)
             rows += block
-    return pd.DataFrame(rows, columns=["source", "protocol", "their_metric", "metric", "method", "published", CONTENDER,
-                                       "ours", "rank_published", "rank_ours", "agrees"])
+    frame = pd.DataFrame(rows, columns=["source", "protocol", "their_metric", "metric", "method", "published", CONTENDER,
+                                        "ours", "rank_published", "rank_ours", "agrees"])
+    context_only = is_toy_world(table) or is_machinery_check(table)
+    frame = frame.drop(columns="agrees") if context_only else frame.rename(columns={"agrees": "rank_agreement"})
+    frame.attrs["context_only"] = context_only
+    return frame
 
 
 def _rank(block: list[dict[str, Any]], lower: bool) -> None:
@@ -334,8 +378,75 @@ def is_benchmark(table: pd.DataFrame) -> bool:
     return bool((sweeps == "preset").all() and not (table["injection"].astype(str) == "none").any())
 
 
+# departures from the sources -----------------------------------------------------------------------------------
+#: Why a setting departs when neither the model's `departures` nor the recipe says.
+UNSTATED = "not the source's setting: chosen by this run's config (sampler.*, method.*) or its model preset"
+
+
+def recipe_for(method: str, injection: str, settings: BenchmarkSettings) -> Recipe | None:
+    """The first recipe for this method and injection, or None."""
+    return next((r for r in settings.recipes if r.method == method and injection in r.injections), None)
+
+
+def departures(table: pd.DataFrame, settings: BenchmarkSettings) -> pd.DataFrame:
+    """Each contender's settings beside its source's recipe: one row per contender and recipe setting its rows record.
+
+    `ours` is the contender's value (several joined by " | " if its rows differ), `recipe` the source's (a list: any
+    of), `departs` whether ours is not one of them, `reason` why (for a departure only): the model's entry in
+    `settings.departures` (the longest model-name prefix that matches), else the recipe's own `reasons`, else
+    `UNSTATED`. A contender without a recipe has one row with an empty `setting`; a setting its rows do not record
+    (an older table) is left out.
+    """
+    require_columns(table, [CONTENDER, "method", "injection"], "departures")
+    out = []
+    for name in contenders(table):
+        part = table[table[CONTENDER] == name]
+        first = part.iloc[0]
+        recipe = recipe_for(str(first["method"]), str(first["injection"]), settings)
+        if recipe is None:
+            out.append({CONTENDER: name, "source": "", "setting": "", "ours": "", "recipe": "", "departs": False,
+                        "reason": ""})
+            continue
+        models = sorted(set(part["model"].dropna().astype(str))) if "model" in part else []
+        for setting, wanted in recipe.settings.items():
+            values = list(dict.fromkeys(_plain(v) for v in part[setting].dropna())) if setting in part else []
+            if not values:
+                continue
+            accepted = list(wanted) if isinstance(wanted, (list, tuple)) else [wanted]
+            departs = not all(any(_same(setting, v, a) for a in accepted) for v in values)
+            out.append({CONTENDER: name, "source": recipe.source, "setting": setting,
+                        "ours": " | ".join(map(_setting_text, values)), "recipe": " | ".join(map(_setting_text, accepted)),
+                        "departs": departs, "reason": _reason(setting, models, recipe, settings) if departs else ""})
+    return pd.DataFrame(out, columns=[CONTENDER, "source", "setting", "ours", "recipe", "departs", "reason"])
+
+
+def _same(setting: str, ours: Any, theirs: Any) -> bool:
+    """Whether a row's value is the recipe's: numbers as numbers, a scheduler by its class, text as written."""
+    if setting == "scheduler":
+        return str(ours).split("(")[0] == str(theirs)
+    if isinstance(theirs, bool) or isinstance(ours, bool):
+        return str(ours).lower() == str(theirs).lower()
+    if isinstance(theirs, (int, float)) and not isinstance(ours, str):
+        return bool(np.isclose(float(ours), float(theirs), rtol=1e-6, atol=0.0))
+    return str(ours if ours is not None else "").strip() == str(theirs if theirs is not None else "").strip()
+
+
+def _setting_text(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _reason(setting: str, models: Sequence[str], recipe: Recipe, settings: BenchmarkSettings) -> str:
+    prefixes = sorted((p for p in settings.departures if any(m.startswith(p) for m in models)), key=len, reverse=True)
+    for prefix in prefixes:
+        if setting in settings.departures[prefix]:
+            return settings.departures[prefix][setting]
+    return recipe.reasons.get(setting, UNSTATED)
+
+
 __all__ = [
-    "BenchmarkSettings", "contenders", "cost_table", "devices", "direction", "is_benchmark", "method_table", "pareto_front",
-    "preparation_records", "published_comparison", "published_tables", "reference_contender", "tradeoffs",
-    "with_contenders",
+    "BenchmarkSettings", "Recipe", "contenders", "cost_table", "departures", "devices", "is_benchmark", "method_table",
+    "pareto_front", "preparation_records", "published_comparison", "published_tables", "recipe_for",
+    "reference_contender", "tradeoffs", "with_contenders",
 ]

@@ -50,7 +50,9 @@ def build(
     table_out("benchmark_costs", costs)
     published = bench.published_comparison(summary, table, bs)
     table_out("benchmark_published", published)
-    return _markdown(table, dirs, settings, report, order, reference, summary, points, costs, records, published)
+    recipes = bench.departures(table, bs)
+    table_out("benchmark_recipes", recipes)
+    return _markdown(table, dirs, settings, report, order, reference, summary, points, costs, records, published, recipes)
 
 
 def _ci(mean: float, low: float, high: float, signed: bool = False) -> str:
@@ -71,7 +73,7 @@ def _seconds(x: float) -> str:
 def _markdown(
     table: pd.DataFrame, dirs: list[Path], settings: "AnalysisSettings", report: "Report", order: list[str],
     reference: str, summary: pd.DataFrame, points: pd.DataFrame, costs: pd.DataFrame, records: pd.DataFrame,
-    published: pd.DataFrame,
+    published: pd.DataFrame, recipes: pd.DataFrame,
 ) -> str:
     bs, boot = settings.benchmark, settings.bootstrap
     metrics = list(dict.fromkeys(summary["metric"]))
@@ -91,16 +93,21 @@ def _markdown(
         *describe_design(table, boot, bs.unit),
         f"- Differences are paired cell by cell against **{reference}** (`analysis.benchmark.reference`).",
         "", "## Contenders", "",
-        "Each method at its published default, on the same references, prompts and seeds; each with its own prompt "
-        "convention and sampler.", "",
-        "| contender | method | injection | example prompt given to the pipeline | steps | guidance | scheduler | images |",
-        "|---|---|---|---|---|---|---|---|",
+        "Each method at its source's settings, on the same references, prompts and seeds; each with its own prompt "
+        "convention and sampler. The last column lists every setting this folder's rows run differently from the "
+        "contender's source (ours, then the source's), with the reasons below (`analysis.benchmark.recipes`).", "",
+        "| contender | method | injection | example prompt given to the pipeline | negative prompt | steps | guidance | "
+        "scheduler | images | departs from its source |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in order:
         first = table[table[bench.CONTENDER] == name].sort_values(["prompt", "seed"], kind="stable").iloc[0]
         n = int((table[bench.CONTENDER] == name).sum())
+        negative = str(first.get("negative_prompt", "") or "")
         lines.append(f"| {name} | `{first['method']}` | `{first['injection']}` | {first.get('prompt_used', first['prompt'])} | "
-                     f"{first['steps']} | {first['guidance']:g} | {str(first['scheduler']).split('(')[0]} | {n} |")
+                     f"{negative or 'none'} | {first['steps']} | {first['guidance']:g} | "
+                     f"{str(first['scheduler']).split('(')[0]} | {n} | {_departs(recipes, name)} |")
+    lines += ["", *_recipe_notes(recipes)]
     lines += ["", "## Method table", "", "Mean per contender with its CI; the metric models:", ""]
     lines += [f"- `{m}`: {metric_label(table, m)}; measures {metric_role(table, m).describe()}" for m in metrics]
     lines += ["", "| contender | " + " | ".join(metrics) + " | cells |", "|---|" + "---|" * (len(metrics) + 1)]
@@ -170,24 +177,73 @@ def _figure_links(report: "Report", names: tuple[str, ...]) -> list[str]:
     return lines
 
 
+def _departs(recipes: pd.DataFrame, name: str) -> str:
+    """The contenders table's last cell: each departing setting as `setting ours (source: theirs)`."""
+    rows = recipes[recipes[bench.CONTENDER] == name]
+    if rows.empty or (rows["setting"] == "").all():
+        return "no recipe recorded"
+    gone = rows[rows["departs"].astype(bool)]
+    if gone.empty:
+        return "none"
+    return "; ".join(f"{r['setting']} {_value(r['ours'])} (source: {_value(r['recipe'])})" for _, r in gone.iterrows())
+
+
+def _value(text: str, words: int = 3) -> str:
+    """A setting as a table cell shows it: empty is none, a long list of words (a negative prompt) is shortened."""
+    if text == "":
+        return "none"
+    parts = [p.strip() for p in str(text).split(",")]
+    return ", ".join(parts[:words]) + ", ..." if len(parts) > words + 1 else str(text)
+
+
+def _recipe_notes(recipes: pd.DataFrame) -> list[str]:
+    """The sources, and each departure's reason with the contenders it applies to."""
+    if recipes.empty:
+        return []
+    first = recipes.groupby(bench.CONTENDER, sort=False)["source"].first()
+    lines = ["Sources (`analysis.benchmark.recipes`; every value compared is in `tables/benchmark_recipes.csv`):", ""]
+    for source, names in first.groupby(first, sort=False):
+        lines.append(f"- {', '.join(names.index)}: {source or 'no recipe recorded'}")
+    gone = recipes[recipes["departs"].astype(bool)]
+    if gone.empty:
+        return lines + ["", "No contender departs from its source's settings.", ""]
+    lines += ["", "Why they depart:", ""]
+    every = set(recipes.loc[recipes["setting"] != "", bench.CONTENDER])
+    for (setting, reason), part in gone.groupby(["setting", "reason"], sort=False):
+        who = "every contender" if set(part[bench.CONTENDER]) == every and len(every) > 1 else ", ".join(part[bench.CONTENDER])
+        lines.append(f"- `{setting}` ({who}): {str(reason).rstrip('.')}.")
+    return lines + [""]
+
+
 def _published(published: pd.DataFrame) -> list[str]:
-    lines = ["## Published numbers, on other papers' protocols", "",
-             "**Not our protocol.** Each table below is another paper's set, prompts, resolution and scorer; only the "
-             "order of methods within one table can be set beside ours. No published table compares InstantStyle, "
-             "StyleAligned and B-LoRA together. `agrees`: whether our ranking of the methods both sides have (on the "
-             "matching metric) is the published one.", ""]
+    context = bool(published.attrs.get("context_only", "rank_agreement" not in published))
+    if context:
+        lines = ["## Published numbers, for context only", "",
+                 "**Context, not a comparison.** These images come from a 64 px toy or tiny model; each table below is "
+                 "another paper's set, prompts, resolution and scorer on SDXL-class models. They are shown for orientation: "
+                 "no agreement between their ranking and ours is judged, since nothing here is expected to reproduce "
+                 "them. No published table compares InstantStyle, StyleAligned and B-LoRA together.", ""]
+    else:
+        lines = ["## Published numbers, on other papers' protocols", "",
+                 "**Not our protocol.** Each table below is another paper's set, prompts, resolution and scorer; only the "
+                 "order of methods within one table can be set beside ours. No published table compares InstantStyle, "
+                 "StyleAligned and B-LoRA together. `rank agreement`: whether our ranking of the methods both sides have "
+                 "(on the matching metric) is the published one. It is agreement of rankings across protocols, not a "
+                 "check: a disagreement can come from the sets, prompts or scorers as well as from either run.", ""]
     if published.empty:
         return lines + ["No published numbers are recorded.", ""]
+    head = "| their metric | method | published | ours: contender, metric | ours | rank published / ours |"
     for source, part in published.groupby("source", sort=False):
         lines += [f"### {source}", "", f"Protocol: {part['protocol'].iloc[0]}.", "",
-                  "| their metric | method | published | ours: contender, metric | ours | rank published / ours | agrees |",
-                  "|---|---|---|---|---|---|---|"]
+                  head + ("" if context else " rank agreement |"), "|---|---|---|---|---|---|" + ("" if context else "---|")]
         for _, r in part.iterrows():
             ours = f"{r['contender'] or 'not in this run'}, `{r['metric'] or 'no counterpart'}`"
             rank = "-" if pd.isna(r["rank_ours"]) else f"{int(r['rank_published'])} / {int(r['rank_ours'])}"
-            agrees = {True: "yes", False: "**no**"}.get(r["agrees"], "-")
             value = "n/a" if pd.isna(r["ours"]) else f"{r['ours']:.4f}"
-            lines.append(f"| {r['their_metric']} | {r['method']} | {r['published']:g} | {ours} | {value} | {rank} | {agrees} |")
+            cells = [str(r["their_metric"]), str(r["method"]), f"{r['published']:g}", ours, value, rank]
+            if not context:
+                cells.append({True: "yes", False: "**no**"}.get(r["rank_agreement"], "-"))
+            lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return lines
 
