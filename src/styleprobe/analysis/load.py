@@ -197,6 +197,7 @@ METRIC_KINDS: dict[str, str] = {
                      "leak_clip"), "cosine"),
     "leak_margin": "difference of cosines",
     "leak_free": "rate: share of images",
+    **dict.fromkeys(("judge_style", "judge_shape", "judge_leak"), "rate: share of images"),
 }
 
 #: The parts of a scorer's name that say whose findings its numbers are: a figure states them once, in its title.
