@@ -55,6 +55,7 @@ from styleprobe.analysis.load import (
     with_preset_metrics,
 )
 from styleprobe.analysis.stats import Bootstrap, aggregate, paired_differences, select
+from styleprobe.analysis.validity import report_section as metric_validity_section
 from styleprobe.analysis.verdict import CandidateVerdict, Criterion, judge, rank_by_style_effect
 from styleprobe.config import CONFIG_DIR
 from styleprobe.errors import AnalysisError
@@ -601,6 +602,7 @@ def _markdown(
             lines.append(f"| {r['rank']} | `{r['target']}`{star}{' (' + extra + ')' if extra else ''} | {ci('style')} | "
                          f"{ci('leak')} | {ci('text')} | {r['n_units']} |")
         lines += [""]
+    lines += metric_validity_section(table, report)  # with the toy judge's columns: tables/metric_validity.csv too
     lines += ["## Figures", ""]
     for path in report.figures:
         if path.suffix == ".png":
