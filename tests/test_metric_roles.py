@@ -26,9 +26,11 @@ BOOT = Bootstrap(n_boot=400, seed=0)
 
 def test_every_shipped_metric_declares_a_role_and_a_direction():
     roles = declared_roles()
-    assert {m: str(r) for m, r in roles.items() if m in ("style_csd", "text_clip", "leak_clip", "leak_free", "ref_dinov2")} == {
+    shown = ("style_csd", "text_clip", "leak_clip", "leak_free", "ref_dinov2", "judge_style", "judge_shape", "judge_leak")
+    assert {m: str(r) for m, r in roles.items() if m in shown} == {
         "style_csd": "style:higher", "text_clip": "text:higher", "leak_clip": "leakage:lower",
         "leak_free": "leakage:higher", "ref_dinov2": "reference:none",
+        "judge_style": "style:higher", "judge_shape": "text:higher", "judge_leak": "leakage:lower",
     }
     assert all(r.role != "unknown" for r in roles.values())
     assert MetricRole.parse("leakage:lower").sign == -1 and MetricRole("reference").sign == 0
@@ -51,7 +53,7 @@ def test_a_reference_similarity_is_refused_as_the_leakage_metric_at_planning():
     roles = declared_roles()
     with pytest.raises(AnalysisError, match=r"analysis.verdict.leak_metric=ref_dinov2 measures similarity to the reference, "
                                             r"style and content mixed, not content leakage from the reference; set "
-                                            r"analysis.verdict.leak_metric to one of leak_clip, leak_margin, leak_free"):
+                                            r"analysis.verdict.leak_metric to one of judge_leak, leak_clip, leak_margin, leak_free"):
         check_metrics(list(roles), settings, "this sweep", roles)
     check_metrics(list(roles), default_settings(kind="probe"), "this sweep", roles)  # the defaults fit their roles
 

@@ -56,7 +56,7 @@ def scorers():
 
 
 def test_registry_names_every_scorer_kind():
-    assert set(registry()) == {"style_clip", "text_clip", "leak_clip", "style_dino", "style_csd"}
+    assert set(registry()) == {"style_clip", "text_clip", "leak_clip", "style_dino", "style_csd", "toy_judge"}
 
 
 @pytest.mark.parametrize("name", list(IMAGE_IMAGE))

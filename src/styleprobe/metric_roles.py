@@ -78,6 +78,7 @@ KIND_ROLES: dict[str, MetricRole] = {
     "style_dino": MetricRole("style"),  # DINO v1 as StyleAligned and B-LoRA read it; DINOv2 configs say `role: reference`
     "text_clip": MetricRole("text"),
     "leak_clip": MetricRole("leakage"),
+    "toy_judge": MetricRole("style"),  # the toy world's judge: the output's style class is the reference's (a rate)
 }
 
 
@@ -88,6 +89,9 @@ def kind_roles(kind: str, name: str, options: Mapping[str, Any]) -> dict[str, Me
     if kind == "leak_clip":  # the margin is leakage too; the leak-free rate counts it the other way round
         out[str(options.get("margin_column", "leak_margin"))] = MetricRole("leakage")
         out[str(options.get("free_column", "leak_free"))] = MetricRole("leakage", "higher")
+    if kind == "toy_judge":  # the prompted shape drawn (the prompt followed); the reference's shape drawn instead
+        out[str(options.get("shape_column", "judge_shape"))] = MetricRole("text")
+        out[str(options.get("leak_column", "judge_leak"))] = MetricRole("leakage")
     return out
 
 

@@ -15,6 +15,7 @@ from styleprobe.analysis import benchmark as bench
 from styleprobe.analysis import figures
 from styleprobe.analysis.design import describe_design
 from styleprobe.analysis.load import is_machinery_check, is_toy_world, metric_columns, metric_label, metric_role, model_names
+from styleprobe.analysis.validity import report_section as metric_validity_section
 from styleprobe.errors import AnalysisError
 
 if TYPE_CHECKING:
@@ -159,6 +160,7 @@ def _markdown(
     lines += ["", "Peak GPU memory is n/a on the CPU. Images made before styleprobe timed rows count in images, not in "
               "the timed ones.", ""]
     lines += _published(published)
+    lines += metric_validity_section(table, report)  # with the toy judge's columns: tables/metric_validity.csv too
     for section, why in report.skipped.items():
         lines.append(f"- {section}: skipped ({why})")
     lines += ["", "## Tables", ""]

@@ -15,6 +15,7 @@ import logging
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -197,6 +198,7 @@ METRIC_KINDS: dict[str, str] = {
                      "leak_clip"), "cosine"),
     "leak_margin": "difference of cosines",
     "leak_free": "rate: share of images",
+    **dict.fromkeys(("judge_style", "judge_shape", "judge_leak"), "rate: share of images"),
 }
 
 #: The parts of a scorer's name that say whose findings its numbers are: a figure states them once, in its title.
@@ -341,3 +343,42 @@ def data_sets(table: pd.DataFrame) -> pd.DataFrame:
         else grouped.size().map(lambda _: []),
         "prompts": grouped[PROMPT_COLUMN].nunique(),
     }).reset_index()
+
+
+def preset_analysis_metrics(results_dirs: Sequence[str | Path]) -> dict[str, str]:
+    """The model preset's analysis metrics (`model.analysis_metrics`, e.g. the toy world's judge columns) as the newest
+    sweep into each folder saved them in `runs/<run_id>/config.yaml`; {} where a folder's preset has none, a folder
+    has no sweep config, or the folders disagree. `styleprobe analyze` has no model preset of its own: with this, its
+    `analysis.*_metric` defaults are the same as at the end of the sweep that made the folder."""
+    import yaml
+
+    found = []
+    for folder in results_dirs:
+        chosen: dict[str, str] | None = None
+        for path in sorted((Path(folder) / "runs").glob("*/config.yaml"), reverse=True):  # run ids start with the time
+            model = (yaml.safe_load(path.read_text()) or {}).get("model")
+            if isinstance(model, dict):
+                chosen = {str(k): str(v) for k, v in (model.get("analysis_metrics") or {}).items()}
+                break
+        found.append(chosen or {})
+    return found[0] if found and all(f == found[0] for f in found) else {}
+
+
+def with_preset_metrics(cfg: Any, results_dirs: Sequence[str | Path]) -> Any:
+    """`styleprobe analyze`'s config, given the folders' model preset's analysis metrics (`preset_analysis_metrics`)
+    as `model.analysis_metrics`, so that `experiments/analysis/default.yaml` picks them as the sweep did. A config that
+    has a model is returned as it is; an `analysis.*_metric` given on the command line still wins (it replaced the
+    interpolation that reads the preset)."""
+    import copy
+
+    from omegaconf import OmegaConf, open_dict
+
+    if "model" in cfg:
+        return cfg
+    preset = preset_analysis_metrics(results_dirs)
+    if not preset:
+        return cfg
+    cfg = copy.deepcopy(cfg)
+    with open_dict(cfg):
+        cfg.model = OmegaConf.create({"analysis_metrics": preset})
+    return cfg

@@ -52,8 +52,10 @@ from styleprobe.analysis.load import (
     model_names,
     require_columns,
     varying_conditions,
+    with_preset_metrics,
 )
 from styleprobe.analysis.stats import Bootstrap, aggregate, paired_differences, select
+from styleprobe.analysis.validity import report_section as metric_validity_section
 from styleprobe.analysis.verdict import CandidateVerdict, Criterion, judge, rank_by_style_effect
 from styleprobe.config import CONFIG_DIR
 from styleprobe.errors import AnalysisError
@@ -600,6 +602,7 @@ def _markdown(
             lines.append(f"| {r['rank']} | `{r['target']}`{star}{' (' + extra + ')' if extra else ''} | {ci('style')} | "
                          f"{ci('leak')} | {ci('text')} | {r['n_units']} |")
         lines += [""]
+    lines += metric_validity_section(table, report)  # with the toy judge's columns: tables/metric_validity.csv too
     lines += ["## Figures", ""]
     for path in report.figures:
         if path.suffix == ".png":
@@ -625,9 +628,9 @@ def _markdown(
 
 def run(cfg: DictConfig) -> Report:
     """`styleprobe analyze results_dir=<folder> [out_dir=...] [analysis.verdict.style_fraction=0.9 ...]`."""
-    settings = AnalysisSettings.from_config(cfg.analysis)
     dirs = cfg.results_dir
     dirs = list(OmegaConf.to_container(dirs, resolve=True)) if OmegaConf.is_list(dirs) else [dirs]
+    settings = AnalysisSettings.from_config(with_preset_metrics(cfg, dirs).analysis)  # model=toy's: the judge's
     report = analyze([Path(str(d)) for d in dirs], settings, cfg.get("out_dir"))
     log_report(report, settings)
     return report

@@ -6,6 +6,7 @@
     leak_clip     clip     cosine to "a <reference content>", its margin over "a <target subject>", leak-free flag
     style_dino    dino     cosine of DINO / DINOv2 CLS embeddings, output vs reference
     style_csd     csd      dot product of CSD style vectors, output vs reference
+    toy_judge     judge    the toy world's judge: reference's style, prompted shape, reference's shape leaked (rates)
 
 A metric config names its column (the config's key) and its scorer kind, plus the kind's options.
 Building scorers and reading their identities imports no torch: that happens when a model is loaded.
@@ -17,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from styleprobe.errors import ConfigError
-from styleprobe.metrics import clip, csd, dino  # noqa: F401 - importing registers the scorers
+from styleprobe.metrics import clip, csd, dino, judge  # noqa: F401 - importing registers the scorers
 from styleprobe.metrics.base import ScoreBatch, Scorer, ScorerSettings, registry, release_models
 
 __all__ = ["ScoreBatch", "Scorer", "ScorerSettings", "build_scorers", "registry", "release_models"]
