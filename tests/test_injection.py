@@ -112,7 +112,9 @@ def test_none_equals_plain_text_to_image(setup, tiny_spec):
     plain = StableDiffusionXLPipeline.from_pretrained(resolve_source(tiny_spec.base))
     plain.set_progress_bar_config(disable=True)
     reference = _generate(plain, embeds)
-    assert np.abs(ours - reference).max() == 0.0
+    # float32 rounding only (a CPU kernel choice can move the last bits in a long test process); the adapter's smallest
+    # contribution is orders of magnitude larger
+    assert np.abs(ours - reference).max() <= 1e-5
 
 
 def test_scale_zero_sample_in_mixed_batch_is_untouched(setup):

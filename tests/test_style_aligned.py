@@ -149,7 +149,7 @@ def test_without_a_plan_the_processors_compute_the_plain_model(tiny_model, tmp_p
     with torch.inference_mode():
         theirs = plain("a teapot", latents=engine.noise([7], sampler), num_inference_steps=3, guidance_scale=5.0,
                        height=64, width=64, output_type="np").images[0]
-    assert abs(ours - theirs).max() == 0.0
+    assert abs(ours - theirs).max() <= 1e-5  # float32 rounding only: kernel choices in a long test process move last bits
 
 
 def test_methods_take_turns_on_one_pipeline(tiny_model, references, make_items, tmp_path):
