@@ -24,8 +24,8 @@ import hydra
 from omegaconf import DictConfig
 
 from styleprobe.config import CONFIG_DIR
-from styleprobe.metric_roles import RENAMED, RENAMED_WHY
 from styleprobe.errors import StyleprobeError
+from styleprobe.metric_roles import RENAMED, RENAMED_WHY
 
 
 

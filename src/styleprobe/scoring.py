@@ -182,6 +182,10 @@ def plan(
 ) -> ScoringPlan:
     """Which rows each metric still lacks, with every input they need checked to exist.
 
+    First the folder's metric records are brought up to date without scoring anything: scores under a renamed
+    metric's old name move to the new one (`adopt_renamed`), and scored metrics take the roles declared now
+    (`record_roles`).
+
     `rows` is the store's generated rows when the caller has read them already, `done` their keys. The rows themselves
     are read only when some metric lacks some: a finished folder is checked from its key columns alone.
     """
@@ -198,6 +202,7 @@ def plan(
         raise ConfigError(f"{store.rows} lacks column(s) {', '.join(missing_cols)}; was it written by styleprobe's sweep?")
     adopt_renamed(store, scorers)
     check_identities(store, scorers)
+    record_roles(store, scorers)
     available = set(rows.key) if rows is not None else (done if done is not None else store.done_keys())
     if keys is not None:
         available = available & keys
@@ -231,7 +236,6 @@ def score(store: Store, p: ScoringPlan, run_id: str) -> ScoringResult:
     """Score what is pending, batch by batch; each batch's scores land in one file per metric."""
     start = time.perf_counter()
     result = ScoringResult({s.name: 0 for s in p.scorers})
-    record_roles(store, p.scorers)
     todo = p.todo
     if todo.empty:
         return result
@@ -327,7 +331,6 @@ def run(cfg: DictConfig) -> ScoringResult:
     log.info("scoring %s: %d rows, %d metric values missing (weights: %s)", results_dir, len(keys), p.n_pending, weights)
     if not p.n_pending:
         log.info("nothing to score")
-        record_roles(store, scorers)
         return ScoringResult({s.name: 0 for s in scorers})
     summary = {"stage": "score", "run_id": run_id, "pending": {k: len(v) for k, v in p.pending.items()},
                "started": datetime.now(timezone.utc).isoformat()}

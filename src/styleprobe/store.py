@@ -174,9 +174,7 @@ class Store:
 
     def write_metric_identity(self, metric: str, identity: dict[str, Any], roles: dict[str, str] | None = None) -> None:
         """`_metric.yaml`: the identity, and the roles of its columns (which a relabelling may rewrite, no rescoring)."""
-        from omegaconf import OmegaConf
-
-        text = OmegaConf.to_yaml(OmegaConf.create({**identity, **({"roles": dict(roles)} if roles else {})}))
+        text = _metric_text(identity, roles)
         atomic_write(self.scores / metric / IDENTITY_FILES[0], lambda tmp: tmp.write_text(text))
         (self.scores / metric / IDENTITY_FILES[1]).unlink(missing_ok=True)
 
@@ -188,14 +186,12 @@ class Store:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         import pyarrow.parquet as pq
-        from omegaconf import OmegaConf
 
         names = {old: new, f"{old}_model": f"{new}_model"}
         for path in parquet_files(source):
             table = pq.read_table(path)
             pq.write_table(table.rename_columns([names.get(c, c) for c in table.column_names]), tmp / path.name)
-        identity = self.metric_identity(old) or {}
-        (tmp / IDENTITY_FILES[0]).write_text(OmegaConf.to_yaml(OmegaConf.create({**identity, "roles": dict(roles)})))
+        (tmp / IDENTITY_FILES[0]).write_text(_metric_text(self.metric_identity(old) or {}, roles))
         os.replace(tmp, target)
         shutil.rmtree(source, ignore_errors=True)
 
@@ -305,6 +301,13 @@ class Store:
                     tmp.unlink(missing_ok=True)
                     removed += 1
         return removed
+
+
+def _metric_text(identity: dict[str, Any], roles: dict[str, str] | None) -> str:
+    """The text of a `_metric.yaml`: a metric's identity, then its columns' roles where known."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.create({**identity, **({"roles": dict(roles)} if roles else {})}))
 
 
 def parquet_files(folder: Path) -> list[Path]:

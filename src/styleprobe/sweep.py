@@ -150,7 +150,7 @@ def _analysis_settings(cfg: DictConfig, scorers: list[Any], items: list[WorkItem
     columns = [c for s in scorers for c in s.columns] + scored_columns(store)
     check_metrics(columns, settings, "metrics=[...] of this sweep", {c: r for s in scorers for c, r in s.roles().items()})
     try:
-        check_conditions(_conditions(items, store), settings, "this sweep (with its results folder)")
+        check_conditions(lambda: _conditions(items, store), settings, "this sweep (with its results folder)")
     except AnalysisError as err:
         if not _in_multirun():
             raise

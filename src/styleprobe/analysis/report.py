@@ -160,10 +160,10 @@ SETTING_ROLES: dict[str, str] = {"style_metric": "style", "leak_metric": "leakag
 
 def metric_settings(settings: AnalysisSettings) -> dict[str, str]:
     """`analysis.<group>.<setting>` -> the metric it names, for the settings this analysis uses."""
-    out = {f"verdict.{r}": m for r, m in zip(SETTING_ROLES, settings.criterion.metrics)}
-    out.update({f"benchmark.{r}": getattr(settings.benchmark, r) for r in SETTING_ROLES})
-    return {r: m for r, m in out.items() if m in settings.metrics and not (settings.kind == "probe" and r.startswith("benchmark."))
-            and not (settings.kind == "benchmark" and r.startswith("verdict."))}
+    named = {"verdict": dict(zip(SETTING_ROLES, settings.criterion.metrics)),
+             "benchmark": {r: getattr(settings.benchmark, r) for r in SETTING_ROLES}}
+    groups = {"probe": ("verdict",), "benchmark": ("benchmark",)}.get(settings.kind, tuple(named))
+    return {f"{group}.{r}": m for group in groups for r, m in named[group].items()}
 
 
 def check_metrics(
@@ -192,16 +192,15 @@ def check_metrics(
             )
 
 
-def check_conditions(conditions: pd.DataFrame, settings: AnalysisSettings, where: str) -> None:
+def check_conditions(conditions: Callable[[], pd.DataFrame], settings: AnalysisSettings, where: str) -> None:
     """Analysis settings changed from experiments/analysis/default.yaml must name conditions the results will have.
 
-    `conditions` has a row per condition the results will hold (`injection`, `sweep`, `layers`, `layer_scales`,
-    `method`): the plan's and those already in the results folder. The defaults are not checked, since a report
-    without `none` or `all` still has its aggregates and figures and says which sections need them; a setting the
-    user chose (`analysis.verdict.reference=style`, `analysis.grid.rows=[...]`) names what they mean to see.
+    `conditions()` gives a row per condition the results will hold (`injection`, `sweep`, `layers`, `layer_scales`,
+    `method`): the plan's and those already in the results folder; it is called only when a setting was changed. The
+    defaults are not checked, since a report without `none` or `all` still has its aggregates and figures and says
+    which sections need them; a setting the user chose (`analysis.verdict.reference=style`, `analysis.grid.rows=[...]`)
+    names what they mean to see.
     """
-    if conditions.empty or settings.kind_for(conditions) == "benchmark":
-        return
     default = default_settings()
     crit, base = settings.criterion, default.criterion
     asked: list[tuple[str, list[str], bool]] = []  # setting, names, found by name only (judge's reference, baseline)
@@ -213,6 +212,11 @@ def check_conditions(conditions: pd.DataFrame, settings: AnalysisSettings, where
         asked.append(("analysis.verdict.candidates", list(crit.candidates), False))
     if settings.grid_rows != default.grid_rows:
         asked.append(("analysis.grid.rows", list(settings.grid_rows), False))
+    if not asked:
+        return
+    conditions = conditions()
+    if conditions.empty or settings.kind_for(conditions) == "benchmark":
+        return
     names = conditions["injection"].astype(str)
     for setting, wanted, by_name in asked:
         lacking = [n for n in wanted if not ((names == n).any() if by_name else preset_rows(conditions, n)[0].any())]

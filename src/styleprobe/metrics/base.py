@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from styleprobe.errors import ConfigError
-from styleprobe.metric_roles import ROLES, UNKNOWN_ROLE, MetricRole, kind_roles  # noqa: F401 - re-exported for scorers
+from styleprobe.metric_roles import MetricRole, kind_roles
 
 if TYPE_CHECKING:  # torch is imported where models load and run: building scorers and checking configs never wait for it
     import torch
@@ -27,7 +27,6 @@ R = TypeVar("R")
 
 #: Bumped when a definition changes, so old scores are not mixed with new ones.
 DEFINITION_VERSION = 1
-
 
 
 @dataclass
