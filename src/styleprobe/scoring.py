@@ -158,6 +158,28 @@ def adopt_renamed(store: Store, scorers: list[Any]) -> list[str]:
     return adopted
 
 
+def unscored(store: Store, scorers: list[Any], keys: set[str]) -> list[Any]:
+    """The scorers that still lack a score for some of `keys`: the ones whose weights scoring them will read. Scores
+    kept under a renamed metric's old name with the same identity count as scored (`adopt_renamed` moves them)."""
+    from styleprobe.metric_roles import RENAMED
+
+    out = []
+    for s in scorers:
+        scored = store.scored_keys(s.name)
+        if store.metric_identity(s.name) is None:
+            for old, (new, _) in RENAMED.items():
+                if new == s.name and store.metric_identity(old) == s.identity():
+                    scored |= store.scored_keys(old)
+        if keys - scored:
+            out.append(s)
+    return out
+
+
+def scorer_files(scorers: Iterable[Any]) -> list[Any]:
+    """Every weights file these scorers read (`model_files.ModelFile`s), for `model_files.check_found`."""
+    return [f for s in scorers for f in s.needed_files()]
+
+
 def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
     """The options that differ between two identities, as 'key: old there, new now'."""
 
@@ -332,6 +354,9 @@ def run(cfg: DictConfig) -> ScoringResult:
     if not p.n_pending:
         log.info("nothing to score")
         return ScoringResult({s.name: 0 for s in scorers})
+    from styleprobe.model_files import check_found
+
+    check_found(scorer_files(s for s in scorers if p.pending[s.name]))  # before the run is recorded or a model loaded
     summary = {"stage": "score", "run_id": run_id, "pending": {k: len(v) for k, v in p.pending.items()},
                "started": datetime.now(timezone.utc).isoformat()}
     save_run_config(store, run_id, cfg, summary)

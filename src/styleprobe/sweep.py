@@ -196,6 +196,7 @@ def run(cfg: DictConfig) -> SweepResult:
         "%s: %d items planned, %d already done, %d to generate -> %s",
         cfg.name, len(plan.items), len(plan.items) - len(pending), len(pending), store.root,
     )
+    check_model_files(plan, pending)
     summary = {"run_id": run_id, "planned": len(plan.items), "pending": len(pending), "started": datetime.now(timezone.utc).isoformat(),
                "device": plan.device}
     save_run_config(store, run_id, cfg, summary)
@@ -234,6 +235,29 @@ def run(cfg: DictConfig) -> SweepResult:
     report = write_report(plan) if plan.analysis is not None else None
     seconds = time.perf_counter() - start
     return SweepResult(len(plan.items), len(plan.items) - len(pending), generated, store.root, run_id, seconds, scored, report)
+
+
+def check_model_files(plan: SweepPlan, pending: list[WorkItem]) -> None:
+    """Find every model file this job will read, or stop with its one-line error, before anything is written or made:
+    the base pipeline's and each method's files when images are pending (`Method.needed_files`), each scorer's when
+    an item lacks its score (`Scorer.needed_files`); then each method's checks of the found configs (`check_files`).
+
+    Done here, once the resume check knows what is pending, rather than in `prepare`: a finished folder (or `status`)
+    needs no weights, so it never asks for them on an offline node.
+    """
+    from styleprobe import scoring
+    from styleprobe.model_files import check_found
+
+    by_entry: dict[str, list[WorkItem]] = {}
+    for it in pending:
+        by_entry.setdefault(it.entry.name, []).append(it)
+    files = models.pipeline_files(plan.spec) if pending else []
+    for items in by_entry.values():
+        files += items[0].method.needed_files(plan.spec, items)
+    files += scoring.scorer_files(scoring.unscored(plan.store, plan.scorers, {it.key for it in plan.items}))
+    check_found(files)
+    for items in by_entry.values():
+        items[0].method.check_files(plan.spec, items)
 
 
 def sweep_pending(plan: SweepPlan) -> int:

@@ -282,6 +282,22 @@ class BLoRA(Method):
         sources = [self.source(parts, parts.reference), self.content_source(parts)]
         return [s.key for s in sources if s is not None and s.kind == "trained"]
 
+    def needed_files(self, spec: Any, items: Sequence[Any]) -> list[Any]:
+        """The LoRAs given ready (the manifest's files and Hub repositories); trained ones are made by the job."""
+        from styleprobe.model_files import ModelFile
+
+        files = []
+        for key in dict.fromkeys(k for it in items for k in (it.row["lora_key"], it.row["content_lora_key"]) if k):
+            src = self._by_key[key]
+            what = f"the B-LoRA of {src.reference.image.name}"
+            if src.kind == "file":
+                files.append(ModelFile(what, src.location, (), "the style set's b_lora column"))
+            elif src.kind == "hub":
+                owner, repo, *weight = src.location.split("/", 2)
+                names = tuple(weight) or ("pytorch_lora_weights.safetensors", "pytorch_lora_weights.bin")
+                files.append(ModelFile(what, f"{owner}/{repo}", names, "the style set's b_lora column"))
+        return files
+
     def batch_key(self, item: Any) -> tuple[Any, ...]:
         k = item.knobs
         return (item.row["lora_key"], item.row["content_lora_key"], item.pattern.scales, k.alpha, k.alpha_mode,

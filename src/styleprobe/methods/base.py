@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from styleprobe.engine import Engine
+    from styleprobe.model_files import ModelFile
     from styleprobe.models import LoadedModel, ModelSpec
     from styleprobe.plan import WorkItem
     from styleprobe.store import Store
@@ -92,6 +93,15 @@ class Method(ABC):
     def model_identity(self, spec: "ModelSpec") -> dict[str, Any]:
         """What the method loads besides the base pipeline that determines an image (an adapter checkpoint)."""
         return {}
+
+    def needed_files(self, spec: "ModelSpec", items: Sequence["WorkItem"]) -> list["ModelFile"]:
+        """The model files besides the base pipeline that generating `items` reads (an adapter checkpoint, its image
+        encoder, a LoRA on the Hub): found or refused before any image is made (`model_files.check_found`)."""
+        return []
+
+    def check_files(self, spec: "ModelSpec", items: Sequence["WorkItem"]) -> None:
+        """Settings that must agree with the configs of the files `needed_files` found (embedding sizes), checked
+        before any weights are loaded."""
 
     def prompt_used(self, parts: Parts) -> str:
         """The prompt the method gives the pipeline for this item (the target prompt itself by default)."""

@@ -10,6 +10,11 @@ per-sample layer scales go to styleprobe's attn2 processors (`injection.py`), pe
 (with subtraction applied, `subtraction.py`) go to the pipeline as precomputed embeddings. Each reference
 and content label is encoded once per loaded model. Keys and rows are those styleprobe wrote before methods
 were plug-ins, so earlier results folders resume.
+
+Keys also hold the model settings that change an image but were once left out of them (`KEYED_SETTINGS`): the image
+encoder folder, the adapter kind and the content text tower. Each enters a key only where its value differs from
+the one every key made before implied for that preset (`KEY_BASELINES`), so old folders keep resuming while a changed
+setting makes new images; the text tower counts only for items with subtraction > 0, the only ones it changes.
 """
 
 from __future__ import annotations
@@ -25,6 +30,43 @@ if TYPE_CHECKING:  # torch is imported where it is used, so planning a sweep nev
     import torch
 
 
+#: The model settings keyed only where they differ from their baseline (name in the key -> where ModelSpec holds it).
+KEYED_SETTINGS = {
+    "image_encoder_folder": lambda spec: spec.adapter.image_encoder_folder,
+    "adapter_kind": lambda spec: spec.adapter.kind,
+    "content_text_encoder": lambda spec: spec.content_text_encoder,
+}
+VIT_H_TEXT = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+#: What each preset (by `model.name`) set when these settings were not yet keyed, pinned here and by
+#: tests/test_model_keys.py. Pinned in code rather than read from experiments/model/ so that editing a preset file
+#: changes the keys of what it changes, as any other setting does, and never silently keeps them. A preset of
+#: another name is compared with the dataclass defaults (global adapter, `image_encoder`, text_encoder_2).
+KEY_BASELINES: dict[str, dict[str, Any]] = {
+    "sdxl": {"image_encoder_folder": "image_encoder", "adapter_kind": "global", "content_text_encoder": None},
+    "sdxl_vit_h": {"image_encoder_folder": "models/image_encoder", "adapter_kind": "global", "content_text_encoder": VIT_H_TEXT},
+    "sd15": {"image_encoder_folder": "image_encoder", "adapter_kind": "global", "content_text_encoder": VIT_H_TEXT},
+    "tiny": {"image_encoder_folder": "image_encoder", "adapter_kind": "global", "content_text_encoder": None},
+    "tiny_vit_h": {"image_encoder_folder": "models/image_encoder", "adapter_kind": "global",
+                   "content_text_encoder": "tiny:CLIP-ViT-H-14-text"},
+    "toy": {"image_encoder_folder": "image_encoder", "adapter_kind": "global", "content_text_encoder": None},
+}
+DEFAULT_BASELINE = {"image_encoder_folder": "image_encoder", "adapter_kind": "global", "content_text_encoder": None}
+
+
+def changed_settings(spec: Any, names: Sequence[str] = tuple(KEYED_SETTINGS)) -> dict[str, Any]:
+    """The keyed model settings whose values differ from the preset's baseline: what a key adds for them."""
+    baseline = KEY_BASELINES.get(spec.name, DEFAULT_BASELINE)
+    values = {n: KEYED_SETTINGS[n](spec) for n in names}
+    return {n: v for n, v in values.items() if v != baseline[n]}
+
+
+def image_encoder_subfolder(spec: Any) -> str:
+    """The image encoder's folder inside the adapter's source, as diffusers' `load_ip_adapter` finds it: a bare name
+    is inside the checkpoint's subfolder, a path (with a /) starts at the source's top."""
+    folder = spec.adapter.image_encoder_folder or ""
+    return folder if "/" in folder else f"{spec.adapter.subfolder}/{folder}".strip("/")
+
+
 @dataclass(frozen=True)
 class IPAdapterKnobs:
     scale: float = 1.0  # adapter scale: multiplies the layer pattern
@@ -37,7 +79,7 @@ class IPAdapterState:
 
     injection: Any  # injection.InjectionState shared by styleprobe's attn2 processors
     encoder_hid_proj: Any  # the adapter's projection, set aside while another method runs
-    text_tower: tuple[Any, Any] | None  # (tokenizer, encoder) for content text of ViT-H adapters
+    text_tower: tuple[Any, Any] | None = None  # (tokenizer, encoder) of model.content_text_encoder, on first use
     references: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     contents: dict[str, torch.Tensor] = field(default_factory=dict)
 
@@ -67,7 +109,54 @@ class IPAdapter(Method):
         return f"content subtraction (strength {knobs.subtraction:g})" if knobs.subtraction else ""
 
     def model_identity(self, spec: Any) -> dict[str, Any]:
-        return {"adapter": spec.adapter_id}
+        return {"adapter": spec.adapter_id, **changed_settings(spec, ("image_encoder_folder", "adapter_kind"))}
+
+    def key_fields(self, parts: Parts) -> dict[str, Any]:
+        """The knobs, and the content text tower where it changes the image: with subtraction, if not the baseline's."""
+        fields = super().key_fields(parts)
+        if parts.knobs.subtraction:
+            fields.update(changed_settings(parts.spec, ("content_text_encoder",)))
+        return fields
+
+    def needed_files(self, spec: Any, items: Sequence[Any]) -> list[Any]:
+        """The checkpoint, its image encoder, and the content text tower when some item subtracts."""
+        from styleprobe.model_files import ModelFile, weights_in
+
+        a, encoder = spec.adapter, image_encoder_subfolder(spec)
+        files = [ModelFile(f"the IP-Adapter {a.weight_name}", a.source, (f"{a.subfolder}/{a.weight_name}".strip("/"),),
+                           "model.adapter.source")]
+        if a.image_encoder_folder:
+            files += [ModelFile(f"the IP-Adapter's image encoder config ({encoder})", a.source, (f"{encoder}/config.json",),
+                                "model.adapter.image_encoder_folder"),
+                      ModelFile(f"the IP-Adapter's image encoder weights ({encoder})", a.source, weights_in(encoder),
+                                "model.adapter.image_encoder_folder")]
+        if spec.content_text_encoder and _subtracts(items):
+            tower = spec.content_text_encoder
+            files += [ModelFile(f"the content text tower {tower}", tower, ("config.json",), "model.content_text_encoder"),
+                      ModelFile(f"the content text tower {tower}", tower, weights_in(""), "model.content_text_encoder")]
+        return files
+
+    def check_files(self, spec: Any, items: Sequence[Any]) -> None:
+        """Subtraction takes text embeddings from the image encoder's space: the two projections must be one size
+        (a ViT-H encoder's 1024 against SDXL's text_encoder_2's 1280 would fail in the middle of the first batch)."""
+        from styleprobe.model_files import read_json
+
+        if spec.adapter.kind != "global" or not spec.adapter.image_encoder_folder or not _subtracts(items):
+            return
+        encoder = image_encoder_subfolder(spec)
+        image_dim = read_json(spec.adapter.source, f"{encoder}/config.json", "model.adapter.image_encoder_folder").get("projection_dim")
+        if spec.content_text_encoder:
+            tower, text = spec.content_text_encoder, read_json(spec.content_text_encoder, "config.json", "model.content_text_encoder")
+        else:
+            tower, text = "text_encoder_2", read_json(spec.base, "text_encoder_2/config.json", "model.base", spec.revision)
+        text_dim = text.get("projection_dim")
+        if image_dim is not None and text_dim is not None and image_dim != text_dim:
+            raise ConfigError(
+                f"content subtraction on model {spec.name}: its image encoder ({encoder}) embeds in {image_dim} "
+                f"dimensions but the content text tower ({tower}) in {text_dim}; set model.content_text_encoder to the "
+                f"CLIP text tower of the image encoder's space (e.g. {VIT_H_TEXT} for ViT-H), or "
+                f"method.ip_adapter.subtraction=[0]"
+            )
 
     def row_fields(self, parts: Parts) -> dict[str, Any]:
         return {**super().row_fields(parts), "adapter": parts.spec.adapter_id}
@@ -109,9 +198,12 @@ class IPAdapter(Method):
         return cache[reference.digest]
 
     def _content(self, model: Any, text: str) -> torch.Tensor:
+        from styleprobe.models import load_text_tower, resolve_source
         from styleprobe.subtraction import encode_content
 
-        state = self.state(model)
+        state, tower = self.state(model), model.spec.content_text_encoder
+        if tower and state.text_tower is None:  # read only when some item subtracts: `needed_files` asks for it then
+            state.text_tower = load_text_tower(resolve_source(tower), model.device, model.dtype)
         if text not in state.contents:
             state.contents[text] = encode_content(model, [text], state.text_tower)[0]
         return state.contents[text]
@@ -157,7 +249,7 @@ class IPAdapter(Method):
 def _attach(model: Any) -> IPAdapterState:
     """Load the preset's adapter into the pipeline and swap in styleprobe's per-sample attn2 processors."""
     from styleprobe.injection import install
-    from styleprobe.models import load_text_tower, resolve_source, unavailable
+    from styleprobe.models import resolve_source, unavailable
 
     spec, pipe = model.spec, model.pipe
     source = resolve_source(spec.adapter.source)
@@ -171,6 +263,9 @@ def _attach(model: Any) -> IPAdapterState:
     except (OSError, ValueError) as err:
         raise unavailable(f"the IP-Adapter {spec.adapter.weight_name}", source, spec.adapter.subfolder, err) from err
     pipe.to(model.device)
-    tower = load_text_tower(resolve_source(spec.content_text_encoder), model.device, model.dtype) if spec.content_text_encoder else None
     injection = install(pipe.unet)
-    return IPAdapterState(injection=injection, encoder_hid_proj=pipe.unet.encoder_hid_proj, text_tower=tower)
+    return IPAdapterState(injection=injection, encoder_hid_proj=pipe.unet.encoder_hid_proj)
+
+
+def _subtracts(items: Sequence[Any]) -> bool:
+    return any(it.knobs.subtraction for it in items)

@@ -183,6 +183,15 @@ class Scorer(ABC):
     def weights_name(self) -> str:
         """The real weights, e.g. 'open_clip ViT-L-14/openai'."""
 
+    def needed_files(self) -> list[Any]:
+        """The weights files scoring will read (`model_files.ModelFile`s), found before any image is made; none for the
+        tiny, toy and random stand-ins, which styleprobe makes itself."""
+        return self.hub_files() if self.settings.weights == "hub" else []
+
+    def hub_files(self) -> list[Any]:
+        """The files of the real weights (`scoring.weights: hub`): a Hub id's or a local path's."""
+        return []
+
     def identity(self) -> dict[str, Any]:
         """Everything that determines this metric's numbers (not where it runs)."""
         return {

@@ -15,6 +15,7 @@ CLIP mean/std). Default model: ('ViT-L-14', 'openai') = openai/clip-vit-large-pa
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -114,6 +115,39 @@ def _unavailable(name: str, pretrained: str, err: Exception) -> ModelUnavailable
     return ModelUnavailableError(f"cannot load open_clip {name}/{pretrained}: {why}; {fix}")
 
 
+#: Where open_clip's Hub tags keep their weights (`pretrained.py`'s `hf_hub`), for the tags styleprobe's metrics use:
+#: looking them up in open_clip would import torch at planning. Other tags ask open_clip.
+OPEN_CLIP_HUB = {
+    ("ViT-L-14", "openai"): "timm/vit_large_patch14_clip_224.openai/",
+    ("ViT-H-14", "laion2b_s32b_b79k"): "laion/CLIP-ViT-H-14-laion2B-s32B-b79K/",
+}
+OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")  # open_clip tries them in this order
+
+
+def open_clip_files(name: str, pretrained: str, metric: str) -> list[Any]:
+    """The file open_clip reads for `name`/`pretrained`: a local checkpoint, or its Hub repository's weights."""
+    from styleprobe.model_files import ModelFile
+
+    what, setting = f"the open_clip weights {name}/{pretrained} of {metric}", f"metrics.{metric}.pretrained"
+    if Path(pretrained).suffix:
+        return [ModelFile(what, pretrained, (), setting)]
+    hub = OPEN_CLIP_HUB.get((name, pretrained))
+    if hub is None:
+        from open_clip.pretrained import get_pretrained_cfg
+
+        hub = (get_pretrained_cfg(name, pretrained) or {}).get("hf_hub", "")
+    if not hub:  # an unknown tag (open_clip refuses it when loading) or one downloaded from a URL, outside the Hub's cache
+        return []
+    repo, filename = os.path.split(hub)  # "org/name/" or "org/name/file.bin", as open_clip splits it
+    if not filename:
+        names = OPEN_CLIP_WEIGHTS
+    elif filename.endswith((".bin", ".pth")):
+        names = (f"{filename[:-4]}.safetensors", filename)
+    else:
+        names = (filename,)
+    return [ModelFile(what, repo, names, setting)]
+
+
 class _CLIPScorer(Scorer):
     option_names: ClassVar[tuple[str, ...]] = ("model", "pretrained")
 
@@ -130,6 +164,9 @@ class _CLIPScorer(Scorer):
 
     def weights_name(self) -> str:
         return f"open_clip {self.model_name}/{self.pretrained}"
+
+    def hub_files(self) -> list[Any]:
+        return open_clip_files(self.model_name, self.pretrained, self.name)
 
     def _model_key(self) -> tuple[Any, ...]:
         return ("open_clip", self.model_name, self.pretrained, self.settings.weights, str(self.settings.device),

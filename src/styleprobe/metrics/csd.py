@@ -88,6 +88,15 @@ class StyleCSD(Scorer):
     def weights_name(self) -> str:
         return f"CSD {self.arch_name} ({self.checkpoint or f'{self.repo}/{self.filename}'})"
 
+    def hub_files(self) -> list[Any]:
+        """The checkpoint `resolve_checkpoint` will read: the local file, else the Hub mirror's."""
+        from styleprobe.model_files import ModelFile
+
+        what = f"the CSD checkpoint of {self.name}"
+        if self.checkpoint:
+            return [ModelFile(what, str(self.checkpoint), (), f"metrics.{self.name}.checkpoint")]
+        return [ModelFile(what, self.repo, (self.filename,), f"metrics.{self.name}.checkpoint")]
+
     def _model_key(self) -> tuple[Any, ...]:
         return ("csd", self.arch_name, self.checkpoint, self.repo, self.filename, self.settings.weights, str(self.settings.device),
                 str(self.settings.dtype))

@@ -120,6 +120,12 @@ class StyleDINO(Scorer):
     def weights_name(self) -> str:
         return self.source
 
+    def hub_files(self) -> list[Any]:
+        from styleprobe.model_files import ModelFile, weights_in
+
+        what, setting = f"the {self.source} weights of {self.name}", f"metrics.{self.name}.model"
+        return [ModelFile(what, self.source, ("config.json",), setting), ModelFile(what, self.source, weights_in(""), setting)]
+
     def _model_key(self) -> tuple[Any, ...]:
         return ("hf_vit", self.source, self.settings.weights, str(self.settings.device), str(self.settings.dtype))
 
