@@ -175,7 +175,7 @@ def test_status_of_a_folder_without_a_sweep_says_so(tmp_path):
 # progress --------------------------------------------------------------------------------------------------------
 @pytest.fixture
 def progress_settings():
-    saved = (progress.SETTINGS.mode, progress.SETTINGS.every_percent)
+    saved = (progress.SETTINGS.mode, progress.SETTINGS.every_percent, progress.SETTINGS.every_seconds)
     yield progress.SETTINGS
     progress.configure(*saved)
 
@@ -186,13 +186,36 @@ def test_progress_logs_one_line_per_step_of_percent(progress_settings, caplog):
         for _ in range(10):
             bar.update()
     lines = [r.getMessage() for r in caplog.records]
-    assert [re.match(r"generate: (\d+)/10 images", line).group(1) for line in lines] == ["3", "5", "8", "10"]
+    assert [re.match(r"generate: (\d+)/10 images", line).group(1) for line in lines] == ["1", "3", "5", "8", "10"]
     assert all(re.search(r"[\d.]+ images/s, elapsed \d\d:\d\d, ETA ", line) for line in lines)
     caplog.clear()
     progress.configure("off")
     with caplog.at_level(logging.INFO, logger="styleprobe"), progress.Progress(4, "score", "row") as bar:
         bar.update(4)
     assert not caplog.records
+
+
+def test_progress_logs_the_first_batch_and_once_a_minute_between_percent_steps(progress_settings, caplog, monkeypatch):
+    """A fake clock: 1000 items at 10 s each, so 10% takes 1000 s; lines come at the first item, every 60 s, and at
+    each 10%."""
+    now = [0.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: now[0])
+    progress.configure("log", 10, 60)
+    with caplog.at_level(logging.INFO, logger="styleprobe"), progress.Progress(1000, "generate", "image") as bar:
+        for _ in range(120):
+            now[0] += 10.0
+            bar.update()
+    done = [int(re.match(r"generate: (\d+)/1000 images", r.getMessage()).group(1)) for r in caplog.records]
+    assert done[0] == 1  # the first batch, not the first 10%
+    assert 100 in done  # the per-10% line is kept
+    assert all(b - a <= 6 for a, b in zip(done, done[1:]))  # at most 60 s (6 items) between lines
+    assert done == [1, 7, 13, 19, 25, 31, 37, 43, 49, 55, 61, 67, 73, 79, 85, 91, 97, 100, 106, 112, 118]
+    assert "elapsed 19:40" in caplog.records[-1].getMessage()  # item 118 of the fake clock's 10 s each
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="styleprobe"), progress.Progress(1000, "score", "row") as bar:
+        bar.update(1)
+        bar.update(1)  # no time passed and no 10% crossed: no line
+    assert len(caplog.records) == 1
 
 
 def test_progress_bar_on_a_terminal(progress_settings, capsys, monkeypatch):
@@ -212,6 +235,8 @@ def test_progress_settings_are_checked():
         progress.configure("loud")
     with pytest.raises(Exception, match=r"progress.every_percent=0"):
         progress.configure("log", 0)
+    with pytest.raises(Exception, match=r"progress.every_seconds=0; give a number of seconds > 0"):
+        progress.configure("log", 10, 0)
 
 
 def test_one_holder_of_the_report_lock(tmp_path):

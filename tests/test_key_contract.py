@@ -61,7 +61,7 @@ def test_ip_adapter_keys_and_rows_are_unchanged(name, tmp_path, monkeypatch):
 
 
 def test_results_folder_from_an_earlier_version_resumes_with_nothing_to_do(tmp_path, tiny_model):
-    folder = tmp_path / "tiny" / "custom"
+    folder = Path(_cfg(tmp_path, RUN_OVERRIDES).results_dir)  # its own prompts: tiny/custom-prompts_<digest> by default
     shutil.copytree(RECORD / "results", folder)
     result = run(_cfg(tmp_path, RUN_OVERRIDES, metrics=True))
     assert result.results_dir == folder

@@ -1,6 +1,7 @@
 """The `styleprobe` command: thin Hydra entry points around the `run(cfg)` of sweep, scoring and analysis.
 
-    styleprobe                                   the default sweep (layer_probe on the tiny model), scored
+    styleprobe --help                            what styleprobe is, its commands, config groups and examples
+    styleprobe                                   the default sweep (layer_probe in the toy world), scored
     styleprobe experiment=subtraction            another experiment
     styleprobe model=sdxl experiment=layer_probe the real model (GPU, Hub access or local weights)
     styleprobe -m injection=style,style_layout   a multirun; jobs share one loaded model
@@ -10,7 +11,8 @@
     styleprobe compact results_dir=<folder>      merge each table's part files into one (runs do it at their end)
     styleprobe -m hydra/launcher=slurm shard.count=8 'shard.index=range(8)' ...   a sweep as 8 SLURM jobs
 
-Errors a researcher can fix are printed as one line and exit with code 2.
+Errors a researcher can fix are printed as one line and exit with code 2: a group choice or a key that does not
+exist (with the nearest valid one) before the run is composed, other inputs before any model is loaded.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ def _task(module: str, cfg: DictConfig) -> None:
         if "progress" in cfg:
             from styleprobe.progress import configure
 
-            configure(str(cfg.progress.mode), cfg.progress.every_percent)
+            configure(str(cfg.progress.mode), cfg.progress.every_percent, cfg.progress.every_seconds)
         importlib.import_module(module).run(cfg)
     except StyleprobeError as err:
         logging.getLogger("styleprobe").debug("error", exc_info=True)
@@ -139,6 +141,10 @@ def main() -> None:
         print(f"styleprobe: error: {command} needs a results folder; give results_dir=<folder>, e.g. results_dir=results/toy/layer_probe", file=sys.stderr)
         sys.exit(2)
     bad = check_group_choices(sys.argv[1:]) or check_moved(sys.argv[1:]) or check_method_knobs(sys.argv[1:])
+    if not bad and (CONFIG_DIR / "config.yaml").exists():
+        from styleprobe.overrides import check_keys
+
+        bad = check_keys(sys.argv[1:], config_name)
     if bad:
         print(f"styleprobe: error: {bad}", file=sys.stderr)
         sys.exit(2)

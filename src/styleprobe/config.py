@@ -16,6 +16,34 @@ from styleprobe.errors import ConfigError
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "experiments"
 
 
+def sets_suffix(*, _root_: Any) -> str:
+    """`${styleprobe.sets:}` in the sweep's results_dir: "" for the model preset's own style and prompt sets, else
+    "-<style set>" and/or "-<prompt set>", so that your own references get their own folder and report instead of
+    joining the preset's (a given results_dir=... joins them on purpose)."""
+    from omegaconf import OmegaConf
+
+    from styleprobe.data import results_suffix
+
+    data, model = _root_.data, _root_.model
+    prompts = OmegaConf.to_container(data.prompts, resolve=True) if OmegaConf.is_list(data.prompts) else data.prompts
+    return results_suffix(
+        data.style_set, prompts,
+        preset_style_sets=[model.get("style_set") or "builtin:shapes"],
+        preset_prompts=[model.get("prompts") or "builtin:objects", model.get("benchmark_prompts") or "builtin:benchmark"],
+    )
+
+
+def _register_resolvers() -> None:
+    """Resolvers the config tree uses; registered on import, as every command and test reads CONFIG_DIR from here."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("styleprobe.sets"):
+        OmegaConf.register_new_resolver("styleprobe.sets", sets_suffix)
+
+
+_register_resolvers()
+
+
 def as_list(value: Any) -> list[Any]:
     """A config value that may be one item or a list (OmegaConf lists included) as a plain list."""
     from omegaconf import OmegaConf
@@ -48,7 +76,13 @@ def non_negative_number(value: Any, what: str) -> float:
 
 
 def seeds(values: Any) -> list[int]:
-    """The `seeds` list: non-negative integers, at least one."""
+    """The `seeds` list: non-negative integers, at least one. A bare number is refused, not taken as that one seed:
+    `seeds=3` reads as "three seeds", and taking it as seed 3 would start a whole sweep of the wrong images."""
+    from omegaconf import OmegaConf
+
+    if not (OmegaConf.is_list(values) or isinstance(values, (list, tuple))):
+        one = f"seeds=[{values}] for seed {values} alone" if isinstance(values, int) and not isinstance(values, bool) else "seeds=[0]"
+        raise ConfigError(f"seeds={values}; give a list, e.g. seeds=[0,1,2] for three seeds or {one}")
     out = []
     for s in as_list(values):
         if not isinstance(s, int) or isinstance(s, bool) or s < 0:

@@ -16,6 +16,7 @@ import csv
 import functools
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -245,6 +246,66 @@ _BUILTIN_STYLE_SETS: dict[str, tuple[_Entry, ...]] = {
     "shapes_small": _SHAPES[:2],
     "toy": _toy_entries(),
 }
+
+
+def results_suffix(style_set: str, prompts: str | list[Any], preset_style_sets: list[str],
+                   preset_prompts: list[str]) -> str:
+    """The results folder's suffix for these sets: "" where both are the model preset's (or a built-in part of them,
+    such as data=small's), else "-<name>" for each set that is not, named by its built-in name, folder or file."""
+    parts = []
+    if not _within(style_set, preset_style_sets, _BUILTIN_STYLE_SETS):
+        parts.append(_set_name(style_set))
+    if not _within(prompts, preset_prompts, _BUILTIN_PROMPT_SETS):
+        parts.append(_set_name(prompts))
+    return "".join(f"-{p}" for p in parts)
+
+
+def _builtin_name(source: Any) -> str | None:
+    if isinstance(source, str) and source.strip().startswith(BUILTIN_PREFIX):
+        return source.strip()[len(BUILTIN_PREFIX):].strip()
+    return None
+
+
+def _within(source: Any, presets: list[str], table: Mapping[str, tuple[Any, ...]]) -> bool:
+    """Whether a set is one of the presets, or a built-in whose every entry is in one of them (the same images or
+    prompts: the same item keys, so sharing the preset's folder pools nothing new)."""
+    name = _builtin_name(source)
+    if name is None or name not in table:
+        return False
+    entries = {id(e) for e in table[name]}
+    return any(entries <= {id(e) for e in table.get(_builtin_name(p) or "", ())} for p in presets)
+
+
+def _set_name(source: Any) -> str:
+    """A set's name for a folder: its built-in name, its folder's name (a manifest's folder), its file's stem, or,
+    for prompts given inline, "prompts_<digest of them>"."""
+    name = _builtin_name(source)
+    if name is None and isinstance(source, str):
+        path = Path(source.strip()).expanduser()
+        name = path.parent.name if path.name == MANIFEST_NAME else (path.stem if path.suffix else path.name)
+    if name is None:
+        name = "prompts_" + hashlib.sha1(json.dumps(source, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name) or "set"
+
+
+_TOLD_UNLIKE_TOY: set[str] = set()  # style sets already warned about in this process: one warning per run
+
+
+def warn_if_unlike_toy(style_set: str, model_base: str) -> None:
+    """Warn, once, when references other than the toy's own are used with the toy model: its image encoder and
+    IP-Adapter know only its eight styles, so a reference unlike them comes out as the nearest of them (red stripes
+    as hatched ink) without any error, and the findings are about those eight styles, not about the references."""
+    from styleprobe.toy.world import STYLES
+
+    if not str(model_base).startswith("toy:") or _builtin_name(style_set) == "toy" or str(style_set) in _TOLD_UNLIKE_TOY:
+        return
+    _TOLD_UNLIKE_TOY.add(str(style_set))
+    logging.getLogger("styleprobe").warning(
+        "model=toy with the style set %s: the toy world knows only its eight styles (%s), so each reference is "
+        "drawn as the nearest of them (red stripes may come out as hatched ink): the findings are about the toy's "
+        "eight styles, not about these references; use a real model (e.g. model=sdxl) for them",
+        style_set, ", ".join(STYLES),
+    )
 
 
 def builtin_style_sets() -> list[str]:

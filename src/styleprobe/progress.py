@@ -1,7 +1,9 @@
 """Progress of the long steps (generation, per-reference preparation, scoring): counts, rate and ETA.
 
 On a terminal it is a tqdm bar. Anywhere else (a SLURM log, CI, a file) a bar would write a line per refresh,
-so it is one log line each time another `every_percent` of the work is done, with the same counts, rate and ETA:
+so it is log lines with the same counts, rate and ETA: one after the first update (the first batch: the rate and
+ETA are known from then on), one each time another `every_percent` of the work is done, and one at least every
+`every_seconds` while work goes on (10% of a large sweep on a busy machine can take many minutes):
 
     generate: 144/288 images (50%), 3.21 images/s, elapsed 00:44, ETA 00:44
 
@@ -27,18 +29,21 @@ MODES = ("auto", "bar", "log", "off")
 class ProgressSettings:
     mode: str = "auto"
     every_percent: float = 10.0
+    every_seconds: float = 60.0
 
 
 SETTINGS = ProgressSettings()
 
 
-def configure(mode: str = "auto", every_percent: float = 10.0) -> None:
+def configure(mode: str = "auto", every_percent: float = 10.0, every_seconds: float = 60.0) -> None:
     """Set how every later progress report is shown (the CLI calls this with the `progress` config)."""
     if mode not in MODES:
         raise ConfigError(f"progress.mode={mode!r}; choose one of {', '.join(MODES)}")
     if isinstance(every_percent, bool) or not isinstance(every_percent, (int, float)) or not 0 < every_percent <= 100:
         raise ConfigError(f"progress.every_percent={every_percent!r}; give a number in (0, 100], e.g. 10")
-    SETTINGS.mode, SETTINGS.every_percent = mode, float(every_percent)
+    if isinstance(every_seconds, bool) or not isinstance(every_seconds, (int, float)) or not every_seconds > 0:
+        raise ConfigError(f"progress.every_seconds={every_seconds!r}; give a number of seconds > 0, e.g. 60")
+    SETTINGS.mode, SETTINGS.every_percent, SETTINGS.every_seconds = mode, float(every_percent), float(every_seconds)
 
 
 def _on_terminal() -> bool:
@@ -55,6 +60,7 @@ class Progress:
         mode = SETTINGS.mode if SETTINGS.mode != "auto" else ("bar" if _on_terminal() else "log")
         self.logging = mode == "log" and self.total > 0
         self._next_percent = SETTINGS.every_percent
+        self._last_line: float | None = None  # when the last log line was written; None: none yet
         self.bar: Any = None
         if mode == "bar":
             from tqdm.auto import tqdm
@@ -72,12 +78,20 @@ class Progress:
             if postfix:
                 self.bar.set_postfix(postfix, refresh=False)
             self.bar.update(step)
-        elif self.logging:
-            percent = 100.0 * self.n / self.total
-            if percent + 1e-9 >= self._next_percent or self.n >= self.total:
-                while self._next_percent <= percent + 1e-9:
-                    self._next_percent += SETTINGS.every_percent
-                log.info("%s", self.line(postfix))
+        elif self.logging and self._due():
+            log.info("%s", self.line(postfix))
+            self._last_line = time.perf_counter()
+
+    def _due(self) -> bool:
+        """Whether a log line is due: the first update, another `every_percent` done, the end, or `every_seconds`
+        since the last line."""
+        percent = 100.0 * self.n / self.total
+        crossed = percent + 1e-9 >= self._next_percent
+        while self._next_percent <= percent + 1e-9:
+            self._next_percent += SETTINGS.every_percent
+        first = self._last_line is None
+        late = not first and time.perf_counter() - self._last_line >= SETTINGS.every_seconds
+        return first or crossed or late or self.n >= self.total
 
     def line(self, postfix: dict[str, Any] | None = None) -> str:
         """The counts, rate and ETA as one line."""

@@ -188,6 +188,9 @@ def run(cfg: DictConfig) -> SweepResult:
     """Run one sweep job end to end; a rerun only makes what is missing."""
     start = time.perf_counter()
     plan = prepare(cfg)
+    from styleprobe.data import warn_if_unlike_toy
+
+    warn_if_unlike_toy(cfg.data.style_set, plan.spec.base)
     store = plan.store
     done = store.done_keys()
     pending = [it for it in plan.items if it.key not in done]
