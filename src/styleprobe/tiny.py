@@ -296,6 +296,10 @@ def _build(root: Path, dims: ModelDims = SIZES["tiny"]) -> None:
     The order of random draws is fixed: changing it changes every weight of the tiny model.
     """
     import torch
+
+    from styleprobe.models import quiet_libraries
+
+    quiet_libraries()  # the first build is part of a run: no "Writing model shards" bars on its stderr
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from safetensors.torch import save_file
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
