@@ -337,16 +337,6 @@ def test_scheduler_choice_does_not_leak_into_the_next_job(tiny_model):
     assert type(tiny_model.pipe.scheduler) is own and own.__name__ == "EulerDiscreteScheduler"
 
 
-def test_auto_batch_size_follows_the_gpu_memory():
-    import torch
-
-    from styleprobe.models import auto_batch_size, batch_for_memory
-
-    assert auto_batch_size(torch.device("cpu")) == 8
-    # cards as torch reports them (GiB): H100 80 GB, A100 40 GB, RTX 4090 / 3090, 16 GB cards, 12 GB
-    assert [batch_for_memory(g) for g in (79.1, 39.4, 23.6, 15.7, 11.6)] == [8, 8, 4, 2, 1]
-
-
 def test_each_model_preset_brings_its_own_data_unless_one_is_given(tmp_path):
     def cfg(*overrides):
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):

@@ -6,7 +6,9 @@ references and prompts. For each group the engine sets the pipeline up for the m
 (`prepare`) and then runs batches through `Method.run_batch`. Methods build their calls with the engine's
 helpers: prompt embeddings encoded once per process, each sample's initial noise from its own CPU generator
 seeded with its seed (so an image does not depend on what else shares its batch, nor on the device), and one
-`denoise` call of the pipeline.
+`denoise` call of the pipeline. `batch_size=None` (auto) sizes each method's batches from the model's memory
+(`styleprobe.memory`); a batch that runs out of device memory is halved and retried, and the smaller size is kept
+for the rest of the run.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from styleprobe.errors import StyleprobeError
 from styleprobe.methods.base import REGISTRY
 from styleprobe.models import LoadedModel, peak_memory, reset_peak_memory
 from styleprobe.plan import WorkItem
@@ -63,9 +66,11 @@ def batch_order(items: Sequence[WorkItem]) -> list[list[WorkItem]]:
 class Engine:
     """Generates images for work items with one loaded model."""
 
-    def __init__(self, model: LoadedModel, batch_size: int = 8, output_type: str = "pil"):
+    def __init__(self, model: LoadedModel, batch_size: int | None = 8, output_type: str = "pil"):
         self.model = model
-        self.batch_size = max(1, int(batch_size))
+        self.batch_size = None if batch_size is None else max(1, int(batch_size))  # None: auto, per method (memory.py)
+        self.limit: int | None = None  # after an out-of-memory error: the largest batch for the rest of the run
+        self._auto: dict[tuple[str, str], int] = {}  # (method, sampler) -> auto batch size
         self.output_type = output_type  # "pil" for the store; "latent" or "np" to inspect a method's outputs
 
     # the pipeline's state ------------------------------------------------------------------------------
@@ -140,6 +145,36 @@ class Engine:
         return list(out.images)
 
     # running ---------------------------------------------------------------------------------------------
+    def size_for(self, method: Any, sampler: Sampler) -> int:
+        """The batch size for a method's group: the configured one, or (auto) the model's memory's once the method
+        is attached, decided once per method and sampler. The engine's loop caps it at `limit`."""
+        from styleprobe.memory import auto_batch_size
+
+        if self.batch_size is not None:
+            return self.batch_size
+        key = (method.name, repr(sampler))
+        if key not in self._auto:
+            self._auto[key] = auto_batch_size(self.model, method, sampler)
+        return self._auto[key]
+
+    def halve(self, size: int) -> None:
+        """After an out-of-memory error at `size`: half of it for the rest of the run; at 1, the error and its fix.
+        A VAE the pipeline upcast to float32 for its decode goes back to the model's dtype (diffusers casts it back
+        only after a decode that finished)."""
+        vae = self.model.pipe.vae
+        if vae.dtype != self.model.dtype:
+            vae.to(dtype=self.model.dtype)
+        if self.model.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if size <= 1:
+            raise StyleprobeError(
+                f"out of memory on {self.model.device} at batch size 1 ({self.model.spec.name}): lower the resolution "
+                "(sampler.height / sampler.width), free the GPU of other processes, or use one with more memory "
+                "(engine.device=cuda:<index>)")
+        self.limit = size // 2
+        log.warning("out of memory on %s at batch size %d: batch size %d from now on in this run", self.model.device,
+                    size, self.limit)
+
     def run_batch(self, items: Sequence[WorkItem]) -> list[Image.Image]:
         """One pipeline call for items of one group (see `batch_order`); their images in order."""
         self.use(items[0].method, items[0].sampler)
@@ -168,11 +203,21 @@ class Engine:
                 stats.prepare_seconds[entry.name] = time.perf_counter() - t0
                 stats.note_peak(peak_memory(self.model.device))
                 prepared.add(entry.name)
-            for b in range(0, len(group), self.batch_size):
-                batch = group[b : b + self.batch_size]
+            size, b = self.size_for(method, group[0].sampler), 0
+            while b < len(group):
+                batch = group[b : b + min(size, self.limit or size)]
                 t0 = time.perf_counter()
                 reset_peak_memory(self.model.device)
-                images = self.run_batch(batch)
+                try:
+                    images = self.run_batch(batch)
+                except (torch.OutOfMemoryError, RuntimeError) as err:
+                    if not out_of_memory(err):
+                        raise
+                    images = None
+                if images is None:  # out of the handler: the error's frames, holding the batch's tensors, are freed
+                    self.halve(len(batch))
+                    continue
+                b += len(batch)
                 seconds, peak = time.perf_counter() - t0, peak_memory(self.model.device)
                 stats.note_peak(peak)
                 # each row carries what its image cost: the batch's seconds shared out, the batch's peak memory
@@ -186,3 +231,9 @@ class Engine:
                     on_batch(stats.generated, total)
         stats.seconds = time.perf_counter() - start
         return stats
+
+
+def out_of_memory(err: BaseException) -> bool:
+    """Whether `err` is the device running out of memory: torch's OutOfMemoryError, or the RuntimeError form
+    ("CUDA out of memory", "CUDA error: out of memory", MPS's "out of memory") some kernels raise."""
+    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err)

@@ -199,28 +199,6 @@ def dtype_name(dtype: str, device: str) -> str:
     return dtype
 
 
-def auto_batch_size(device: torch.device) -> int:
-    """`engine.batch_size: auto`: 8 on the CPU; on a GPU the largest batch that fits its memory (`batch_for_memory`)."""
-    import torch
-
-    if device.type != "cuda":
-        return 8
-    return batch_for_memory(torch.cuda.get_device_properties(device).total_memory / 2**30)
-
-
-#: SDXL at 1024 px, fp16, measured on an H100: peak GiB of the engine at batch 4 and 8 (6 GiB + 4 GiB per sample).
-SDXL_BASE_GIB, SDXL_PER_SAMPLE_GIB = 6.0, 4.0
-
-
-def batch_for_memory(total_gib: float, spare_gib: float = 1.0) -> int:
-    """The largest of 8, 4, 2 whose SDXL peak fits in `total_gib` with `spare_gib` to spare, else 1:
-    8 on a 40 GiB card and up, 4 on 24 GiB, 2 on 16 GiB."""
-    for batch in (8, 4, 2):
-        if SDXL_BASE_GIB + SDXL_PER_SAMPLE_GIB * batch <= total_gib - spare_gib:
-            return batch
-    return 1
-
-
 def reset_peak_memory(device: torch.device) -> None:
     """Start a new peak-memory measurement on a GPU (nothing to do on the CPU)."""
     if device.type == "cuda":
@@ -391,6 +369,7 @@ def _load(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> LoadedMo
     except (OSError, ValueError) as err:
         raise unavailable("the base pipeline", base, None, err) from err
     pipe.to(device)
+    pipe.vae.enable_slicing()  # one image decoded at a time: the decode's memory does not grow with the batch
     pipe.set_progress_bar_config(disable=True)
     return LoadedModel(spec=spec, pipe=pipe, device=device, dtype=dtype, default_scheduler=pipe.scheduler)
 

@@ -211,7 +211,7 @@ def run(cfg: DictConfig) -> SweepResult:
         from styleprobe.engine import Engine
 
         model = models.load(plan.spec, plan.device)
-        engine = Engine(model, plan.batch_size or models.auto_batch_size(model.device))
+        engine = Engine(model, plan.batch_size)  # None: auto, per method once it is attached (memory.py)
         with Progress(len(pending), "generate", "image") as bar:
             stats = engine.generate(pending, store, run_id, on_batch=lambda n, total: bar.update_to(n))
         generated = stats.generated

@@ -147,6 +147,11 @@ class Method(ABC):
     def run_batch(self, engine: "Engine", items: Sequence["WorkItem"]) -> list["Image.Image"]:
         """One pipeline call for items of one batch key; their images, in order."""
 
+    def extra_rows(self, batch: int) -> int:
+        """Samples a batch of `batch` items adds to the UNet's input beyond the items (at most): what the memory
+        estimate (`styleprobe.memory`) budgets for on top of them."""
+        return 0
+
 
 #: name -> plug-in class, filled by @register.
 REGISTRY: dict[str, type[Method]] = {}

@@ -294,6 +294,10 @@ class StyleAligned(Method):
         seed = item.seed if knobs.reference_seed is None else knobs.reference_seed
         return ReferenceRow(item.row["reference_prompt"], "", seed, private)
 
+    def extra_rows(self, batch: int) -> int:
+        """One reference row per reference in the batch: at most one per item (full sharing, or every item its own)."""
+        return batch
+
     def run_batch(self, engine: Any, items: Sequence[Any]) -> list[Any]:
         """Reference rows first (one per reference the items use), then the items, in one pipeline call."""
         import torch
