@@ -9,18 +9,24 @@ layer map (`layers.py`), so a LoRA layer probe uses the same patterns as the IP-
   a pattern (one-hot module, leave-one-out, `style`, ...) switches a trained LoRA on and off layer by layer.
 LoRA files are diffusers' format (`pytorch_lora_weights.safetensors`, `unet.`-prefixed keys); files written by
 older diffusers (`.lora.down.weight`), by peft (`lora_A` / `lora_B`) or by kohya (`lora_unet_...`) are read by
-diffusers' own `lora_state_dict`, which converts them.
+diffusers' own `lora_state_dict`, which converts them. Only a file's UNet weights are loaded (`load_unet_lora`): a
+text-encoder LoRA would change the prompt embeddings of every method sharing the pipeline, which are cached by
+prompt text.
 """
 
 from __future__ import annotations
 
+import logging
 import re
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from styleprobe.errors import ConfigError
 from styleprobe.layers import LayerMap
+
+log = logging.getLogger("styleprobe")
 
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # diffusers' file name: load_lora_weights(folder) finds it
 PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -127,6 +133,28 @@ def check_keys(keys: Iterable[str], layer_map: LayerMap, what: str) -> list[str]
     if not layers:
         raise ConfigError(f"{what} holds no UNet weights; give a LoRA file in diffusers' format ({WEIGHT_NAME})")
     return layers
+
+
+def load_unet_lora(pipe: Any, source: str, adapter: str, what: str, why: str, **kwargs: Any) -> None:
+    """Load the UNet weights of a LoRA (a file, a folder or a Hub id; `kwargs` for `lora_state_dict`) as `adapter`.
+
+    Text-encoder weights are left out, with one log line saying how many and `why`: loaded, they would stay in the
+    shared text encoders for every method, whose prompt embeddings are cached by text, so images would depend on
+    what ran before. The UNet part goes through diffusers' own loader (its format conversion, network alphas and
+    the file's peft metadata), as `load_lora_weights` does it.
+    """
+    state_dict, alphas, metadata = pipe.lora_state_dict(source, unet_config=pipe.unet.config, return_lora_metadata=True,
+                                                        **kwargs)
+    keys = unet_keys(state_dict)
+    dropped = len(state_dict) - len(keys)
+    if dropped:
+        log.warning("%s: %d text-encoder weights left out (%s)", what, dropped, why)
+    layer_map = LayerMap.from_unet(pipe.unet, "attn1")
+    check_keys(keys, layer_map, what)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Already found a `peft_config`")  # several LoRAs at once: expected
+        pipe.load_lora_into_unet({k: state_dict[k] for k in keys}, network_alphas=alphas, unet=pipe.unet,
+                                 adapter_name=adapter, metadata=metadata, _pipeline=pipe)
 
 
 def lora_layers(unet: Any, adapter: str) -> list[tuple[str, Any]]:

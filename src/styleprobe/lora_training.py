@@ -5,7 +5,18 @@ resized and center-cropped to the training resolution, encoded by the VAE (float
 per sample, the frozen text encoders' embedding of the instance prompt ("A [v]") with SDXL's size conditions,
 the UNet's noise (or velocity) prediction against the target by mean squared error (optionally min-SNR
 weighted), AdamW with gradient clipping, a diffusers learning-rate schedule. Only the LoRA weights train; they are
-kept in float32 while the frozen UNet runs in the model's dtype (autocast on a GPU).
+kept in float32 (and initialised in float32, whatever the model's dtype) while the frozen UNet runs in the model's
+dtype.
+
+Precision follows the original, which trains under accelerate's mixed precision (`--mixed_precision=fp16` in its
+README command, with the UNet cast to that dtype): `mixed_precision=fp16` runs the forward pass under float16
+autocast and scales the loss with a `torch.amp.GradScaler` (gradients unscaled before clipping; a step whose
+gradients hold inf or nan is skipped, the scale halved and the learning-rate schedule not advanced, as accelerate
+does), so gradients of this loss (around 1e-5 on SDXL) do not underflow float16; `bf16` runs under bfloat16 autocast
+(float32's range: no scaler); `no` runs the UNet in its own dtype. `auto` is the original's coupling of the two:
+the precision of the model's dtype (float16 -> fp16, bfloat16 -> bf16, float32 -> no), i.e. fp16 with loss scaling
+on a GPU and full precision on the CPU with styleprobe's default dtypes. `no` on a float16 model is refused (its
+gradients would underflow).
 
 Randomness is seeded per step, not drawn from one stream: step t draws its VAE sample, timesteps and noise from a
 generator seeded with (seed, t), and the LoRA's gaussian initialisation from one seeded with (seed, "init"). So a
@@ -22,6 +33,7 @@ own noise and timestep each (the original's data loader yields one image however
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import time
@@ -33,9 +45,15 @@ from typing import Any
 
 import torch
 
+from styleprobe.errors import ConfigError
+
 log = logging.getLogger("styleprobe")
 
 OPTIMIZERS = ("adamw", "adamw_8bit")
+MIXED_PRECISIONS = ("auto", "no", "fp16", "bf16")
+#: The mixed precision `auto` picks for a model dtype: the original's (accelerate casts the UNet to that dtype).
+AUTO_PRECISION = {"float16": "fp16", "bfloat16": "bf16", "float32": "no"}
+AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
 LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 INITS = ("gaussian", "default")  # peft's init_lora_weights: gaussian (B-LoRA) or True (kaiming A, zero B)
 
@@ -64,6 +82,33 @@ class Recipe:
     center_crop: bool = True
     instance_prompt: str = "A [v]"
     seed: int = 0
+    mixed_precision: str = "no"  # resolved (no | fp16 | bf16): see `resolve_mixed_precision`
+
+
+def resolve_mixed_precision(knob: str, dtype: str, where: str) -> str:
+    """The precision a LoRA trains in on a model of `dtype` (a name: float32, float16, bfloat16); `auto` as the original."""
+    mode = AUTO_PRECISION.get(dtype, "no") if knob == "auto" else knob
+    if mode == "no" and dtype == "float16":
+        raise ConfigError(f"{where}=no on a float16 model trains on unscaled float16 gradients, which underflow; use "
+                          f"auto or fp16 (loss scaling), bf16, or model.dtype=float32")
+    return mode
+
+
+def recipe_identity(recipe: Recipe, dtype: str) -> dict[str, Any]:
+    """The recipe as a LoRA's key holds it: the precision only where it changes the weights.
+
+    Plain float32 training (a float32 model, no autocast) is how every LoRA trained before the knob existed, so it
+    keeps those keys; any other precision (autocast, or a half-precision model) is part of the key.
+    """
+    fields = dataclasses.asdict(recipe)
+    if recipe.mixed_precision == "no" and dtype == "float32":
+        del fields["mixed_precision"]
+    return fields
+
+
+def grad_scaler(mode: str, device: torch.device) -> torch.amp.GradScaler:
+    """The loss scaler of a precision: accelerate's defaults for fp16, a pass-through otherwise."""
+    return torch.amp.GradScaler(device.type, enabled=mode == "fp16")
 
 
 @dataclass
@@ -76,6 +121,9 @@ class Trained:
     seconds: float
     losses: list[float] = field(default_factory=list)
     resumed_from: int = 0
+    grad_norms: list[float] = field(default_factory=list)  # each step's gradient norm (unscaled, before clipping)
+    skipped_steps: list[int] = field(default_factory=list)  # steps the loss scaler skipped (inf or nan gradients)
+    loss_scale: float | None = None  # the scaler's final scale (None: no scaler)
 
     @property
     def final_loss(self) -> float:
@@ -105,19 +153,37 @@ def training_image(image: Any, resolution: int, center_crop: bool) -> torch.Tens
     return v2.Compose(ops)(image.convert("RGB")).unsqueeze(0)
 
 
+def _base_layer(unet: Any, name: str) -> torch.nn.Module:
+    """The linear layer `name` names, inside its peft wrapper if other adapters are loaded there."""
+    module = unet.get_submodule(name)
+    return module.get_base_layer() if hasattr(module, "get_base_layer") else module
+
+
 def add_lora(unet: Any, recipe: Recipe, adapter: str) -> list[torch.nn.Parameter]:
-    """peft LoRA layers on exactly `recipe.targets`, initialised from the recipe's seed; their parameters (float32)."""
+    """peft LoRA layers on exactly `recipe.targets`, initialised from the recipe's seed; their parameters (float32).
+
+    peft creates a LoRA in its base layer's dtype, so on a half-precision UNet its initial weights would be rounded
+    to that precision; the target layers are float32 while it is created (and cast back after, exactly), so the
+    initial LoRA is the float32 one on every model, as the original's (LoRA layers made in float32).
+    """
     from diffusers.training_utils import cast_training_params
     from peft import LoraConfig
 
     config = LoraConfig(r=recipe.rank, lora_alpha=recipe.lora_alpha,
                         init_lora_weights="gaussian" if recipe.init == "gaussian" else True,
                         target_modules=list(recipe.targets))
+    dtypes = {name: _base_layer(unet, name).weight.dtype for name in recipe.targets}
     devices = [unet.device] if unet.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Already found a `peft_config`")  # other LoRAs loaded: expected
+        for name in recipe.targets:
+            _base_layer(unet, name).to(torch.float32)
         torch.manual_seed(int(step_generator(recipe.seed, "init").initial_seed()))
-        unet.add_adapter(config, adapter_name=adapter)
+        try:
+            unet.add_adapter(config, adapter_name=adapter)
+        finally:
+            for name, dtype in dtypes.items():
+                _base_layer(unet, name).to(dtype)
     unet.set_adapter(adapter)
     cast_training_params(unet, dtype=torch.float32)
     return [p for n, p in unet.named_parameters() if p.requires_grad and f".{adapter}." in n]
@@ -184,7 +250,9 @@ def train(
     optimizer = _optimizer(params, recipe)
     schedule = get_scheduler(recipe.lr_scheduler, optimizer=optimizer, num_warmup_steps=recipe.lr_warmup_steps,
                              num_training_steps=recipe.steps)
-    start, losses, spent = 0, [], 0.0
+    mode = recipe.mixed_precision
+    scaler = grad_scaler(mode, device)
+    start, losses, norms, skipped, spent = 0, [], [], [], 0.0
     if checkpoint is not None and checkpoint.is_file():
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)  # tensors and numbers only
         named = dict(unet.named_parameters())
@@ -193,12 +261,14 @@ def train(
                 named[name].copy_(value)
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         start, losses, spent = int(state["step"]), list(state["losses"]), float(state["seconds"])
+        norms, skipped = list(state.get("grad_norms", [])), list(state.get("skipped_steps", []))
         log.info("resuming LoRA training %s at step %d/%d", adapter, start, recipe.steps)
     if gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     unet.train()
-    autocast = device.type == "cuda" and dtype != torch.float32
     n = recipe.batch_size
     t0 = time.perf_counter()
     try:
@@ -209,25 +279,28 @@ def train(
             timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (n,), generator=gen).to(device)
             latents = latents.to(device)
             noisy = noise_scheduler.add_noise(latents, noise, timesteps).to(dtype)
-            with torch.autocast(device.type, dtype=dtype, enabled=autocast):
+            with torch.autocast(device.type, dtype=AUTOCAST.get(mode, dtype), enabled=mode in AUTOCAST):
                 pred = unet(noisy, timesteps, embeds.expand(n, -1, -1),
                             added_cond_kwargs={k: v.expand(n, -1) for k, v in added.items()}).sample
             target = noise if noise_scheduler.config.prediction_type == "epsilon" else (
                 noise_scheduler.get_velocity(latents, noise, timesteps))
             loss = _loss(pred.float(), target.float(), timesteps, noise_scheduler, recipe.snr_gamma)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, recipe.max_grad_norm)
-            optimizer.step()
-            schedule.step()
+            norm, stepped = optimizer_step(loss, params, optimizer, scaler, recipe.max_grad_norm)
+            if stepped:
+                schedule.step()
+            else:
+                skipped.append(step)
             optimizer.zero_grad(set_to_none=True)
             losses.append(float(loss.detach()))
+            norms.append(norm)
             done = step + 1
             if progress:
                 progress(done, recipe.steps, losses[-1])
             if checkpoint is not None and save_checkpoint and done % checkpoint_every == 0 and done < recipe.steps:
                 lora = {name: p.detach().cpu().clone() for name, p in unet.named_parameters() if p.requires_grad}
                 save_checkpoint(checkpoint, {"step": done, "lora": lora, "optimizer": optimizer.state_dict(),
-                                             "schedule": schedule.state_dict(), "losses": losses,
+                                             "schedule": schedule.state_dict(), "scaler": scaler.state_dict(),
+                                             "losses": losses, "grad_norms": norms, "skipped_steps": skipped,
                                              "seconds": spent + time.perf_counter() - t0})
         from styleprobe.lora import state_dict_of
 
@@ -241,7 +314,24 @@ def train(
             warnings.filterwarnings("ignore", message="Adapter .* was active which is now deleted")
             unet.delete_adapters(adapter)
         unet.requires_grad_(False)
-    return Trained(weights, config, recipe.steps, spent + time.perf_counter() - t0, losses, start)
+    return Trained(weights, config, recipe.steps, spent + time.perf_counter() - t0, losses, start, norms, skipped,
+                   scaler.get_scale() if scaler.is_enabled() else None)
+
+
+def optimizer_step(loss: torch.Tensor, params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer,
+                   scaler: torch.amp.GradScaler, max_grad_norm: float) -> tuple[float, bool]:
+    """Backward, clip and step as accelerate does under mixed precision: (the unscaled gradient norm, whether stepped).
+
+    The loss is multiplied by the scaler's scale before backward and the gradients divided by it before clipping;
+    the scaler skips the optimizer step when they hold inf or nan, and lowers its scale exactly then.
+    """
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
+    before = scaler.get_scale()
+    scaler.step(optimizer)
+    scaler.update()
+    return norm, not scaler.get_scale() < before
 
 
 def _loss(pred: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor, scheduler: Any, snr_gamma: float | None) -> torch.Tensor:

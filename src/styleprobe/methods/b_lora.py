@@ -10,10 +10,11 @@ that about 8 of 10 training seeds work).
 
 Trained LoRAs are artefacts of the results folder (`artefacts/b_lora/<key[:2]>/<key>/`), in diffusers' format
 (`pytorch_lora_weights.safetensors`, loadable by `load_lora_weights`) with `training.json` (seconds, steps,
-losses). Their key hashes the base model, the dtype, the reference image and every training knob, so a rerun
-trains nothing twice; a killed training resumes from `checkpoint.pt` (every `checkpoint_every` steps). A LoRA
+losses, precision, gradient norms). Their key hashes the base model, the dtype, the reference image and every
+training knob (`mixed_precision` as resolved, and only where it changes the weights: see `lora_training.py`), so a
+rerun trains nothing twice; a killed training resumes from `checkpoint.pt` (every `checkpoint_every` steps). A LoRA
 trained elsewhere (the original's scripts, the Hub) is named per reference in the style set's manifest, column
-`b_lora`, and used as it is.
+`b_lora`, and used as it is (its UNet weights: text-encoder weights in such a file are left out, with a log line).
 
 Layer patterns select transformer layers (the map of `attn1` names them; a layer's LoRA covers both its
 attentions): `style` is B-LoRA's style-only inference, `all` is the whole trained LoRA (content and style of the
@@ -78,6 +79,7 @@ class BLoRAKnobs:
     center_crop: bool = True
     instance_prompt: str = "A [v]"
     train_seed: int = 0  # a replicate: analysis resamples it with the unit, never compares seeds as conditions
+    mixed_precision: str = "auto"  # auto (the model dtype's: fp16 with loss scaling on float16) | no | fp16 | bf16
     checkpoint_every: int = 500  # not keyed: the weights do not depend on it
     gradient_checkpointing: bool = True  # not keyed: memory for time, same weights
     # inference --------------------------------------------------------------------------------------------
@@ -139,7 +141,7 @@ class BLoRA(Method):
     def check_knobs(self, knobs: BLoRAKnobs, where: str) -> None:
         from styleprobe.config import non_negative_number
         from styleprobe.lora import parse_projections
-        from styleprobe.lora_training import INITS, LR_SCHEDULES, OPTIMIZERS
+        from styleprobe.lora_training import INITS, LR_SCHEDULES, MIXED_PRECISIONS, OPTIMIZERS
 
         for name in ("rank", "train_steps", "train_batch_size", "checkpoint_every"):
             if getattr(knobs, name) < 1:
@@ -157,7 +159,8 @@ class BLoRA(Method):
             if not 0 <= getattr(knobs, name) < 1:
                 raise ConfigError(f"{where}.{name}={getattr(knobs, name)}; give a number in [0, 1)")
         for name, value, choices in (("alpha_mode", knobs.alpha_mode, ALPHA_MODES), ("optimizer", knobs.optimizer, OPTIMIZERS),
-                                     ("lr_scheduler", knobs.lr_scheduler, LR_SCHEDULES), ("init", knobs.init, INITS)):
+                                     ("lr_scheduler", knobs.lr_scheduler, LR_SCHEDULES), ("init", knobs.init, INITS),
+                                     ("mixed_precision", knobs.mixed_precision, MIXED_PRECISIONS)):
             if value not in choices:
                 raise ConfigError(f"{where}.{name}={value!r}; choose one of {', '.join(choices)}")
         if knobs.optimizer == "adamw_8bit" and importlib.util.find_spec("bitsandbytes") is None:
@@ -226,9 +229,11 @@ class BLoRA(Method):
 
             src = LoRASource(item_key({"kind": "b_lora_file", "digest": file_digest(path)}), "file", reference, str(path))
         else:
+            from styleprobe.lora_training import recipe_identity
+
             recipe = self.recipe(parts)
             src = LoRASource(item_key({"kind": "b_lora", "model": parts.spec.base_identity, "dtype": parts.dtype,
-                                       "reference": reference.digest, "recipe": dataclasses.asdict(recipe)}),
+                                       "reference": reference.digest, "recipe": recipe_identity(recipe, parts.dtype)}),
                              "trained", reference, "", recipe, parts.knobs.checkpoint_every,
                              parts.knobs.gradient_checkpointing)
         self._sources[cache_key] = src
@@ -238,7 +243,7 @@ class BLoRA(Method):
     def recipe(self, parts: Parts) -> Any:
         """The training recipe of these knobs on this model (targets named from the layer map)."""
         from styleprobe.lora import parse_modules, parse_projections, target_modules
-        from styleprobe.lora_training import Recipe
+        from styleprobe.lora_training import Recipe, resolve_mixed_precision
 
         k, layer_map = parts.knobs, parts.layer_map
         modules = parse_modules(k.train_modules, layer_map, "train_modules")
@@ -251,6 +256,7 @@ class BLoRA(Method):
             max_grad_norm=k.max_grad_norm, snr_gamma=k.snr_gamma,
             resolution=k.train_resolution or parts.sampler.height, center_crop=k.center_crop,
             instance_prompt=k.instance_prompt, seed=k.train_seed,
+            mixed_precision=resolve_mixed_precision(k.mixed_precision, parts.dtype, "method.b_lora.mixed_precision"),
         )
 
     def content_source(self, parts: Parts) -> LoRASource | None:
@@ -360,6 +366,8 @@ class BLoRA(Method):
             "seconds": round(trained.seconds, 3), "steps": trained.steps, "resumed_from": trained.resumed_from,
             "seconds_per_step": round(trained.seconds / max(1, trained.steps - trained.resumed_from), 5),
             "final_loss": trained.final_loss, "final_loss_mean": trained.final_loss_mean, "losses": trained.losses,
+            "mixed_precision": src.recipe.mixed_precision, "loss_scale": trained.loss_scale,
+            "skipped_steps": trained.skipped_steps, "grad_norms": trained.grad_norms,
             "peak_gpu_bytes": peak_memory(model.device),
         }
         save_lora(weights, trained.state_dict, trained.config)
@@ -395,8 +403,13 @@ class BLoRA(Method):
             bar.close()
 
     def _load(self, model: Any, keys: Sequence[str]) -> dict[str, str]:
-        """Adapter names of these LoRAs, loading missing ones and unloading others (one LoRA set in memory at a time)."""
-        from styleprobe.lora import check_keys
+        """Adapter names of these LoRAs, loading missing ones and unloading others (one LoRA set in memory at a time).
+
+        Only UNet weights are loaded: a file's text-encoder weights are left out (B-LoRA trains and applies UNet
+        blocks only; the original's inference keeps the `unet.` keys of the chosen blocks, and the text encoders
+        are shared with every other method).
+        """
+        from styleprobe.lora import load_unet_lora
         from styleprobe.models import unavailable
 
         state, unet = self.state(model), model.pipe.unet
@@ -407,15 +420,13 @@ class BLoRA(Method):
             if key in state.loaded:
                 continue
             src, name = self._by_key[key], f"b_lora_{key}"
+            source, options, what = str(state.files.get(key, src.location)), {}, f"the B-LoRA {src.location or key}"
+            if src.kind == "hub":
+                owner, repo, *weight = src.location.split("/", 2)
+                source, options, what = f"{owner}/{repo}", {"weight_name": weight[0]} if weight else {}, f"{what} on the Hub"
             try:
-                if src.kind == "hub":
-                    owner, repo, *weight = src.location.split("/", 2)
-                    state_dict, _ = model.pipe.lora_state_dict(f"{owner}/{repo}", **({"weight_name": weight[0]} if weight else {}))
-                    check_keys(state_dict, LayerMap.from_unet(model.pipe.unet, "attn1"), f"the B-LoRA {src.location} on the Hub")
-                    model.pipe.load_lora_weights(state_dict, adapter_name=name)
-                else:
-                    model.pipe.load_lora_weights(src.location if src.kind == "file" else str(state.files[key]),
-                                                 adapter_name=name)
+                load_unet_lora(model.pipe, source, name, what, "B-LoRA trains UNet blocks only; the text encoders stay "
+                               "the base model's for every method", **options)
             except OSError as err:
                 raise unavailable(f"the B-LoRA of {src.reference.image.name}", src.location, None, err) from err
             state.loaded[key] = name
