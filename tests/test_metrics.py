@@ -8,8 +8,11 @@ to download.
 
 from __future__ import annotations
 
+import builtins
+import io
+import logging
+import os
 import re
-
 from pathlib import Path
 
 import numpy as np
@@ -196,7 +199,7 @@ def test_csd_loader_fails_loudly_on_a_wrong_checkpoint(tmp_path):
     name, _ = tiny_open_clip()
     clip_visual = tmp_path / "clip.pth"
     torch.save({"model_state_dict": {f"module.visual.{k}": v for k, v in open_clip.create_model(name).visual.state_dict().items()}}, clip_visual)
-    with pytest.raises(ConfigError, match=r"does not fit CSD's model: \d+ missing keys .*unexpected"):
+    with pytest.raises(ConfigError, match=r"lacks \d+ of the \d+ backbone and style-head weights of the tiny model"):
         csd_module.load_csd(clip_visual, csd_module.ARCHS["tiny"])
 
     reshaped = tmp_path / "reshaped.pth"
@@ -206,7 +209,14 @@ def test_csd_loader_fails_loudly_on_a_wrong_checkpoint(tmp_path):
     with pytest.raises(ConfigError, match=r"wrong shape \(e\.g\. last_layer_style is \(32, 7\)"):
         csd_module.load_csd(reshaped, csd_module.ARCHS["tiny"])
 
-    with pytest.raises(ConfigError, match="does not fit"):  # the tiny file is not the ViT-L model
+    deeper = tmp_path / "deeper.pth"  # one block more than the tiny tower: its scores would not be the file's model's
+    good = csd_module.read_checkpoint(tmp_path / "ok.pth")
+    good["backbone.transformer.resblocks.2.ln_1.weight"] = torch.ones(csd_module.ARCHS["tiny"].width)
+    torch.save({"model_state_dict": {f"module.{k}": v for k, v in good.items()}}, deeper)
+    with pytest.raises(ConfigError, match=r"has 1 backbone weights the tiny model lacks \(e\.g\. backbone\.transformer"):
+        csd_module.load_csd(deeper, csd_module.ARCHS["tiny"])
+
+    with pytest.raises(ConfigError, match="weights of the vit_large model"):  # the tiny file is not the ViT-L model
         csd_module.load_csd(tmp_path / "ok.pth", csd_module.ARCHS["vit_large"])
 
     text = tmp_path / "notes.pth"
@@ -318,25 +328,155 @@ def test_random_weight_scorers_say_they_time_only():
 
 
 class _Payload:
-    """Unpickling this object would create a file: the shape of a checkpoint crafted to run code."""
+    """Unpickling this object would call `call(*args)`: the shape of a checkpoint crafted to run code."""
 
-    def __init__(self, marker):
-        self.marker = str(marker)
+    def __init__(self, call, *args):
+        self.call, self.args = call, args
 
     def __reduce__(self):
-        return (open, (self.marker, "w"))
+        return (self.call, self.args)
 
 
-def test_csd_loader_runs_no_code_from_a_crafted_checkpoint(tmp_path):
+@pytest.mark.parametrize(
+    ("payload", "named"),
+    [
+        (lambda marker: _Payload(os.system, f"touch {marker}"), r"(posix|nt|os)\.system"),  # a blocked module
+        (lambda marker: _Payload(builtins.eval, f"open({str(marker)!r}, 'w')"), r"builtins\.eval"),  # torch says `eval`
+        (lambda marker: _Payload(io.open, str(marker), "w"), r"_?io\.open"),  # io.open on Python 3.11, _io.open from 3.12
+    ],
+    ids=["os.system", "builtins.eval", "io.open"],
+)
+def test_csd_loader_runs_no_code_from_a_crafted_checkpoint(tmp_path, payload, named):
     marker = tmp_path / "pwned"
     crafted = tmp_path / "checkpoint.pth"
     state = write_csd_checkpoint(tmp_path / "ok.pth")
-    torch.save({"model_state_dict": {f"module.{k}": v for k, v in state.items()}, "extra": _Payload(marker)}, crafted)
+    torch.save({"model_state_dict": {f"module.{k}": v for k, v in state.items()}, "extra": payload(marker)}, crafted)
     with pytest.raises(ConfigError) as err:
         csd_module.load_csd(crafted, csd_module.ARCHS["tiny"])
     assert "does not run code from checkpoints" in str(err.value)
-    assert re.search(r"it asks for _?io\.open", str(err.value))  # pickled as io.open on Python 3.11, _io.open from 3.12
+    assert re.search(rf"it asks for {named}\)", str(err.value)), str(err.value)
     assert "\n" not in str(err.value) and not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("message", "named"),
+    [  # torch's other wordings of a refusal (torch/_weights_only_unpickler.py), each naming what was asked for
+        ("Can only create new object for nn.Parameter or classes allowlisted via `add_safe_globals` but got "
+         "<class 'evil.Thing'>", "evil.Thing"),
+        ("Can only build Tensor, Parameter, OrderedDict or types allowlisted via `add_safe_globals`, but got "
+         "<class 'evil.State'>", "evil.State"),
+        ("Trying to call reduce for unrecognized function <built-in function exec> which belongs to <module 'builtins'>",
+         "<built-in function exec>"),
+        ("``torch.nested`` and ``torch._dynamo`` must be imported to load nested jagged tensors (NJTs)",
+         "torch.nested and torch._dynamo"),
+        ("Weights only load failed.\n\nUnsupported operand 110", None),  # a text file: nothing asked for
+    ],
+)
+def test_every_wording_of_a_refusal_names_what_was_asked_for(message, named):
+    assert csd_module.refused_global(message) == named
+
+
+class _ContentMLP(torch.nn.Module):
+    """The content head of CSD's `content_proj_head=custom` training: an MLP in place of the projection matrix."""
+
+    def __init__(self, width: int, dim: int):
+        super().__init__()
+        self.projection = torch.nn.Linear(width, dim)
+        self.fc = torch.nn.Linear(dim, dim)
+        self.layer_norm = torch.nn.LayerNorm(dim)
+
+
+def _csd_training_checkpoint(path: Path, state: dict[str, torch.Tensor], content_head: str, extra: dict | None = None) -> None:
+    """A checkpoint as CSD's train_csd.py writes one: the wrapped model's state dict (`module.` prefixes, the content
+    head its run chose), both SGD optimizers' states with momentum buffers, the iteration, the run's argparse
+    Namespace and the fp16 scaler's state."""
+    import argparse
+
+    arch = csd_module.ARCHS["tiny"]
+    model = csd_module.CSDModel(arch)
+    model.load_state_dict(state)
+    if content_head == "custom":
+        del model.last_layer_content  # a parameter in the default head, a module in the custom one
+        model.last_layer_content = _ContentMLP(arch.width, arch.style_dim)
+    wrapped = torch.nn.DataParallel(model)
+    opt_bb = torch.optim.SGD(model.backbone.parameters(), lr=0.0, momentum=0.9, weight_decay=1e-4)
+    heads = [model.last_layer_style, *model.last_layer_content.parameters()] if content_head == "custom" else [
+        model.last_layer_style, model.last_layer_content]
+    opt_proj = torch.optim.SGD(heads, lr=0.0, momentum=0.9)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    opt_bb.step()
+    opt_proj.step()  # lr 0 (the schedule's start): momentum buffers written, weights unchanged
+    model_state = {**wrapped.state_dict(), **(extra or {})}
+    torch.save({"model_state_dict": model_state, "opt_bb": opt_bb.state_dict(), "opt_proj": opt_proj.state_dict(),
+                "iter": 120000, "args": argparse.Namespace(arch="vit_large", content_proj_head=content_head, lr=3e-4),
+                "fp16_scaler": {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
+                                "_growth_tracker": 12}}, path)
+
+
+def _raw(path: Path) -> dict:
+    """A training checkpoint as torch reads it, its argparse Namespace allowed."""
+    import argparse
+
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        return torch.load(path, weights_only=True, map_location="cpu")
+
+
+def _csd_scores(checkpoint: Path, photos) -> np.ndarray:
+    scorer = build_scorers({"style_csd": {"scorer": "style_csd", "arch": "tiny", "checkpoint": str(checkpoint)}}, CPU, "hub")[0]
+    return scorer.score(_batch(photos[:2], photos[2:]))["style_csd"]
+
+
+@pytest.mark.parametrize("content_head", ["default", "custom"])
+def test_csd_loader_reads_a_checkpoint_as_csds_training_writes_it(tmp_path, photos, caplog, content_head):
+    """The published file's layout (training state beside the model, `module.` prefixes, either content head) loads
+    quietly, and scores as styleprobe's own file of the same weights does."""
+    ours = tmp_path / "ours.pth"
+    state = write_csd_checkpoint(ours, seed=7)
+    theirs = tmp_path / "checkpoint.pth"
+    _csd_training_checkpoint(theirs, state, content_head)
+    raw = _raw(theirs)
+    assert raw["opt_bb"]["state"] and all(k.startswith("module.") for k in raw["model_state_dict"])
+    assert ("module.last_layer_content.projection.weight" in raw["model_state_dict"]) is (content_head == "custom")
+    with caplog.at_level(logging.WARNING):
+        model = csd_module.load_csd(theirs, csd_module.ARCHS["tiny"])
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert torch.equal(model.last_layer_style, state["last_layer_style"])
+    assert torch.equal(model.backbone.conv1.weight, state["backbone.conv1.weight"])
+    expected = _csd_scores(ours, photos)
+    assert np.array_equal(_csd_scores(theirs, photos), expected)
+
+
+def test_csd_loader_warns_about_keys_outside_the_backbone_and_style_head(tmp_path, photos, caplog):
+    ours = tmp_path / "ours.pth"
+    state = write_csd_checkpoint(ours, seed=7)
+    theirs = tmp_path / "checkpoint.pth"
+    extra = {f"module.domain_classifier.{i}.weight": torch.zeros(2, 2) for i in range(4)} | {"module.queue": torch.zeros(8, 4)}
+    _csd_training_checkpoint(theirs, state, "default", extra)
+    with caplog.at_level(logging.WARNING):
+        scores = _csd_scores(theirs, photos)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert "5 keys outside CSD's backbone and style head are ignored" in warnings[0]
+    assert "domain_classifier.0.weight, domain_classifier.1.weight, domain_classifier.2.weight" in warnings[0]
+    assert np.array_equal(scores, _csd_scores(ours, photos))
+
+
+def test_csd_loader_fails_on_missing_backbone_weights(tmp_path):
+    state = write_csd_checkpoint(tmp_path / "ok.pth", seed=7)
+    gone = ["backbone.ln_post.bias", "backbone.ln_post.weight", "backbone.transformer.resblocks.1.mlp.c_fc.weight"]
+    path = tmp_path / "checkpoint.pth"
+    _csd_training_checkpoint(path, state, "default")
+    raw = _raw(path)
+    for key in gone:
+        del raw["model_state_dict"][f"module.{key}"]
+    torch.save(raw, path)
+    with pytest.raises(ConfigError) as err:
+        csd_module.load_csd(path, csd_module.ARCHS["tiny"])
+    message = str(err.value)
+    assert f"lacks 3 of the {len([k for k in state if k != 'last_layer_content'])} backbone and style-head weights" in message
+    assert ", ".join(gone) in message and "give CSD's checkpoint.pth or tomg-group-umd/CSD-ViT-L/pytorch_model.bin" in message
+    assert "\n" not in message
 
 
 def test_csd_loader_reads_the_training_state_the_published_file_holds(tmp_path):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
+import threading
 
 import pytest
 from safetensors import safe_open
@@ -122,27 +124,82 @@ def test_local_folders_and_bfloat16_load_through_the_same_path(tiny_spec, refere
     assert images[0].size == (64, 64)
 
 
-def test_an_unreachable_hub_switches_to_the_local_cache_at_once(monkeypatch):
-    """No route to the Hub: one short probe, then offline mode for the process, so a missing model fails with its
-    one-line error instead of after the Hub client's retries; HF_HUB_OFFLINE=1 is respected without a probe."""
-    import socket
+class _Proxy(http.server.ThreadingHTTPServer):
+    """An HTTP proxy on the loopback address that serves `http://hub.invalid` itself (a host only it can reach) and
+    records every request it gets."""
 
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str]] = []
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _ProxyHandler(http.server.BaseHTTPRequestHandler):
+    def _answer(self) -> None:
+        self.server.requests.append((self.command, self.path))
+        self.send_response(200 if self.path.startswith("http://hub.invalid/") else 502)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_HEAD = do_GET = do_CONNECT = _answer
+
+    def log_message(self, *args) -> None:  # keep the test output quiet
+        pass
+
+
+@pytest.fixture
+def hub_probe(monkeypatch):
+    """A fresh Hub probe aimed at http://hub.invalid, online, with no proxy configured; all of it restored after."""
     from huggingface_hub import constants
+    from huggingface_hub.utils import close_session
 
-    from styleprobe import models
-
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
+    for name in [n for n in os.environ if n.lower().endswith("_proxy")]:
+        monkeypatch.delenv(name)
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://hub.invalid")
+    monkeypatch.setitem(models.HUB_UNREACHABLE, "probed", False)
+    proxy = _Proxy()
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    close_session()  # the Hub client reads the proxy settings when it builds its session
     models.hub_offline.cache_clear()
     try:
-        assert models.hub_offline() is True
-        assert constants.HF_HUB_OFFLINE is True and os.environ["HF_HUB_OFFLINE"] == "1"
-        models.hub_offline.cache_clear()
-        monkeypatch.setattr(socket, "create_connection", lambda *a, **k: pytest.fail("probed although offline"))
-        assert models.hub_offline() is True
+        yield proxy
     finally:
         models.hub_offline.cache_clear()
+        close_session()
+        proxy.shutdown()
+        proxy.server_close()
+
+
+@pytest.mark.parametrize("route", ["proxy", "proxy bypassed by NO_PROXY", "no proxy"])
+def test_the_hub_probe_goes_through_the_hub_clients_proxy(hub_probe, monkeypatch, route):
+    """The probe is the Hub client's own request: through HTTPS_PROXY / HTTP_PROXY it reaches a host only the proxy
+    can reach, and the process stays online; bypassing the proxy (NO_PROXY) or having none, the host cannot be
+    reached and the process switches to the local cache, so a missing model fails at once."""
+    from huggingface_hub import constants
+
+    if route != "no proxy":
+        monkeypatch.setenv("HTTPS_PROXY", hub_probe.url)
+        monkeypatch.setenv("HTTP_PROXY", hub_probe.url)
+    if route == "proxy bypassed by NO_PROXY":
+        monkeypatch.setenv("NO_PROXY", "localhost,hub.invalid")
+    through_proxy = route == "proxy"
+    assert models.hub_offline() is not through_proxy
+    assert hub_probe.requests == ([("HEAD", "http://hub.invalid/")] if through_proxy else [])
+    assert constants.HF_HUB_OFFLINE is not through_proxy and models.HUB_UNREACHABLE["probed"] is not through_proxy
+    assert os.environ["HF_HUB_OFFLINE"] == ("0" if through_proxy else "1")
+
+
+def test_hf_hub_offline_is_respected_without_a_probe(hub_probe, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(models, "hub_connect_error", lambda endpoint: pytest.fail("probed although offline"))
+    assert models.hub_offline() is True and models.HUB_UNREACHABLE["probed"] is False
 
 
 def _cli_modules(tmp_path, *args: str, **env: str):
@@ -193,3 +250,94 @@ def test_device_and_dtype_are_decided_without_torch_and_agree_with_it(monkeypatc
     assert models.device_name("auto") == "cuda"
     with pytest.raises(ConfigError, match="this torch cannot use it .* set engine.device=cpu, or install a CUDA build"):
         models.resolve_device("auto")
+
+
+@pytest.fixture
+def fresh_gpu_probe():
+    models.gpu_visible.cache_clear()
+    yield
+    models.gpu_visible.cache_clear()
+
+
+def _no_nvml(monkeypatch) -> None:
+    """A machine without NVIDIA's NVML: loading its library fails, as on an AMD or a CPU-only machine."""
+    import ctypes
+
+    real = ctypes.CDLL
+
+    def cdll(name, *args, **kwargs):
+        if "nvidia-ml" in str(name) or "nvml" in str(name):
+            raise OSError(f"{name}: cannot open shared object file")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(ctypes, "CDLL", cdll)
+
+
+@pytest.mark.parametrize(
+    ("nvml_gpus", "rocm", "torch_gpu", "expected", "torch_asked"),
+    [
+        (None, False, True, "cpu", False),  # no NVML, no ROCm runtime: the CPU, decided without torch
+        (None, True, True, "cuda", True),  # ROCm: torch's `cuda` device (HIP) is asked
+        (None, True, False, "cpu", True),
+        (1, True, False, "cuda", False),  # NVML answers: torch is not asked, whatever else is there
+        (0, True, True, "cpu", False),
+    ],
+)
+def test_device_auto_asks_torch_only_where_nvml_is_absent_and_rocm_present(
+        fresh_gpu_probe, monkeypatch, tmp_path, nvml_gpus, rocm, torch_gpu, expected, torch_asked):
+    import torch
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    if nvml_gpus is None:
+        _no_nvml(monkeypatch)
+        assert models.nvml_gpu_count() is None
+    else:
+        monkeypatch.setattr(models, "nvml_gpu_count", lambda: nvml_gpus)
+    kfd = tmp_path / "kfd"
+    if rocm:
+        kfd.touch()
+    monkeypatch.setattr(models, "ROCM_DEVICE", kfd)
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: asked.append(True) or torch_gpu)
+    assert models.device_name("auto") == expected
+    assert bool(asked) is torch_asked
+    if expected == "cuda" and torch_gpu:
+        assert models.resolve_device("auto") == torch.device("cuda")
+
+
+def test_an_sdxl_size_model_on_the_cpu_is_warned_about(tmp_path, caplog):
+    """A full-size preset that would generate on the CPU says so, naming engine.device; the tiny model does not."""
+    import torch
+
+    spec = ModelSpec("sdxl", "sdxl", str(tmp_path), AdapterSpec("h94/IP-Adapter", "sdxl_models", "ip-adapter_sdxl.safetensors"))
+    with caplog.at_level("WARNING", logger="styleprobe"), pytest.raises(models.ModelUnavailableError):
+        models._load(spec, torch.device("cpu"), torch.float32)  # an empty folder: the load itself fails after the warning
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and warnings[0].startswith("engine.device is the CPU here: sdxl (sdxl,")
+    assert "minutes per image" in warnings[0] and "set engine.device=cuda" in warnings[0]
+
+
+def test_sdxl_pipelines_load_without_the_watermarker(tiny_spec, monkeypatch, caplog):
+    """Even where `invisible-watermark` is installed (faked here), styleprobe's SDXL images carry no watermark, and the
+    run's costs.yaml says so."""
+    import types
+
+    import torch
+    from diffusers.pipelines.stable_diffusion_xl import pipeline_stable_diffusion_xl as sdxl
+
+    from styleprobe.sweep import generation_costs
+
+    class Watermarker:
+        def apply_watermark(self, images):
+            return images + 1
+
+    monkeypatch.setattr(sdxl, "is_invisible_watermark_available", lambda: True)
+    monkeypatch.setattr(sdxl, "StableDiffusionXLWatermarker", Watermarker, raising=False)
+    with caplog.at_level("WARNING", logger="styleprobe"):
+        model = models._load(tiny_spec, torch.device("cpu"), torch.float32)  # read afresh, the session's model untouched
+    assert model.pipe.watermark is None
+    assert [r for r in caplog.records if r.levelname == "WARNING"] == []  # the tiny model on the CPU is as meant
+    stats = types.SimpleNamespace(generated_by={}, generate_seconds={}, prepare_seconds={}, prepared={}, peak_gpu_bytes=None)
+    assert generation_costs(stats, model)["watermark"] is False
+    model.pipe.watermark = Watermarker()
+    assert generation_costs(stats, model)["watermark"] is True

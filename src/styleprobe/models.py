@@ -117,26 +117,44 @@ HUB_UNREACHABLE = {"probed": False}  # set when `hub_offline` found no route to 
 
 @functools.cache
 def hub_offline() -> bool:
-    """Whether models come from the local Hugging Face cache only: HF_HUB_OFFLINE is set, or the Hub's endpoint
-    cannot be reached within HUB_PROBE_SECONDS. In the second case the offline mode is switched on for this process,
-    so a missing model fails at once with its one-line error instead of after the Hub client's retries (about 30 s)."""
-    import socket
-    from urllib.parse import urlparse
-
+    """Whether models come from the local Hugging Face cache only: HF_HUB_OFFLINE is set, or the Hub client could not
+    connect to its endpoint within HUB_PROBE_SECONDS (`hub_connect_error`). In the second case the offline mode is
+    switched on for this process, so a missing model fails at once with its one-line error instead of after the Hub
+    client's retries (about 30 s)."""
     from huggingface_hub import constants
 
     if constants.HF_HUB_OFFLINE:
         return True
-    url = urlparse(constants.ENDPOINT)
-    try:
-        socket.create_connection((url.hostname, url.port or 443), timeout=HUB_PROBE_SECONDS).close()
+    error = hub_connect_error(constants.ENDPOINT)
+    if error is None:
         return False
-    except OSError as err:
-        log.info("the Hugging Face Hub cannot be reached (%s): using the local cache only", err.strerror or err)
-        HUB_UNREACHABLE["probed"] = True
-        constants.HF_HUB_OFFLINE = True
-        os.environ["HF_HUB_OFFLINE"] = "1"
-        return True
+    log.info("the Hugging Face Hub (%s) cannot be reached (%s): using the local cache only", constants.ENDPOINT, error)
+    HUB_UNREACHABLE["probed"] = True
+    constants.HF_HUB_OFFLINE = True
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    return True
+
+
+def hub_connect_error(endpoint: str) -> Exception | None:
+    """Why a HEAD request to `endpoint` through huggingface_hub's own HTTP session could not connect, else None.
+
+    The session is the one `hf download` uses, so HTTPS_PROXY / HTTP_PROXY / NO_PROXY (and a client factory set
+    in code) apply to the probe as to every download. Only a failed connection (to the endpoint, or to the proxy)
+    counts: any answer, whatever its status, and any other failure leave the Hub to report itself.
+    """
+    import importlib
+
+    from huggingface_hub.utils import get_session
+
+    session = get_session()
+    http = importlib.import_module(type(session).__module__.partition(".")[0])  # httpx (hub 1.x) or httpx2 (2.x)
+    try:
+        session.head(endpoint, timeout=HUB_PROBE_SECONDS, follow_redirects=False)
+    except (http.ConnectError, http.ConnectTimeout) as err:
+        return err
+    except Exception as err:  # noqa: BLE001 - reached, but something else went wrong: the Hub client says what
+        log.debug("the Hub probe of %s got through but failed: %s", endpoint, err)
+    return None
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -156,9 +174,10 @@ _DEVICE_RE = re.compile(r"^[a-z]+(:\d+)?$")
 
 
 def device_name(device: str = "auto") -> str:
-    """`engine.device` as a name (`cpu`, `cuda`, `cuda:1`, ...), decided without importing torch, so planning and the
-    resume check (whose keys hold the dtype the device implies) never wait seconds for it. `auto` is `cuda` when
-    NVIDIA's driver reports a visible GPU, else `cpu`: what torch decides, checked by `resolve_device` before loading."""
+    """`engine.device` as a name (`cpu`, `cuda`, `cuda:1`, ...), decided without importing torch where NVIDIA's NVML
+    answers, so planning and the resume check (whose keys hold the dtype the device implies) never wait seconds for
+    it. `auto` is `cuda` when `gpu_visible`, else `cpu`: what torch decides, checked by `resolve_device` before
+    loading."""
     device = str(device).strip()
     if device == "auto":
         return "cuda" if gpu_visible() else "cpu"
@@ -167,14 +186,33 @@ def device_name(device: str = "auto") -> str:
     return device
 
 
+#: The device node of AMD's GPU compute driver: ROCm cannot run without it, so without it torch is not asked.
+ROCM_DEVICE = Path("/dev/kfd")
+
+
 @functools.cache
 def gpu_visible() -> bool:
-    """Whether NVIDIA's driver reports a GPU this process may use, asked through NVML (ctypes, no CUDA context: a
-    later fork stays safe). CUDA_VISIBLE_DEVICES set to nothing (or -1) hides every GPU, as it does from torch."""
-    import ctypes
-
+    """Whether a GPU this process may use is there. NVIDIA's driver is asked through NVML (ctypes, no CUDA context: a
+    later fork stays safe; microseconds). Where NVML does not answer and a ROCm runtime is present (ROCM_DEVICE),
+    torch is asked: its `cuda` device is HIP in ROCm builds. That import (1-2 s) is paid at planning only on such
+    machines, which import torch to generate anyway; elsewhere the answer is `cpu` without torch. CUDA_VISIBLE_DEVICES
+    set to nothing (or -1) hides every GPU, as it does from torch."""
     if os.environ.get("CUDA_VISIBLE_DEVICES", "x").strip() in ("", "-1"):
         return False
+    count = nvml_gpu_count()
+    if count is not None:
+        return count > 0
+    if not ROCM_DEVICE.exists():
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def nvml_gpu_count() -> int | None:
+    """How many GPUs NVIDIA's NVML reports; None when there is no NVML (or it cannot start: no NVIDIA driver)."""
+    import ctypes
+
     for library in ("libnvidia-ml.so.1", "nvml.dll"):
         try:
             nvml = ctypes.CDLL(library)
@@ -183,13 +221,13 @@ def gpu_visible() -> bool:
         count = ctypes.c_uint(0)
         try:
             if nvml.nvmlInit_v2() != 0:
-                return False
+                return None
             ok = nvml.nvmlDeviceGetCount_v2(ctypes.byref(count)) == 0
             nvml.nvmlShutdown()
         except AttributeError:  # an NVML too old to have the v2 calls
-            return False
-        return ok and count.value > 0
-    return False
+            return None
+        return count.value if ok else 0
+    return None
 
 
 def dtype_name(dtype: str, device: str) -> str:
@@ -356,13 +394,24 @@ def _pipeline_class(family: str):
 
 
 def _load(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+    """Read the base pipeline. SDXL's invisible watermark stays off (InstantStyle's `add_watermarker=False`): with
+    the `invisible-watermark` package installed diffusers would stamp every image, pixel noise in every metric that
+    depends on the environment."""
     quiet_libraries()
     base = resolve_source(spec.base)
     kwargs: dict[str, Any] = {"dtype": dtype, "revision": spec.revision}
     if spec.variant:
         kwargs["variant"] = spec.variant
+    if spec.family == "sdxl":
+        kwargs["add_watermarker"] = False
     if spec.family == "sd15":
         kwargs.update(safety_checker=None, requires_safety_checker=False)
+    if device.type == "cpu" and not spec.base.startswith(("tiny:", "toy:")):
+        log.warning(
+            "engine.device is the CPU here: %s (%s, %s) generates there in %s, minutes per image at full size; on a "
+            "GPU machine set engine.device=cuda (auto picks the CPU when no GPU is found through NVML, or through torch "
+            "on ROCm)", spec.name, spec.family, base, str(dtype).removeprefix("torch."),
+        )
     log.info("loading %s from %s (%s, %s)", spec.name, base, device, dtype)
     try:
         pipe = _pipeline_class(spec.family).from_pretrained(base, **kwargs)

@@ -314,7 +314,8 @@ def write_report(plan: SweepPlan) -> Any:
 
 
 def generation_costs(stats: Any, model: models.LoadedModel) -> dict[str, Any]:
-    """What this job's generation cost, per method entry: images, seconds, per-reference preparation; peak GPU memory."""
+    """What this job's generation cost, per method entry: images, seconds, per-reference preparation; peak GPU memory;
+    and how the model ran (device, dtype, whether its images carry diffusers' invisible watermark)."""
     methods = {
         entry: {
             "images": n,
@@ -325,5 +326,6 @@ def generation_costs(stats: Any, model: models.LoadedModel) -> dict[str, Any]:
         }
         for entry, n in stats.generated_by.items()
     }
-    return {"device": str(model.device), "dtype": str(model.dtype).removeprefix("torch."), "peak_gpu_bytes": stats.peak_gpu_bytes,
+    return {"device": str(model.device), "dtype": str(model.dtype).removeprefix("torch."),
+            "watermark": getattr(model.pipe, "watermark", None) is not None, "peak_gpu_bytes": stats.peak_gpu_bytes,
             "methods": methods}

@@ -1,13 +1,15 @@
 """CSD's model (Somepalli et al. 2024, learn2phoenix/CSD) and its checkpoint format, apart from the scorer.
 
 The architecture is the OpenAI CLIP ViT-L/14 vision tower without its projection, plus a style and a content
-head, with CSD's parameter names, so the original `checkpoint.pth` (`model_state_dict`, `module.` prefixes) loads
-strictly. The scorer (`csd.py`) and the tiny stand-ins (`tiny.py`) both build on it. The architectures (`ARCHS`)
-and the Hub mirror's names live in `csd_arch.py`, so that a metric's config is checked without importing torch.
+head, with CSD's parameter names, so the original `checkpoint.pth` (`model_state_dict`, `module.` prefixes, the
+training run's optimizer state beside it) loads as CSD's own code loads it (`load_csd`). The scorer (`csd.py`) and
+the tiny stand-ins (`tiny.py`) both build on it. The architectures (`ARCHS`) and the Hub mirror's names live in
+`csd_arch.py`, so that a metric's config is checked without importing torch.
 """
 
 from __future__ import annotations
 
+import logging
 import pickle
 import re
 from pathlib import Path
@@ -18,6 +20,8 @@ from torch import nn
 
 from styleprobe.errors import ConfigError
 from styleprobe.metrics.csd_arch import ARCHS, HUB_FILENAME, HUB_REPO, CSDArch
+
+log = logging.getLogger(__name__)
 
 
 class CSDModel(nn.Module):
@@ -74,19 +78,19 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
 
     Loaded with `weights_only=True` and an allow-list of the harmless globals the published file holds
     (`_checkpoint_globals`): a file that needs anything else, e.g. a crafted pickle that would run code, is
-    refused with one line before anything in it runs. Fails with one line when the file is not a CSD checkpoint.
+    refused with one line naming what it asks for, before anything in it runs. Fails with one line when the file is
+    not a CSD checkpoint.
     """
     try:
         with torch.serialization.safe_globals(_checkpoint_globals()):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
-        if not found:  # not a pickle that asks for code: a damaged or foreign file
+        asked = refused_global(str(err))
+        if asked is None:  # not a pickle that asks for code: a damaged or foreign file
             raise ConfigError(f"CSD checkpoint {path} cannot be read (not a torch checkpoint); is it CSD's checkpoint.pth?") from err
-        why = f"it asks for {found.group(1)}"
         raise ConfigError(
-            f"CSD checkpoint {path} needs more than tensors and plain training state to load ({why}); styleprobe does not "
-            f"run code from checkpoints: download CSD's checkpoint.pth or {HUB_REPO}/{HUB_FILENAME} again"
+            f"CSD checkpoint {path} needs more than tensors and plain training state to load (it asks for {asked}); "
+            f"styleprobe does not run code from checkpoints: download CSD's checkpoint.pth or {HUB_REPO}/{HUB_FILENAME} again"
         ) from err
     except Exception as err:  # noqa: BLE001 - any unreadable file gets the same one-line error
         why = str(err).strip().splitlines()[0][:120] if str(err).strip() else ""
@@ -100,24 +104,85 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
+#: How torch's weights-only unpickler (torch/_weights_only_unpickler.py) words a refusal that names what the pickle
+#: asks for: a global outside its allow-list (with `builtins.` left off), a global of a blocked module (os, posix,
+#: nt, sys), a class it may not instantiate or build, a function it may not call, a type that needs a torch module.
+_NOT_ALLOWED = re.compile(r"Unsupported global: GLOBAL (\S+) was not an allowed global")
+_REFUSALS = (
+    _NOT_ALLOWED,
+    re.compile(r"unsupported GLOBAL (\S+) whose module \S+ is blocked"),
+    re.compile(r"Can only (?:create new object|build) .* but got <class '([^']+)'>"),
+    re.compile(r"call reduce for unrecognized function (.+?)(?: which belongs to |$)", re.MULTILINE),
+    re.compile(r"((?:``\S+``(?: and )?)+) must be imported to load"),
+)
+
+
+def refused_global(message: str) -> str | None:
+    """What a checkpoint's pickle asked for, from torch's refusal `message`; None when torch named nothing (the file is
+    damaged, or not a pickle at all). Torch words `builtins.eval` as `GLOBAL eval`: the module is put back."""
+    for pattern in _REFUSALS:
+        found = pattern.search(message)
+        if found:
+            name = found.group(1).replace("``", "").strip()
+            return f"builtins.{name}" if pattern is _NOT_ALLOWED and "." not in name else name
+    return None
+
+
+#: CSD's content head: the projection matrix, or the MLP of CSD's `content_proj_head=custom` training. Not part of the
+#: style score; loaded when it fits, ignored otherwise, never an error or a warning.
+CONTENT_HEAD = "last_layer_content"
+
+
+def _scored(key: str) -> bool:
+    """Whether a state-dict key is part of the style score: the vision tower or the style head."""
+    return key.startswith("backbone.") or key == "last_layer_style"
+
+
+def _content_head(key: str) -> bool:
+    return key == CONTENT_HEAD or key.startswith(f"{CONTENT_HEAD}.")
+
+
 def load_csd(path: Path, arch: CSDArch) -> CSDModel:
-    """Build the architecture and load the checkpoint strictly; a wrong file fails loudly, naming the keys."""
+    """Build the architecture and load the checkpoint as CSD's own code does (`model_state_dict`, `module.` stripped,
+    strict=False), with the checks strictness gave: every weight of the backbone and the style head must be there
+    with its shape (else one line naming a few), and keys outside them (another head, extra buffers) are ignored
+    with a warning naming a few. CSD's content head loads when it fits (see CONTENT_HEAD)."""
     state = read_checkpoint(path)
     model = CSDModel(arch)
-    expected = model.state_dict()
+    expected = {k: v for k, v in model.state_dict().items() if _scored(k)}
+    _check_fit(path, state, expected, arch)
+    ignored = sorted(k for k in state if not _scored(k) and not _content_head(k))
+    if ignored:
+        log.warning("CSD checkpoint %s: %d keys outside CSD's backbone and style head are ignored (e.g. %s)", path,
+                    len(ignored), ", ".join(ignored[:3]))
+    weights = {k: state[k].float() for k in expected}
+    content = state.get(CONTENT_HEAD)
+    if content is not None and content.shape == model.last_layer_content.shape:
+        weights[CONTENT_HEAD] = content.float()
+    model.load_state_dict(weights, strict=False)
+    return model.eval()
+
+
+def _check_fit(path: Path, state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], arch: CSDArch) -> None:
+    """Fail with one line when the checkpoint's backbone or style head is not the architecture's."""
+    name = next(n for n, a in ARCHS.items() if a == arch)
+    fix = f"give CSD's checkpoint.pth or {HUB_REPO}/{HUB_FILENAME}, or set metrics.<name>.arch to the checkpoint's"
     missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
+    if missing:
         raise ConfigError(
-            f"CSD checkpoint {path} does not fit CSD's model: {len(missing)} missing keys (e.g. {missing[:3]}), "
-            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}); give CSD's checkpoint.pth or {HUB_REPO}/{HUB_FILENAME}"
+            f"CSD checkpoint {path} lacks {len(missing)} of the {len(expected)} backbone and style-head weights of the "
+            f"{name} model (e.g. {', '.join(missing[:3])}); {fix}"
+        )
+    extra = sorted(k for k in state if _scored(k) and k not in expected)
+    if extra:  # a deeper tower, or CLIP's projection: scores would come from another model than the file's
+        raise ConfigError(
+            f"CSD checkpoint {path} has {len(extra)} backbone weights the {name} model lacks "
+            f"(e.g. {', '.join(extra[:3])}); {fix}"
         )
     wrong = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in expected.items() if state[k].shape != v.shape]
     if wrong:
         k, got, want = wrong[0]
         raise ConfigError(
             f"CSD checkpoint {path}: {len(wrong)} tensors have the wrong shape (e.g. {k} is {got}, the "
-            f"{next(n for n, a in ARCHS.items() if a == arch)} model needs {want}); is metrics.<name>.arch right?"
+            f"{name} model needs {want}); is metrics.<name>.arch right?"
         )
-    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-    return model.eval()
