@@ -393,6 +393,11 @@ def _pipeline_class(family: str):
     return {"sdxl": StableDiffusionXLPipeline, "sd15": StableDiffusionPipeline}[family]
 
 
+#: A UNet this size or larger is a full-size model (SD 1.5's has 0.86 B parameters, SDXL's 2.57 B; the tiny and toy
+#: models' are thousands of times smaller): on the CPU its run is worth a warning.
+FULL_SIZE_UNET_PARAMETERS = 500_000_000
+
+
 def _load(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> LoadedModel:
     """Read the base pipeline. SDXL's invisible watermark stays off (InstantStyle's `add_watermarker=False`): with
     the `invisible-watermark` package installed diffusers would stamp every image, pixel noise in every metric that
@@ -406,17 +411,18 @@ def _load(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> LoadedMo
         kwargs["add_watermarker"] = False
     if spec.family == "sd15":
         kwargs.update(safety_checker=None, requires_safety_checker=False)
-    if device.type == "cpu" and not spec.base.startswith(("tiny:", "toy:")):
-        log.warning(
-            "engine.device is the CPU here: %s (%s, %s) generates there in %s, minutes per image at full size; on a "
-            "GPU machine set engine.device=cuda (auto picks the CPU when no GPU is found through NVML, or through torch "
-            "on ROCm)", spec.name, spec.family, base, str(dtype).removeprefix("torch."),
-        )
     log.info("loading %s from %s (%s, %s)", spec.name, base, device, dtype)
     try:
         pipe = _pipeline_class(spec.family).from_pretrained(base, **kwargs)
     except (OSError, ValueError) as err:
         raise unavailable("the base pipeline", base, None, err) from err
+    unet_parameters = sum(p.numel() for p in pipe.unet.parameters())
+    if device.type == "cpu" and unet_parameters >= FULL_SIZE_UNET_PARAMETERS:
+        log.warning(
+            "engine.device is the CPU here: %s (%s, %s, a UNet of %.2f B parameters) generates there in %s, minutes per "
+            "image; on a GPU machine set engine.device=cuda (auto picks the CPU when no GPU is found through NVML, or "
+            "through torch on ROCm)", spec.name, spec.family, base, unet_parameters / 1e9, str(dtype).removeprefix("torch."),
+        )
     pipe.to(device)
     pipe.vae.enable_slicing()  # one image decoded at a time: the decode's memory does not grow with the batch
     pipe.set_progress_bar_config(disable=True)
