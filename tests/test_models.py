@@ -67,8 +67,11 @@ def test_tiny_weights_are_fixed(tmp_path, monkeypatch):
 
 
 def test_models_are_loaded_once_per_process(tiny_spec, tiny_model):
+    """A second load of the same preset reuses the first (earlier tests may have loaded another model since the
+    session's, which frees it: so the first load here may read weights, the second never does)."""
+    first = models.load(tiny_spec, "cpu")
     before = models.LOAD_COUNT["n"]
-    assert models.load(tiny_spec, "cpu") is tiny_model
+    assert models.load(tiny_spec, "cpu") is first
     assert models.LOAD_COUNT["n"] == before
 
 

@@ -1,6 +1,6 @@
 """Finding every model file a job will read before it generates or scores anything.
 
-A model file is named by what reads it: the base pipeline (`models.pipeline_files`), a method's own weights
+A model file is named by what reads it: the base pipeline (`pipeline_files`), a method's own weights
 (`Method.needed_files`: IP-Adapter's checkpoint, image encoder and content text tower, B-LoRA's Hub LoRAs) and each
 scorer's weights (`Scorer.needed_files`). `check_found` looks them all up in one place, without downloading weights:
 a file is found when its local path exists, when it is in the Hugging Face cache, or when the Hub can be reached
@@ -114,6 +114,22 @@ def _locate_on_hub(f: ModelFile, repo: str) -> Path | str:
         f"run `hf download {repo} {name}` on a machine with network access, or set {f.setting or 'its setting'} "
         f"to a local copy"
     )
+
+
+#: The components of each family's pipeline that hold weights, and the library that saves them.
+PIPELINE_COMPONENTS = {
+    "sdxl": {"unet": "diffusers", "vae": "diffusers", "text_encoder": "transformers", "text_encoder_2": "transformers"},
+    "sd15": {"unet": "diffusers", "vae": "diffusers", "text_encoder": "transformers"},
+}
+
+
+def pipeline_files(spec: Any) -> list[ModelFile]:
+    """The base pipeline's files a load reads (`models.ModelSpec` `spec`): its index and each component's weights."""
+    files = [ModelFile(f"the base pipeline of model {spec.name}", spec.base, ("model_index.json",), "model.base", spec.revision)]
+    for component, library in PIPELINE_COMPONENTS[spec.family].items():
+        names = weights_in(component, DIFFUSERS_WEIGHTS if library == "diffusers" else TRANSFORMERS_WEIGHTS, spec.variant)
+        files.append(ModelFile(f"the {component} weights of model {spec.name}", spec.base, names, "model.base", spec.revision))
+    return files
 
 
 def check_found(files: Iterable[ModelFile]) -> dict[ModelFile, Path | str]:

@@ -305,24 +305,6 @@ def load_unet_config(spec: ModelSpec) -> dict[str, Any]:
         raise unavailable("the UNet config", base, "unet", err) from err
 
 
-#: The components of each family's pipeline that hold weights, and the library that saves them.
-PIPELINE_COMPONENTS = {
-    "sdxl": {"unet": "diffusers", "vae": "diffusers", "text_encoder": "transformers", "text_encoder_2": "transformers"},
-    "sd15": {"unet": "diffusers", "vae": "diffusers", "text_encoder": "transformers"},
-}
-
-
-def pipeline_files(spec: ModelSpec) -> list[Any]:
-    """The base pipeline's files a load reads (`model_files.ModelFile`s): its index and each component's weights."""
-    from styleprobe.model_files import DIFFUSERS_WEIGHTS, TRANSFORMERS_WEIGHTS, ModelFile, weights_in
-
-    files = [ModelFile(f"the base pipeline of model {spec.name}", spec.base, ("model_index.json",), "model.base", spec.revision)]
-    for component, library in PIPELINE_COMPONENTS[spec.family].items():
-        names = weights_in(component, DIFFUSERS_WEIGHTS if library == "diffusers" else TRANSFORMERS_WEIGHTS, spec.variant)
-        files.append(ModelFile(f"the {component} weights of model {spec.name}", spec.base, names, "model.base", spec.revision))
-    return files
-
-
 @functools.cache
 def quiet_libraries() -> None:
     """Keep the run log about the run: no per-component progress bars, load chatter or deprecation notices from

@@ -249,12 +249,12 @@ def check_model_files(plan: SweepPlan, pending: list[WorkItem]) -> None:
     needs no weights, so it never asks for them on an offline node.
     """
     from styleprobe import scoring
-    from styleprobe.model_files import check_found
+    from styleprobe.model_files import check_found, pipeline_files
 
     by_entry: dict[str, list[WorkItem]] = {}
     for it in pending:
         by_entry.setdefault(it.entry.name, []).append(it)
-    files = models.pipeline_files(plan.spec) if pending else []
+    files = pipeline_files(plan.spec) if pending else []
     for items in by_entry.values():
         files += items[0].method.needed_files(plan.spec, items)
     files += scoring.scorer_files(scoring.unscored(plan.store, plan.scorers, {it.key for it in plan.items}))

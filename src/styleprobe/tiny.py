@@ -296,13 +296,12 @@ def _build(root: Path, dims: ModelDims = SIZES["tiny"]) -> None:
     The order of random draws is fixed: changing it changes every weight of the tiny model.
     """
     import torch
-
-    from styleprobe.models import quiet_libraries
-
-    quiet_libraries()  # the first build is part of a run: no "Writing model shards" bars on its stderr
+    import transformers
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from safetensors.torch import save_file
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    transformers.utils.logging.disable_progress_bar()  # the first build is part of a run: no "Writing model shards"
 
     torch.manual_seed(SEED)
     unet = UNet2DConditionModel(**dims.unet).eval()
