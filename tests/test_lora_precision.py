@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import styleprobe.lora_training as lt
+from styleprobe import models
 from styleprobe.data import PromptSpec
 from styleprobe.engine import Engine
 from styleprobe.errors import ConfigError
@@ -102,13 +103,16 @@ def test_an_unknown_precision_fails_in_one_line(tiny_model, references, make_ite
 def test_lora_weights_are_float32_and_initialised_as_on_a_float32_model_whatever_the_models_dtype(tiny_model):
     layer_map = LayerMap.from_unet(tiny_model.pipe.unet, "attn1")
     recipe = Recipe(targets=tuple(target_modules([STYLE], ("to_q", "to_k", "to_v", "to_out.0"), layer_map)), rank=4, seed=5)
-    full, half = copy.deepcopy(tiny_model.pipe.unet), copy.deepcopy(tiny_model.pipe.unet).half()
+    # a UNet read afresh: the session's may carry what earlier tests attached (an IP-Adapter's projection, B-LoRAs)
+    from diffusers import UNet2DConditionModel
+
+    fresh = UNet2DConditionModel.from_pretrained(models.resolve_source(tiny_model.spec.base), subfolder="unet").eval()
+    full, half = fresh, copy.deepcopy(fresh).half()
     base = {k: v.clone() for k, v in half.state_dict().items()}
     add_lora(full, recipe, "t")
     add_lora(half, recipe, "t")
-    # the LoRA's own weights (other trainable tensors, e.g. an adapter attached earlier in the session, are not its)
-    named = {n: p for n, p in full.named_parameters() if "lora_" in n}
-    named_half = {n: p for n, p in half.named_parameters() if "lora_" in n}
+    named = {n: p for n, p in full.named_parameters() if p.requires_grad}
+    named_half = {n: p for n, p in half.named_parameters() if p.requires_grad}
     assert set(named) == set(named_half) and named
     for n, p in named_half.items():
         assert p.dtype == torch.float32, n
