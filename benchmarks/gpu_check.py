@@ -164,7 +164,7 @@ class Context:
         self.device_arg = device
         self.scratch = scratch
         self.engine: Any = None  # bench_engine.prepare(...) of the P1 settings, set by the build part
-        self.results: dict[str, Any] = {}  # each part's figures, for the parts after it (P2 reads P1's)
+        self.partial: dict[str, Any] = {}  # a part's figures so far: kept in the JSON if it fails or times out later
 
     def engine_args(self, steps: int, items: int, batch: int) -> argparse.Namespace:
         import bench_engine
@@ -276,7 +276,7 @@ def part_p1_engine(ctx: Context) -> dict[str, Any]:
         per_batch[str(b)] = {"seconds_per_image": sec, "seconds": m["seconds"], "images": len(items),
                              "share_of_bf16_peak": flops_per_image / sec / (s.peak_tflops * 1e12),
                              "cuda_max_allocated_gib": (m["cuda_max_allocated_bytes"] or 0) / GIB or None}
-        ctx.results[f"engine_b{b}"] = (images, m["seconds"], len(items))
+        ctx.partial["p1_engine"] = {"per_batch": per_batch, "unet_flops_per_image": flops_per_image}
         print(f"  engine batch {b}: {sec:.3f} s/image, {per_batch[str(b)]['share_of_bf16_peak']:.1%} of the bf16 peak",
               flush=True)
     first, last = (str(b) for b in (s.engine_batches[0], s.engine_batches[-1]))
@@ -371,6 +371,7 @@ def part_knobs(ctx: Context) -> dict[str, Any]:
             knobs[spec] = {"error": f"{type(err).__name__}: {err}".splitlines()[0][:500]}
             print(f"  knob {spec}: failed: {knobs[spec]['error']}", flush=True)
         finally:
+            ctx.partial["knobs"] = {"knobs": knobs}
             if spec.startswith("compile"):
                 import torch
 
@@ -418,6 +419,7 @@ def part_p4_scoring(ctx: Context) -> dict[str, Any]:
                                        "images": per["images"], "priming_seconds": prime,
                                        "steady": per["embeddings_computed_into_caches"] + per["models_loaded"] == 0,
                                        "cuda_max_allocated_gib": (per["cuda_max_allocated_bytes"] or 0) / GIB or None}
+            ctx.partial["p4_scoring"] = {"rates": rates}
     release_models()
     base_key = next(iter(rates))
     base = rates[base_key]["images_per_s"]
@@ -533,6 +535,9 @@ def run_part(name: str, ctx: Context, remaining: float) -> dict[str, Any]:
     except SystemExit as err:  # a benchmark's own sys.exit(message)
         record.update(status="error", error=f"SystemExit: {err}"[:2000])
     record["seconds"] = time.perf_counter() - t0
+    if record["status"] != "ok" and name in ctx.partial:
+        record["partial_figures"] = ctx.partial[name]
+    ctx.partial.pop(name, None)
     record["over_budget"] = bool(budget) and record["seconds"] > budget
     if goal:
         value = record.pop("goal_value", None)

@@ -113,6 +113,7 @@ def test_a_failing_or_overlong_part_is_recorded_and_the_next_one_runs(monkeypatc
         raise ValueError("no such backend")
 
     def slow(ctx):
+        ctx.partial["knobs"] = {"knobs": {"plain": {"seconds_per_image": 1.0}}}
         time.sleep(5)
         return {"figures": {}, "ratios": {}}
 
@@ -125,6 +126,7 @@ def test_a_failing_or_overlong_part_is_recorded_and_the_next_one_runs(monkeypatc
     records = {n: module.run_part(n, ctx, remaining=60) for n in module.PARTS}
     assert records["p1_engine"]["status"] == "error" and "ValueError: no such backend" in records["p1_engine"]["error"]
     assert records["knobs"]["status"] == "timeout" and records["knobs"]["seconds"] < 2
+    assert records["knobs"]["partial_figures"] == {"knobs": {"plain": {"seconds_per_image": 1.0}}}  # kept
     assert records["p3_injection"]["status"] == "ok" and records["p3_injection"]["goal"]["met"] is True
     assert module.run_part("p3_injection", ctx, remaining=1)["status"] == "skipped"  # its budget no longer fits
     report = {"mode": "gpu", "date": "d", "machine": module.machine(), "max_seconds": 480, "budget_total_s": 20,
