@@ -208,7 +208,8 @@ def part_p5_memory(ctx: Context) -> dict[str, Any]:
     from styleprobe import memory
 
     before = int(torch.cuda.memory_allocated()) if torch.cuda.is_available() else None
-    result = memory_estimate.main([*ctx.settings.memory_args, "--out", str(ctx.scratch / "memory.json")])
+    result = memory_estimate.main([*ctx.settings.memory_args, "--device", ctx.device_arg,
+                                   "--out", str(ctx.scratch / "memory.json")])
     rows = {r["batch"]: r for r in result["rows"]}
 
     def auto(total_bytes: int) -> int | None:

@@ -45,8 +45,13 @@ fi
 echo "== carried wheels installed: ${#missing[@]} of $(ls .whl/*.whl 2>/dev/null | wc -l)" >> "$OUT/machine.txt"
 if [ "${#missing[@]}" -gt 0 ]; then
     printf '  %s\n' "${missing[@]##*/}" >> "$OUT/machine.txt"
-    "${PY[@]}" -m pip install --quiet --no-index --no-deps --target "$SITE" "${missing[@]}" >> "$OUT/machine.txt" 2>&1 \
-        || echo "pip install failed (see above)" >> "$OUT/machine.txt"
+    if "${PY[@]}" -m pip --version > /dev/null 2>&1; then
+        "${PY[@]}" -m pip install --quiet --no-index --no-deps --target "$SITE" "${missing[@]}" >> "$OUT/machine.txt" 2>&1 \
+            || echo "pip install failed (see above)" >> "$OUT/machine.txt"
+    else  # no pip there: a wheel is a zip of the installed files (none of these needs its scripts)
+        echo "no pip: wheels unpacked with zipfile" >> "$OUT/machine.txt"
+        for whl in "${missing[@]}"; do "${PY[@]}" -m zipfile -e "$whl" "$SITE" >> "$OUT/machine.txt" 2>&1; done
+    fi
 fi
 
 export PYTHONPATH="$SITE:$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
