@@ -213,15 +213,18 @@ def part_p5_memory(ctx: Context) -> dict[str, Any]:
     rows = {r["batch"]: r for r in result["rows"]}
 
     def auto(total_bytes: int) -> int | None:
-        fits = [b for b in memory.BATCH_SIZES if b in rows and rows[b]["estimate"]["total"] <= total_bytes - memory.SPARE_BYTES]
+        room = total_bytes - memory.SPARE_BYTES
+        fits = [b for b in memory.BATCH_SIZES if b in rows and rows[b]["estimate"]["total"] <= room]
         return max(fits) if fits else None
+
+    def gib(v: Any) -> Any:  # bytes as GiB; None (the CPU) or "out of memory" as they are
+        return v / GIB if isinstance(v, int) else v
 
     per_batch = {}
     for b, r in rows.items():
         m = r["measured"]
-        per_batch[str(b)] = {"estimate_gib": r["estimate"]["total"] / GIB,
-                             "measured_gib": m["total"] / GIB if isinstance(m.get("total"), int) else m.get("total"),
-                             "measured_denoise_gib": m["denoise"] / GIB if isinstance(m.get("denoise"), int) else m.get("denoise"),
+        per_batch[str(b)] = {"estimate_gib": r["estimate"]["total"] / GIB, "measured_gib": gib(m.get("total")),
+                             "measured_denoise_gib": gib(m.get("denoise")),
                              "measured_over_estimate": r["measured_over_estimate"],
                              "seconds": m.get("total_seconds")}
     at4 = per_batch.get("4", {}).get("measured_gib")
@@ -307,7 +310,8 @@ def part_p2_naive(ctx: Context) -> dict[str, Any]:
     diffs = bench_engine.pixel_diffs(naive, ours)
     speedup = mb["seconds"] / me["seconds"]
     return {
-        "figures": {"naive_seconds_per_image": mb["seconds"] / len(items), "engine_seconds_per_image": me["seconds"] / len(items),
+        "figures": {"naive_seconds_per_image": mb["seconds"] / len(items),
+                    "engine_seconds_per_image": me["seconds"] / len(items),
                     "images": len(items), "engine_batch": s.naive_batch, "pixel_diff_max": max(diffs.values()),
                     "naive_cpu_seconds": mb["cpu_seconds"], "engine_cpu_seconds": me["cpu_seconds"]},
         "ratios": {"naive / engine seconds": speedup},
