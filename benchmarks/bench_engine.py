@@ -37,6 +37,7 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
@@ -279,13 +280,12 @@ def pixel_diffs(a: dict[str, Any], b: dict[str, Any]) -> dict[str, int]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    quiet()
-    import numpy as np
-    import torch
+def prepare(args: argparse.Namespace, model: Any = None) -> SimpleNamespace:
+    """The loaded model with IP-Adapter attached, the sampler, the layer map and the planned items of `args`.
 
-    import diffusers
+    Split from `main` so that other benchmarks (gpu_check.py) time the same items on one model they load once;
+    `model` is such an already loaded model (its spec must be `model_spec(args)`'s).
+    """
     from styleprobe import models
     from styleprobe.data import load_prompts, load_style_set
     from styleprobe.engine import Engine
@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     sampler = Sampler(steps=steps, guidance=guidance, height=resolution, width=resolution)
 
     t0 = time.perf_counter()
-    model = models.load(spec, args.device)
+    model = model or models.load(spec, args.device)
     Engine(model).use(method("ip_adapter"), sampler)  # loads the adapter
     load_seconds = time.perf_counter() - t0
     pipe = model.pipe
@@ -327,6 +327,25 @@ def main(argv: list[str] | None = None) -> int:
     items = build_plan(model=spec, dtype=dtype_name, entries=entries, references=references, prompts=prompts,
                        seeds=list(range(args.seeds)))
     ref_images = {r.digest: r.load() for r in references}  # decoded once, as a researcher would
+    return SimpleNamespace(spec=spec, model=model, sampler=sampler, resolution=resolution, steps=steps,
+                           guidance=guidance, layer_map=layer_map, patterns=patterns, references=references,
+                           prompts=prompts, dtype_name=dtype_name, items=items, ref_images=ref_images,
+                           load_seconds=load_seconds)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    quiet()
+    import numpy as np
+    import torch
+
+    import diffusers
+
+    setup = prepare(args)
+    spec, model, sampler, layer_map = setup.spec, setup.model, setup.sampler, setup.layer_map
+    resolution, steps, guidance, patterns = setup.resolution, setup.steps, setup.guidance, setup.patterns
+    references, prompts, dtype_name, items = setup.references, setup.prompts, setup.dtype_name, setup.items
+    ref_images, load_seconds = setup.ref_images, setup.load_seconds
     n = len(items)
     print(
         f"model {spec.name} on {model.device} ({dtype_name}), {resolution}x{resolution}, {steps} steps, "

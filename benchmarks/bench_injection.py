@@ -28,6 +28,7 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,63 +58,71 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def apply_knobs(pipe: Any, knobs: list[str]) -> contextlib.ExitStack:
-    """Set the speed knobs on the pipeline; the returned stack holds the SDPA backend context."""
+SDPA_BACKENDS = ("flash", "efficient", "math", "cudnn")
+
+
+@contextlib.contextmanager
+def knob(pipe: Any, spec: str, compile_backend: str = "inductor") -> Iterator[None]:
+    """One speed knob on the pipeline's UNet for the block, undone after it (so knobs can be timed one at a time).
+
+    compile uses `nn.Module.compile` (in place: the UNet keeps its name, attributes and processors);
+    `compile_backend` "eager" checks the graph capture alone (the CPU smoke test), "inductor" is the real one.
+    """
     import torch
 
-    stack = contextlib.ExitStack()
-    for knob in knobs:
-        name, _, value = knob.partition("=")
-        if name == "channels_last":
-            pipe.unet.to(memory_format=torch.channels_last)
-        elif name == "compile":
-            pipe.unet = torch.compile(pipe.unet, fullgraph=False)
-        elif name == "sdpa":
-            from torch.nn.attention import SDPBackend, sdpa_kernel
+    name, _, value = spec.partition("=")
+    unet = pipe.unet
+    if name == "channels_last":
+        unet.to(memory_format=torch.channels_last)
+        try:
+            yield
+        finally:
+            unet.to(memory_format=torch.contiguous_format)
+    elif name == "compile":
+        unet.compile(backend=compile_backend, fullgraph=False)
+        try:
+            yield
+        finally:
+            unet._compiled_call_impl = None  # what nn.Module.compile set: back to the eager forward
+    elif name == "sdpa":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
 
-            backends = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
-                        "math": SDPBackend.MATH, "cudnn": SDPBackend.CUDNN_ATTENTION}
-            if value not in backends:
-                raise SystemExit(f"--knob sdpa={value!r}; choose one of {', '.join(backends)}")
-            stack.enter_context(sdpa_kernel(backends[value]))
-        else:
-            raise SystemExit(f"unknown --knob {knob!r}; choose channels_last, compile or sdpa=<backend>")
+        backends = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+                    "math": SDPBackend.MATH, "cudnn": SDPBackend.CUDNN_ATTENTION}
+        if value not in backends:
+            raise SystemExit(f"--knob sdpa={value!r}; choose one of {', '.join(backends)}")
+        with sdpa_kernel(backends[value]):
+            yield
+    else:
+        raise SystemExit(f"unknown --knob {spec!r}; choose channels_last, compile or sdpa=<backend>")
+
+
+def apply_knobs(pipe: Any, knobs: list[str]) -> contextlib.ExitStack:
+    """Set the speed knobs on the pipeline; closing the returned stack undoes them."""
+    stack = contextlib.ExitStack()
+    for spec in knobs:
+        stack.enter_context(knob(pipe, spec))
     return stack
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    quiet()
+def make_call(model: Any, engine: Any, sampler: Any, reference: Any) -> Callable[[str, int], None]:
+    """`call(path, batch)`: one pipeline call of `batch` images to latents under `path` (one of PATHS), the same
+    prompt, reference and seeds for every path; the engine must have IP-Adapter attached (`engine.use`)."""
     import torch
 
-    from styleprobe import models
-    from styleprobe.data import load_style_set
-    from styleprobe.engine import Engine
     from styleprobe.injection import native_processors, per_sample_adapter_inputs
-    from styleprobe.methods import method
-    from styleprobe.sampler import Sampler
     from styleprobe.subtraction import adapter_inputs, encode_references
 
-    spec, preset = model_spec(args)
-    resolution = args.resolution or DEFAULTS.get(args.model, {}).get("resolution") or int(preset["resolution"])
-    steps = args.steps or DEFAULTS.get(args.model, {}).get("steps") or int(preset["steps"])
-    model = models.load(spec, args.device)
-    sampler = Sampler(steps=steps, guidance=args.guidance, height=resolution, width=resolution)
-    engine = Engine(model)
-    engine.use(method("ip_adapter"), sampler)
     pipe, device = model.pipe, model.device
     state = pipe.unet.styleprobe_state
-    knobs = apply_knobs(pipe, args.knob)
-    reference = load_style_set("builtin:shapes_small")[0].load()
     cond, uncond = encode_references(model, [reference])
-    sizes = [int(b) for b in args.batch_sizes.split(",")]
 
     def call(path: str, batch: int) -> None:
         embeds = engine.prompt_embeds(["a cat sitting on a chair"] * batch, sampler)
         latents = engine.noise(list(range(batch)), sampler)
         ip = adapter_inputs(cond.repeat(batch, 1), uncond.repeat(batch, 1), True)
-        kwargs = dict(**embeds, latents=latents, num_inference_steps=steps, guidance_scale=args.guidance,
-                      height=resolution, width=resolution, output_type="latent")
+        kwargs = dict(**embeds, latents=latents, num_inference_steps=sampler.steps, guidance_scale=sampler.guidance,
+                      height=sampler.height, width=sampler.width, output_type="latent")
         with torch.inference_mode(), per_sample_adapter_inputs(pipe, ip) as ip_embeds:
             if path == "styleprobe":
                 scales = torch.ones(batch, len(state.layer_map))
@@ -127,44 +136,82 @@ def main(argv: list[str] | None = None) -> int:
                     finally:
                         pipe.set_ip_adapter_scale(1.0)
 
+    return call
+
+
+def count_flops(call: Callable[[str, int], None]) -> int:
+    """FLOPs of one batch-1 call (every UNet call of one image, CFG included), by torch.utils.flop_counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        call("diffusers", 1)
+    return counter.get_total_flops()
+
+
+def time_paths(call: Callable[[str, int], None], sizes: list[int], repeats: int, device: Any,
+               flops_per_call: int | None = None, peak_tflops: float = 790.0) -> dict[str, Any]:
+    """Per batch size: each path's median seconds after one warm-up, styleprobe / diffusers and each path's cost
+    over the floor (no image branch); with `flops_per_call` (a batch-1 call's) each path's share of the peak."""
+    import torch
+
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    flops_per_call = None
-    if args.flops:
-        from torch.utils.flop_counter import FlopCounterMode
-
-        with FlopCounterMode(display=False) as counter:
-            call("diffusers", 1)
-        flops_per_call = counter.get_total_flops()  # every UNet call of one batch-1 image, CFG included
-
     results: dict[str, Any] = {}
+    for batch in sizes:
+        row: dict[str, Any] = {}
+        for path in PATHS:
+            call(path, batch)  # warm-up (and compilation, with --knob compile)
+            times = []
+            for _ in range(repeats):
+                sync()
+                start = time.perf_counter()
+                call(path, batch)
+                sync()
+                times.append(time.perf_counter() - start)
+            row[path] = {"seconds": statistics.median(times), "all": times,
+                         "seconds_per_image": statistics.median(times) / batch}
+            if flops_per_call:
+                share = flops_per_call * batch / statistics.median(times) / (peak_tflops * 1e12)
+                row[path]["share_of_bf16_peak"] = share
+        d, o, n = (row[p]["seconds"] for p in PATHS)
+        row["styleprobe_over_diffusers"] = o / d
+        row["diffusers_image_branch_over_floor"] = d / n - 1
+        row["styleprobe_image_branch_over_floor"] = o / n - 1
+        results[str(batch)] = row
+        print(f"batch {batch}: diffusers {d:.3f} s, styleprobe {o:.3f} s ({o / d:.3f}x), no image branch {n:.3f} s"
+              + (f"; share of bf16 peak: {row['diffusers']['share_of_bf16_peak']:.1%} / "
+                 f"{row['styleprobe']['share_of_bf16_peak']:.1%}" if flops_per_call else ""), flush=True)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    quiet()
+    import torch
+
+    from styleprobe import models
+    from styleprobe.data import load_style_set
+    from styleprobe.engine import Engine
+    from styleprobe.methods import method
+    from styleprobe.sampler import Sampler
+
+    spec, preset = model_spec(args)
+    resolution = args.resolution or DEFAULTS.get(args.model, {}).get("resolution") or int(preset["resolution"])
+    steps = args.steps or DEFAULTS.get(args.model, {}).get("steps") or int(preset["steps"])
+    model = models.load(spec, args.device)
+    sampler = Sampler(steps=steps, guidance=args.guidance, height=resolution, width=resolution)
+    engine = Engine(model)
+    engine.use(method("ip_adapter"), sampler)
+    pipe, device = model.pipe, model.device
+    knobs = apply_knobs(pipe, args.knob)
+    reference = load_style_set("builtin:shapes_small")[0].load()
+    sizes = [int(b) for b in args.batch_sizes.split(",")]
+    call = make_call(model, engine, sampler, reference)
+    flops_per_call = count_flops(call) if args.flops else None
     with knobs:
-        for batch in sizes:
-            row: dict[str, Any] = {}
-            for path in PATHS:
-                call(path, batch)  # warm-up (and compilation, with --knob compile)
-                times = []
-                for _ in range(args.repeats):
-                    sync()
-                    start = time.perf_counter()
-                    call(path, batch)
-                    sync()
-                    times.append(time.perf_counter() - start)
-                row[path] = {"seconds": statistics.median(times), "all": times,
-                             "seconds_per_image": statistics.median(times) / batch}
-                if flops_per_call:
-                    share = flops_per_call * batch / statistics.median(times) / (args.peak_tflops * 1e12)
-                    row[path]["share_of_bf16_peak"] = share
-            d, o, n = (row[p]["seconds"] for p in PATHS)
-            row["styleprobe_over_diffusers"] = o / d
-            row["diffusers_image_branch_over_floor"] = d / n - 1
-            row["styleprobe_image_branch_over_floor"] = o / n - 1
-            results[str(batch)] = row
-            print(f"batch {batch}: diffusers {d:.3f} s, styleprobe {o:.3f} s ({o / d:.3f}x), no image branch {n:.3f} s"
-                  + (f"; share of bf16 peak: {row['diffusers']['share_of_bf16_peak']:.1%} / "
-                     f"{row['styleprobe']['share_of_bf16_peak']:.1%}" if flops_per_call else ""))
+        results = time_paths(call, sizes, args.repeats, device, flops_per_call, args.peak_tflops)
 
     out = args.out or REPO / ".bench" / f"injection-{spec.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

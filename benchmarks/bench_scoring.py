@@ -278,6 +278,18 @@ def sweep(label: str, run_call, batch_sizes: list[int], n_images: int, repeats: 
     return out
 
 
+def together_call(scorers: list[Any], inputs: Inputs, on_device: Any = None) -> Any:
+    """`run(b, start)`: every scorer on one fresh ScoreBatch of `b` outputs, as the scoring stage runs them; with
+    `on_device` (a device) the batch is preprocessed there as tensors, else by PIL per image."""
+
+    def run(b: int, start: int) -> None:
+        batch = inputs.batch(start, b, on_device=on_device)
+        for s in scorers:
+            s.score(batch)
+
+    return run
+
+
 def add_speedups(per_b: dict[str, Any], base: int) -> None:
     for r in per_b.values():
         r["speedup_vs_batch_%d" % base] = r["images_per_s"] / per_b[str(base)]["images_per_s"]
@@ -363,12 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_together and len(scorers) > 1:
             print(f"together: {len(scorers)} metrics on one ScoreBatch per call", flush=True)
 
-            def together(b: int, start: int) -> None:
-                batch = inputs.batch(start, b)
-                for s in scorers:
-                    s.score(batch)
-
-            per_b = sweep("together", together, batch_sizes, args.n_images, args.repeats, device)
+            per_b = sweep("together", together_call(scorers, inputs), batch_sizes, args.n_images, args.repeats, device)
             add_speedups(per_b, base)
             for key, r in per_b.items():
                 separate = sum(results["metrics"][s.name]["batch_sizes"][key]["seconds_per_image"] for s in scorers)
@@ -382,12 +389,7 @@ def main(argv: list[str] | None = None) -> int:
             for s in scorers:  # fill the reference caches of the tensor path
                 s.score(inputs.batch(0, max(len(inputs.refs), len(inputs.prompts)), on_device=device))
 
-            def together_tensor(b: int, start: int) -> None:
-                batch = inputs.batch(start, b, on_device=device)
-                for s in scorers:
-                    s.score(batch)
-
-            per_t = sweep("together/tensor", together_tensor, batch_sizes, args.n_images, args.repeats, device)
+            per_t = sweep("together/tensor", together_call(scorers, inputs, device), batch_sizes, args.n_images, args.repeats, device)
             add_speedups(per_t, base)
             for key, r in per_t.items():
                 r["speedup_vs_pil"] = r["images_per_s"] / per_b[key]["images_per_s"]
