@@ -178,6 +178,17 @@ def maxrss_bytes() -> int:
     return r if sys.platform == "darwin" else r * 1024  # Linux: KiB
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo), else what `platform` knows: the machine a CPU figure was taken on."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 # the two paths ------------------------------------------------------------------------------------
 def run_baseline(model, items, sampler, layer_map, references) -> dict[str, Any]:
     """The plain-diffusers loop: one call per item, prompt and reference re-encoded every time."""

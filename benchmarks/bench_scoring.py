@@ -41,7 +41,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 METRICS_DIR = REPO / "experiments" / "metrics"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_engine import PeakRSS, maxrss_bytes  # noqa: E402 - the memory helpers of the sibling benchmark
+from bench_engine import PeakRSS, cpu_name, maxrss_bytes  # noqa: E402 - helpers of the sibling benchmark
 
 
 def default_metrics() -> list[str]:
@@ -303,13 +303,7 @@ def device_name(device) -> str:
 
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpu_name()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -554,8 +554,10 @@ def run_part(name: str, ctx: Context, remaining: float) -> dict[str, Any]:
 
 def machine() -> dict[str, Any]:
     """The machine and software the figures were taken on."""
+    import bench_engine
+
     info: dict[str, Any] = {"host": socket.gethostname(), "python": platform.python_version(),
-                            "platform": platform.platform(), "cpu_count": os.cpu_count(), "cpu": _cpu_name()}
+                            "platform": platform.platform(), "cpu_count": os.cpu_count(), "cpu": bench_engine.cpu_name()}
     try:
         import torch
 
@@ -576,16 +578,6 @@ def machine() -> dict[str, Any]:
         except Exception:  # noqa: BLE001
             info[name] = None
     return info
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _num(v: Any) -> str:
