@@ -116,6 +116,13 @@ def _locate_on_hub(f: ModelFile, repo: str) -> Path | str:
     )
 
 
+def model_folder(what: str, source: str, setting: str, folder: str = "", revision: str | None = None) -> list[ModelFile]:
+    """A Hugging Face model folder's two files, its `config.json` and its weights (`weights_in`), inside `source`."""
+    prefix = f"{folder.strip('/')}/" if folder.strip("/") else ""
+    return [ModelFile(f"{what} (config)", source, (f"{prefix}config.json",), setting, revision),
+            ModelFile(f"{what} (weights)", source, weights_in(folder), setting, revision)]
+
+
 #: The components of each family's pipeline that hold weights, and the library that saves them.
 PIPELINE_COMPONENTS = {
     "sdxl": {"unet": "diffusers", "vae": "diffusers", "text_encoder": "transformers", "text_encoder_2": "transformers"},

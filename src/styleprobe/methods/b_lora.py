@@ -108,6 +108,12 @@ class LoRASource:
     checkpoint_every: int = 500
     gradient_checkpointing: bool = True
 
+    @property
+    def hub_parts(self) -> tuple[str, str | None]:
+        """A Hub LoRA's repository ("owner/name") and its weight file's name (None: diffusers' default names)."""
+        owner, repo, *weight = self.location.split("/", 2)
+        return f"{owner}/{repo}", (weight[0] if weight else None)
+
 
 @dataclass
 class BLoRAState:
@@ -299,9 +305,9 @@ class BLoRA(Method):
             if src.kind == "file":
                 files.append(ModelFile(what, src.location, (), "the style set's b_lora column"))
             elif src.kind == "hub":
-                owner, repo, *weight = src.location.split("/", 2)
-                names = tuple(weight) or ("pytorch_lora_weights.safetensors", "pytorch_lora_weights.bin")
-                files.append(ModelFile(what, f"{owner}/{repo}", names, "the style set's b_lora column"))
+                repo, weight = src.hub_parts
+                names = (weight,) if weight else ("pytorch_lora_weights.safetensors", "pytorch_lora_weights.bin")
+                files.append(ModelFile(what, repo, names, "the style set's b_lora column"))
         return files
 
     def batch_key(self, item: Any) -> tuple[Any, ...]:
@@ -422,8 +428,8 @@ class BLoRA(Method):
             src, name = self._by_key[key], f"b_lora_{key}"
             source, options, what = str(state.files.get(key, src.location)), {}, f"the B-LoRA {src.location or key}"
             if src.kind == "hub":
-                owner, repo, *weight = src.location.split("/", 2)
-                source, options, what = f"{owner}/{repo}", {"weight_name": weight[0]} if weight else {}, f"{what} on the Hub"
+                source, weight = src.hub_parts
+                options, what = ({"weight_name": weight} if weight else {}), f"{what} on the Hub"
             try:
                 load_unet_lora(model.pipe, source, name, what, "B-LoRA trains UNet blocks only; the text encoders stay "
                                "the base model's for every method", **options)

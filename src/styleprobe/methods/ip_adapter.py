@@ -120,20 +120,17 @@ class IPAdapter(Method):
 
     def needed_files(self, spec: Any, items: Sequence[Any]) -> list[Any]:
         """The checkpoint, its image encoder, and the content text tower when some item subtracts."""
-        from styleprobe.model_files import ModelFile, weights_in
+        from styleprobe.model_files import ModelFile, model_folder
 
         a, encoder = spec.adapter, image_encoder_subfolder(spec)
         files = [ModelFile(f"the IP-Adapter {a.weight_name}", a.source, (f"{a.subfolder}/{a.weight_name}".strip("/"),),
                            "model.adapter.source")]
         if a.image_encoder_folder:
-            files += [ModelFile(f"the IP-Adapter's image encoder config ({encoder})", a.source, (f"{encoder}/config.json",),
-                                "model.adapter.image_encoder_folder"),
-                      ModelFile(f"the IP-Adapter's image encoder weights ({encoder})", a.source, weights_in(encoder),
-                                "model.adapter.image_encoder_folder")]
+            files += model_folder(f"the IP-Adapter's image encoder {encoder}", a.source,
+                                  "model.adapter.image_encoder_folder", encoder)
         if spec.content_text_encoder and _subtracts(items):
             tower = spec.content_text_encoder
-            files += [ModelFile(f"the content text tower {tower}", tower, ("config.json",), "model.content_text_encoder"),
-                      ModelFile(f"the content text tower {tower}", tower, weights_in(""), "model.content_text_encoder")]
+            files += model_folder(f"the content text tower {tower}", tower, "model.content_text_encoder")
         return files
 
     def check_files(self, spec: Any, items: Sequence[Any]) -> None:

@@ -121,10 +121,9 @@ class StyleDINO(Scorer):
         return self.source
 
     def hub_files(self) -> list[Any]:
-        from styleprobe.model_files import ModelFile, weights_in
+        from styleprobe.model_files import model_folder
 
-        what, setting = f"the {self.source} weights of {self.name}", f"metrics.{self.name}.model"
-        return [ModelFile(what, self.source, ("config.json",), setting), ModelFile(what, self.source, weights_in(""), setting)]
+        return model_folder(f"the {self.source} model of {self.name}", self.source, f"metrics.{self.name}.model")
 
     def _model_key(self) -> tuple[Any, ...]:
         return ("hf_vit", self.source, self.settings.weights, str(self.settings.device), str(self.settings.dtype))
