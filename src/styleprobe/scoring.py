@@ -140,36 +140,37 @@ def record_roles(store: Store, scorers: list[Any]) -> None:
             store.write_metric_identity(s.name, identity, role_names(s))
 
 
-def adopt_renamed(store: Store, scorers: list[Any]) -> list[str]:
-    """A metric scored under its old name (`leak_dino`, now `ref_dinov2`) with the same identity is moved to its new
-    name, not scored again. Returns the old names adopted."""
+def renamed_scores(store: Store, scorer: Any) -> list[str]:
+    """The old names (`leak_dino`, now `ref_dinov2`) under which the folder holds this metric's scores with its
+    identity, while the new name holds none: scores to move rather than compute again."""
     from styleprobe.metric_roles import RENAMED
 
+    if store.metric_identity(scorer.name) is not None:
+        return []
+    return [old for old, (new, _) in RENAMED.items() if new == scorer.name and store.metric_identity(old) == scorer.identity()]
+
+
+def adopt_renamed(store: Store, scorers: list[Any]) -> list[str]:
+    """A metric scored under its old name with the same identity (`renamed_scores`) is moved to its new name, not
+    scored again. Returns the old names adopted."""
     adopted = []
     for s in scorers:
-        if store.metric_identity(s.name) is not None:
-            continue
-        for old, (new, _) in RENAMED.items():
-            if new == s.name and store.metric_identity(old) == s.identity() and store.score_files(old):
-                store.rename_metric(old, new, role_names(s))
-                log.info("scores of %s are now %s (renamed, not rescored)", old, new)
-                adopted.append(old)
-                break
+        old = next((o for o in renamed_scores(store, s) if store.score_files(o)), None)
+        if old is not None:
+            store.rename_metric(old, s.name, role_names(s))
+            log.info("scores of %s are now %s (renamed, not rescored)", old, s.name)
+            adopted.append(old)
     return adopted
 
 
 def unscored(store: Store, scorers: list[Any], keys: set[str]) -> list[Any]:
     """The scorers that still lack a score for some of `keys`: the ones whose weights scoring them will read. Scores
     kept under a renamed metric's old name with the same identity count as scored (`adopt_renamed` moves them)."""
-    from styleprobe.metric_roles import RENAMED
-
     out = []
     for s in scorers:
         scored = store.scored_keys(s.name)
-        if store.metric_identity(s.name) is None:
-            for old, (new, _) in RENAMED.items():
-                if new == s.name and store.metric_identity(old) == s.identity():
-                    scored |= store.scored_keys(old)
+        for old in renamed_scores(store, s):
+            scored |= store.scored_keys(old)
         if keys - scored:
             out.append(s)
     return out
