@@ -99,7 +99,7 @@ def model_spec(args: argparse.Namespace):
     """(ModelSpec, preset dict) for --preset, or for the tiny / random-SDXL model."""
     from omegaconf import OmegaConf
 
-    from styleprobe.models import AdapterSpec, ModelSpec
+    from styleprobe.models.presets import AdapterSpec, ModelSpec
 
     if args.preset or args.model == "tiny":
         path = Path(args.preset or "tiny")
@@ -110,7 +110,7 @@ def model_spec(args: argparse.Namespace):
         if args.dtype != "auto":
             spec = ModelSpec(**{**spec.__dict__, "dtype": args.dtype})
         return spec, preset
-    from styleprobe.tiny import ensure_random_sdxl
+    from styleprobe.models.tiny import ensure_random_sdxl
 
     root = ensure_random_sdxl(args.model)
     spec = ModelSpec(
@@ -194,8 +194,8 @@ def run_baseline(model, items, sampler, layer_map, references) -> dict[str, Any]
     """The plain-diffusers loop: one call per item, prompt and reference re-encoded every time."""
     import torch
 
-    from styleprobe.injection import native_processors
-    from styleprobe.layers import native_scale_config
+    from styleprobe.methods.ip_adapter.injection import native_processors
+    from styleprobe.models.layers import native_scale_config
 
     pipe = model.pipe
     images = {}
@@ -227,14 +227,14 @@ def forget(model) -> None:
 
 def run_engine(model, items, batch_size, path: str) -> dict[str, Any]:
     """The engine over the items, with empty encoding caches, in the batches `generate` would make."""
-    from styleprobe.engine import Engine, batch_order
+    from styleprobe.run.engine import Engine, batch_order
 
     forget(model)
     engine = Engine(model, batch_size)
     if path == "generate":
         from PIL import Image
 
-        from styleprobe.store import Store
+        from styleprobe.run.store import Store
 
         with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp:
             store = Store(tmp)
@@ -297,13 +297,14 @@ def prepare(args: argparse.Namespace, model: Any = None) -> SimpleNamespace:
     Split from `main` so that other benchmarks (gpu_check.py) time the same items on one model they load once;
     `model` is such an already loaded model (its spec must be `model_spec(args)`'s).
     """
-    from styleprobe import models
-    from styleprobe.data import load_prompts, load_style_set
-    from styleprobe.engine import Engine
-    from styleprobe.layers import LayerMap, native_scale_config
+    from styleprobe.data.prompt_sets import load_prompts
+    from styleprobe.data.style_sets import load_style_set
     from styleprobe.methods import method, parse_entries
-    from styleprobe.plan import build_plan
-    from styleprobe.sampler import Sampler
+    from styleprobe.models import loading
+    from styleprobe.models.layers import LayerMap, native_scale_config
+    from styleprobe.run.engine import Engine
+    from styleprobe.run.plan import build_plan
+    from styleprobe.run.sampler import Sampler
 
     spec, preset = model_spec(args)
     resolution = args.resolution or int(preset["resolution"])
@@ -312,7 +313,7 @@ def prepare(args: argparse.Namespace, model: Any = None) -> SimpleNamespace:
     sampler = Sampler(steps=steps, guidance=guidance, height=resolution, width=resolution)
 
     t0 = time.perf_counter()
-    model = model or models.load(spec, args.device)
+    model = model or loading.load(spec, args.device)
     Engine(model).use(method("ip_adapter"), sampler)  # loads the adapter
     load_seconds = time.perf_counter() - t0
     pipe = model.pipe
@@ -347,10 +348,9 @@ def prepare(args: argparse.Namespace, model: Any = None) -> SimpleNamespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     quiet()
+    import diffusers
     import numpy as np
     import torch
-
-    import diffusers
 
     setup = prepare(args)
     spec, model, sampler, layer_map = setup.spec, setup.model, setup.sampler, setup.layer_map

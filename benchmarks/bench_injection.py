@@ -110,8 +110,8 @@ def make_call(model: Any, engine: Any, sampler: Any, reference: Any) -> Callable
     prompt, reference and seeds for every path; the engine must have IP-Adapter attached (`engine.use`)."""
     import torch
 
-    from styleprobe.injection import native_processors, per_sample_adapter_inputs
-    from styleprobe.subtraction import adapter_inputs, encode_references
+    from styleprobe.methods.ip_adapter.embeddings import adapter_inputs, encode_references
+    from styleprobe.methods.ip_adapter.injection import native_processors, per_sample_adapter_inputs
 
     pipe, device = model.pipe, model.device
     state = pipe.unet.styleprobe_state
@@ -191,16 +191,16 @@ def main(argv: list[str] | None = None) -> int:
     quiet()
     import torch
 
-    from styleprobe import models
-    from styleprobe.data import load_style_set
-    from styleprobe.engine import Engine
+    from styleprobe.data.style_sets import load_style_set
     from styleprobe.methods import method
-    from styleprobe.sampler import Sampler
+    from styleprobe.models import loading
+    from styleprobe.run.engine import Engine
+    from styleprobe.run.sampler import Sampler
 
     spec, preset = model_spec(args)
     resolution = args.resolution or DEFAULTS.get(args.model, {}).get("resolution") or int(preset["resolution"])
     steps = args.steps or DEFAULTS.get(args.model, {}).get("steps") or int(preset["steps"])
-    model = models.load(spec, args.device)
+    model = loading.load(spec, args.device)
     sampler = Sampler(steps=steps, guidance=args.guidance, height=resolution, width=resolution)
     engine = Engine(model)
     engine.use(method("ip_adapter"), sampler)

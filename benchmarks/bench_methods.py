@@ -85,8 +85,8 @@ def run_method(model, items, batch_size: int) -> dict[str, Any]:
     """Engine.generate of one method's items into a fresh Store: wall seconds, preparation, memory."""
     import torch
 
-    from styleprobe.engine import Engine
-    from styleprobe.store import Store
+    from styleprobe.run.engine import Engine
+    from styleprobe.run.store import Store
 
     forget(model)
     cuda = model.device.type == "cuda"
@@ -116,18 +116,19 @@ def run_method(model, items, batch_size: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     quiet()
+    import diffusers
     import torch
 
-    import diffusers
-    from styleprobe import models
-    from styleprobe.data import load_prompts, load_style_set
-    from styleprobe.layers import LayerMap
-    from styleprobe.plan import build_plan
+    from styleprobe.data.prompt_sets import load_prompts
+    from styleprobe.data.style_sets import load_style_set
+    from styleprobe.models import loading
+    from styleprobe.models.layers import LayerMap
+    from styleprobe.run.plan import build_plan
 
     spec, preset = model_spec(args)
     resolution = args.resolution or int(preset["resolution"])
     t0 = time.perf_counter()
-    model = models.load(spec, args.device)
+    model = loading.load(spec, args.device)
     load_seconds = time.perf_counter() - t0
     entries = entries_for(args, {**preset, "resolution": resolution}, lambda site: LayerMap.from_unet(model.pipe.unet, site))
     references = load_style_set("builtin:shapes")[: args.references]

@@ -315,16 +315,17 @@ def main(argv: list[str] | None = None) -> int:
     import torchvision
     import transformers
 
-    from styleprobe.data import load_prompts, load_style_set
+    from styleprobe.data.prompt_sets import load_prompts
+    from styleprobe.data.style_sets import load_style_set
     from styleprobe.errors import StyleprobeError
     from styleprobe.metrics import build_scorers, release_models
-    from styleprobe.models import resolve_device
+    from styleprobe.models.devices import resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     configs = metric_configs(args.metric_names)
-    from styleprobe.scoring import scoring_dtype
+    from styleprobe.run.scoring import scoring_dtype
 
     scorers = build_scorers(configs, device, args.weights, dtype=scoring_dtype(args.dtype))
     references = load_style_set("builtin:shapes")[: args.references]

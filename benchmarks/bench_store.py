@@ -60,7 +60,7 @@ def plan(root: Path, seeds: int) -> Any:
     from hydra import compose, initialize_config_dir
 
     from styleprobe.config import CONFIG_DIR
-    from styleprobe.sweep import prepare
+    from styleprobe.run.sweep import prepare
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides(root, seeds))
@@ -72,7 +72,7 @@ def write_store(root: Path, seeds: int, items_per_run: int) -> tuple[int, float]
     import numpy as np
     import pandas as pd
 
-    from styleprobe.store import Store
+    from styleprobe.run.store import Store
 
     start = time.perf_counter()
     p = plan(root, seeds)
@@ -143,7 +143,7 @@ def cli(args: list[str]) -> tuple[float, str]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    from styleprobe.store import Store
+    from styleprobe.run.store import Store
 
     root = (args.dir or Path(tempfile.mkdtemp(prefix="styleprobe-bench-store-"))) / "layer_probe"
     seeds = math.ceil(args.items / len(plan(root, 1).items))

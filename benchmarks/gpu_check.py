@@ -205,7 +205,7 @@ def part_p5_memory(ctx: Context) -> dict[str, Any]:
     import memory_estimate
     import torch
 
-    from styleprobe import memory
+    from styleprobe.models import memory
 
     before = int(torch.cuda.memory_allocated()) if torch.cuda.is_available() else None
     result = memory_estimate.main([*ctx.settings.memory_args, "--device", ctx.device_arg,
@@ -261,8 +261,8 @@ def part_p1_engine(ctx: Context) -> dict[str, Any]:
     import bench_engine
     import bench_injection
 
-    from styleprobe.engine import Engine
     from styleprobe.methods import method
+    from styleprobe.run.engine import Engine
 
     e, s = ctx.need_engine(), ctx.settings
     model, items = e.model, e.items
@@ -324,8 +324,8 @@ def part_p3_injection(ctx: Context) -> dict[str, Any]:
     """bench_injection's three paths (diffusers' processor, ours, no image branch) at each batch size."""
     import bench_injection
 
-    from styleprobe.engine import Engine
     from styleprobe.methods import method
+    from styleprobe.run.engine import Engine
 
     e, s = ctx.need_engine(), ctx.settings
     sampler = replace(e.sampler, steps=s.injection_steps)
@@ -395,9 +395,10 @@ def part_p4_scoring(ctx: Context) -> dict[str, Any]:
     """The default metrics together (bench_scoring's measurement) per dtype and preprocessing path."""
     import bench_scoring
 
-    from styleprobe.data import load_prompts, load_style_set
+    from styleprobe.data.prompt_sets import load_prompts
+    from styleprobe.data.style_sets import load_style_set
     from styleprobe.metrics import build_scorers, release_models
-    from styleprobe.models import resolve_device
+    from styleprobe.models.devices import resolve_device
 
     s = ctx.settings
     bench_scoring.quiet()

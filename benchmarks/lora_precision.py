@@ -78,7 +78,8 @@ def tiny_model(device: str) -> tuple[Any, dict[str, Any]]:
     """The tiny pipeline (float32) and its training noise schedule."""
     from omegaconf import OmegaConf
 
-    from styleprobe.models import ModelSpec, load, quiet_libraries
+    from styleprobe.models.loading import load, quiet_libraries
+    from styleprobe.models.presets import ModelSpec
 
     quiet_libraries()
     spec = ModelSpec.from_config(OmegaConf.to_container(OmegaConf.load(REPO / "experiments" / "model" / "tiny.yaml")))
@@ -113,7 +114,7 @@ def sdxl_model(device: torch.device) -> tuple[Any, dict[str, Any]]:
     embeddings of SDXL's shapes, as the attributes `train` uses; SDXL's training noise schedule."""
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
-    from styleprobe.tiny import SDXL_UNET_CONFIG
+    from styleprobe.models.tiny import SDXL_UNET_CONFIG
 
     torch.manual_seed(0)
     with torch.device(device):
@@ -134,7 +135,7 @@ def sdxl_model(device: torch.device) -> tuple[Any, dict[str, Any]]:
 @contextlib.contextmanager
 def scaler_off(off: bool) -> Iterator[None]:
     """Training without the loss scaler (fp16_unscaled): the scaler styleprobe's training asks for is disabled."""
-    import styleprobe.lora_training as lt
+    import styleprobe.methods.b_lora.training as lt
 
     real = lt.grad_scaler
     if off:
@@ -147,9 +148,9 @@ def scaler_off(off: bool) -> Iterator[None]:
 
 def run_mode(pipe: Any, schedule: dict[str, Any], image: Any, args: argparse.Namespace, mode: str) -> dict[str, Any]:
     """Train in one mode on a copy of the UNet cast to the mode's dtype; the summary and the trained lora_B."""
-    from styleprobe.layers import LayerMap
-    from styleprobe.lora import MODULE_PRESETS, PROJECTIONS, target_modules
-    from styleprobe.lora_training import Recipe, train
+    from styleprobe.methods.b_lora.lora import MODULE_PRESETS, PROJECTIONS, target_modules
+    from styleprobe.methods.b_lora.training import Recipe, train
+    from styleprobe.models.layers import LayerMap
 
     dtype, mixed_precision, scaled = MODES[mode]
     unet = copy.deepcopy(pipe.unet).to(dtype)
@@ -215,8 +216,8 @@ def markdown(results: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None, pipe: Any = None, schedule: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run the modes; `pipe` and `schedule` may be given (a loaded tiny pipeline), else they are made for --size."""
-    from styleprobe.data import load_style_set
-    from styleprobe.models import resolve_device
+    from styleprobe.data.style_sets import load_style_set
+    from styleprobe.models.devices import resolve_device
 
     args = parse_args(argv)
     device = resolve_device(args.device)

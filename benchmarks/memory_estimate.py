@@ -54,8 +54,8 @@ def build_pipeline(smoke: bool, device: Any, dtype: Any) -> Any:
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
     from transformers import CLIPVisionModelWithProjection
 
-    from styleprobe import architectures, tiny
-    from styleprobe.models import quiet_libraries
+    from styleprobe.models import architectures, tiny
+    from styleprobe.models.loading import quiet_libraries
 
     quiet_libraries()
     torch.manual_seed(0)
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     import torch
 
-    from styleprobe import memory
+    from styleprobe.models import memory
 
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     pipe = build_pipeline(args.smoke, device, dtype)

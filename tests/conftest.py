@@ -32,7 +32,7 @@ def cache_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_spec():
-    from styleprobe.models import AdapterSpec, ModelSpec
+    from styleprobe.models.presets import AdapterSpec, ModelSpec
 
     return ModelSpec(
         name="tiny",
@@ -45,8 +45,7 @@ def tiny_spec():
 @pytest.fixture(scope="session")
 def tiny_model(tiny_spec):
     """The tiny pipeline (shared: tests must not mutate it), loaded once per session."""
-    from styleprobe.models import quiet_libraries
-    from styleprobe.models import load
+    from styleprobe.models.loading import load, quiet_libraries
 
     quiet_libraries()
     return load(tiny_spec, "cpu")
@@ -55,8 +54,8 @@ def tiny_model(tiny_spec):
 @pytest.fixture
 def tiny_ip(tiny_model):
     """The tiny pipeline set up for IP-Adapter: its adapter loaded and styleprobe's attn2 processors in place."""
-    from styleprobe.engine import Engine
     from styleprobe.methods import method
+    from styleprobe.run.engine import Engine
 
     ip = method("ip_adapter")
     Engine(tiny_model).use(ip, _sampler())
@@ -64,14 +63,14 @@ def tiny_ip(tiny_model):
 
 
 def _sampler():
-    from styleprobe.sampler import Sampler
+    from styleprobe.run.sampler import Sampler
 
     return Sampler(steps=2, guidance=5.0, height=64, width=64)
 
 
 @pytest.fixture(scope="session")
 def references():
-    from styleprobe.data import load_style_set
+    from styleprobe.data.style_sets import load_style_set
 
     return load_style_set("builtin:shapes")
 
@@ -79,12 +78,12 @@ def references():
 @pytest.fixture
 def keep_tiny_loaded(tiny_model):
     """For tests that load another model: afterwards the session's tiny model is the loaded one again."""
-    from styleprobe import models
+    from styleprobe.models import loading
 
-    saved = dict(models._LOADED)
+    saved = dict(loading._LOADED)
     yield
-    models._LOADED.clear()
-    models._LOADED.update(saved)
+    loading._LOADED.clear()
+    loading._LOADED.update(saved)
 
 
 @pytest.fixture
@@ -93,10 +92,10 @@ def make_items():
 
     Knobs given as lists are swept; `prompts` are (prompt, subject) texts, `sampler` a Sampler (2 steps by default).
     """
-    from styleprobe.data import PromptSpec
-    from styleprobe.layers import LayerMap
+    from styleprobe.data.prompt_sets import PromptSpec
     from styleprobe.methods import parse_entries
-    from styleprobe.plan import build_plan
+    from styleprobe.models.layers import LayerMap
+    from styleprobe.run.plan import build_plan
 
     def make(model, method, references, patterns=("all",), prompts=("a teapot",), seeds=(0,), sampler=None, **knobs):
         sampler = sampler or _sampler()

@@ -10,14 +10,14 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 import pytest
+from conftest import on_tiny
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from conftest import on_tiny
 from styleprobe.analysis import analyze, default_settings, figures, load_results
 from styleprobe.config import CONFIG_DIR
 from styleprobe.errors import AnalysisError
-from styleprobe.sweep import prepare, run
+from styleprobe.run.sweep import prepare, run
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 METRICS = "metrics=[style_csd,leak_clip,text_clip]"
@@ -199,7 +199,7 @@ def _condition(name: str) -> dict:
     """The row columns that say what a condition injects: presets by name, `one_hot:<module>` as the module sweep."""
     import json
 
-    from styleprobe.layers import PRESETS
+    from styleprobe.models.layers import PRESETS
 
     if name.startswith("one_hot:"):
         target = name.split(":", 1)[1]
@@ -218,7 +218,7 @@ def _folder(root: Path, means: dict[str, dict[str, float]], n_refs: int = 3, n_p
     reference r's effects (each condition's distance from `none`)."""
     import numpy as np
 
-    from styleprobe.store import Store
+    from styleprobe.run.store import Store
 
     root.mkdir(parents=True)
     store, rng = Store(root), np.random.default_rng(seed)

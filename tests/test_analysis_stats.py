@@ -11,16 +11,10 @@ import pandas as pd
 import pytest
 
 from styleprobe.analysis.conditions import preset_rows, unet_sort_key, unet_sorted
-from styleprobe.analysis.load import (
-    load_results,
-    metric_columns,
-    metric_label,
-    require_columns,
-    varying_conditions,
-)
+from styleprobe.analysis.load import load_results, metric_columns, metric_label, require_columns, varying_conditions
 from styleprobe.analysis.stats import Bootstrap, aggregate, bootstrap_ci, paired_differences, paired_units
 from styleprobe.errors import AnalysisError
-from styleprobe.store import Store
+from styleprobe.run.store import Store
 
 # ----------------------------------------------------------------------------------------------- helpers
 

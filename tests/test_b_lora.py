@@ -12,14 +12,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from styleprobe.data import StyleReference, load_style_set
-from styleprobe.engine import Engine
+from styleprobe.data.style_sets import StyleReference, load_style_set
 from styleprobe.errors import ConfigError
-from styleprobe.layers import LayerMap
-from styleprobe.lora import WEIGHT_NAME, lora_layers, state_dict_of, target_modules, transformer_layer
-from styleprobe.lora_training import Recipe, train
-from styleprobe.methods.b_lora import ARTEFACT, BLoRA, save_lora
-from styleprobe.store import Store
+from styleprobe.methods.b_lora.lora import WEIGHT_NAME, lora_layers, state_dict_of, target_modules, transformer_layer
+from styleprobe.methods.b_lora.plugin import ARTEFACT, BLoRA, save_lora
+from styleprobe.methods.b_lora.training import Recipe, train
+from styleprobe.models.layers import LayerMap
+from styleprobe.run.engine import Engine
+from styleprobe.run.store import Store
 
 QUICK = {"train_steps": 6, "checkpoint_every": 3, "learning_rate": 1e-3, "rank": 4, "gradient_checkpointing": False}
 STYLE = "up_blocks.0.attentions.1"
@@ -30,7 +30,7 @@ CONTENT = "up_blocks.0.attentions.0"
 def model(tiny_model):
     """The shared tiny pipeline set up for B-LoRA (other methods stand aside), every LoRA removed afterwards."""
     from styleprobe.methods import method
-    from styleprobe.sampler import Sampler
+    from styleprobe.run.sampler import Sampler
 
     Engine(tiny_model).use(method("b_lora"), Sampler(steps=2, guidance=5.0, height=64, width=64))
     yield tiny_model
@@ -64,7 +64,7 @@ def test_peft_targets_exactly_the_configured_modules(model, references, make_ite
     item = make_items(model, "b_lora", references[:1], train_modules=train_modules, **QUICK)[0]
     recipe = item.method._by_key[item.row["lora_key"]].recipe
     assert set(recipe.targets) == _expected_targets(layer_map, modules)
-    from styleprobe.lora_training import add_lora
+    from styleprobe.methods.b_lora.training import add_lora
 
     unet = model.pipe.unet
     add_lora(unet, recipe, "probe")
@@ -132,7 +132,7 @@ def test_save_then_load_is_bit_identical(model, references, tmp_path):
 
 def _fused_delta(model, item, store: Store) -> dict[str, torch.Tensor]:
     """The UNet weights an item's LoRA setting changes: fuse the active adapters, diff against the base state."""
-    from styleprobe.lora import set_layer_scales
+    from styleprobe.methods.b_lora.lora import set_layer_scales
 
     unet = model.pipe.unet
     _prepare(model, [item], store)
@@ -181,7 +181,7 @@ def test_a_rerun_trains_nothing_and_a_killed_one_leaves_no_half_written_lora(mod
                                                                             monkeypatch):
     items = make_items(model, "b_lora", references[:2], patterns=("style",), **QUICK)
     store = Store(tmp_path)
-    import styleprobe.lora_training as lt
+    import styleprobe.methods.b_lora.training as lt
 
     real = lt.train
 
@@ -306,7 +306,7 @@ def _original_style_set(references) -> list[StyleReference]:
 ])
 def test_loras_trained_by_the_original_give_the_original_inference_images(model, references, make_items, golden, tmp_path,
                                                                           case, knobs):
-    from styleprobe.sampler import Sampler
+    from styleprobe.run.sampler import Sampler
 
     tensors, meta = golden
     assert json.loads(meta["prompts"])[case].startswith(("a cat sitting on a chair", "A [v]"))
@@ -339,7 +339,7 @@ def test_our_lora_files_have_the_originals_format(model, references, make_items,
 def test_a_hub_lora_is_fetched_through_diffusers_and_used_as_is(model, references, make_items, golden, tmp_path, monkeypatch):
     """A manifest's `owner/name` goes to diffusers' `lora_state_dict` (the Hub's loader); here it answers offline with
     the original's file, and the images are the original inference's."""
-    from styleprobe.sampler import Sampler
+    from styleprobe.run.sampler import Sampler
 
     asked = []
 

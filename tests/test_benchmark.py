@@ -13,16 +13,16 @@ import nbformat
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import on_tiny
 from hydra import compose, initialize_config_dir
 
-from conftest import on_tiny
 from styleprobe.analysis import benchmark as bench
 from styleprobe.analysis import default_settings
 from styleprobe.analysis.stats import Bootstrap
 from styleprobe.config import CONFIG_DIR
-from styleprobe.data import load_prompts
+from styleprobe.data.prompt_sets import load_prompts
 from styleprobe.errors import AnalysisError
-from styleprobe.methods.base import REGISTRY, Method
+from styleprobe.methods.base import REGISTRY, Method, registry
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "benchmark.ipynb"
 BOOT = Bootstrap(n_boot=500, seed=0)
@@ -34,9 +34,9 @@ def _cfg(root: Path, *overrides: str):
 
 
 def _no_model(monkeypatch):
-    from styleprobe import models
+    from styleprobe.models import loading
 
-    monkeypatch.setattr(models, "load", lambda *a, **k: pytest.fail("planning loaded a model"))
+    monkeypatch.setattr(loading, "load", lambda *a, **k: pytest.fail("planning loaded a model"))
 
 
 # the config and the set -------------------------------------------------------------------------------------------
@@ -49,7 +49,7 @@ def test_the_prompt_set_has_forty_prompts_with_subjects_and_no_reference_content
 
 
 def test_every_contender_gets_the_same_units_and_its_own_prompt_convention(tmp_path, monkeypatch):
-    from styleprobe.sweep import prepare
+    from styleprobe.run.sweep import prepare
 
     _no_model(monkeypatch)
     plan = prepare(_cfg(tmp_path, "seeds=[0,1]"))
@@ -74,7 +74,7 @@ def test_every_contender_gets_the_same_units_and_its_own_prompt_convention(tmp_p
 
 
 def test_a_contender_is_dropped_or_added_with_one_override(tmp_path, monkeypatch):
-    from styleprobe.sweep import prepare
+    from styleprobe.run.sweep import prepare
 
     _no_model(monkeypatch)
     dropped = prepare(_cfg(tmp_path, "~method.b_lora", "data=small"))
@@ -91,7 +91,7 @@ INSTANTSTYLE_NEGATIVE = ("text, watermark, lowres, low quality, worst quality, d
 
 
 def _planned(tmp_path: Path, *overrides: str) -> pd.DataFrame:
-    from styleprobe.sweep import prepare
+    from styleprobe.run.sweep import prepare
 
     return pd.DataFrame([it.row for it in prepare(_cfg(tmp_path, "data=small", *overrides)).items])
 
@@ -143,7 +143,7 @@ def _composed_rows(cfg) -> pd.DataFrame:
     from omegaconf import OmegaConf
 
     from styleprobe.methods.base import ENTRY_SETTINGS, knob_names, method
-    from styleprobe.sampler import Sampler
+    from styleprobe.run.sampler import Sampler
 
     rows = []
     for entry, body in OmegaConf.to_container(cfg.method, resolve=True).items():
@@ -193,7 +193,7 @@ def test_departures_name_the_tiny_presets_shortcuts_and_their_reasons(tmp_path, 
 
 
 def test_shards_keep_each_lora_and_inversion_in_one_job(tmp_path, monkeypatch):
-    from styleprobe.sweep import prepare
+    from styleprobe.run.sweep import prepare
 
     _no_model(monkeypatch)
     full = prepare(_cfg(tmp_path, "method.b_lora.train_seed=[0,1]")).items
@@ -383,9 +383,9 @@ class CopyReference(Method):
 def benchmark_run(tmp_path_factory, tiny_model):
     """`experiment=benchmark` on the tiny model (6 of its prompts, to spare CI; the full default is timed in the README),
     plus the planted copy-of-the-reference contender; then a rerun."""
-    from styleprobe.sweep import run
+    from styleprobe.run.sweep import run
 
-    REGISTRY[CopyReference.name] = CopyReference
+    registry()[CopyReference.name] = CopyReference
     try:
         root = tmp_path_factory.mktemp("benchmark")
         cfg = _cfg(root, "+method.copy_reference={patterns: [all]}", "data.prompts=builtin:objects")

@@ -10,12 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import cli_imports
 from hydra import compose, initialize_config_dir
 
-from conftest import cli_imports
-from styleprobe import models
 from styleprobe.config import CONFIG_DIR, seeds
 from styleprobe.errors import ConfigError
+from styleprobe.models import loading
 from styleprobe.overrides import check_keys
 
 
@@ -126,7 +126,7 @@ def _style_set(folder: Path) -> Path:
 
 
 def test_the_toy_with_your_references_warns_once_before_loading(tmp_path, monkeypatch, caplog):
-    from styleprobe.sweep import run
+    from styleprobe.run.sweep import run
 
     class Stop(Exception):
         pass
@@ -134,7 +134,7 @@ def test_the_toy_with_your_references_warns_once_before_loading(tmp_path, monkey
     def stop(*args, **kwargs):
         raise Stop
 
-    monkeypatch.setattr(models, "load", stop)
+    monkeypatch.setattr(loading, "load", stop)
     refs = _style_set(tmp_path / "stripes")
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"results_root={tmp_path / 'results'}", "metrics=[]", f"data.style_set={refs}",
@@ -149,7 +149,7 @@ def test_the_toy_with_your_references_warns_once_before_loading(tmp_path, monkey
 
 
 def test_the_toys_own_references_and_other_models_do_not_warn(caplog, tmp_path):
-    from styleprobe.data import warn_if_unlike_toy
+    from styleprobe.data.style_sets import warn_if_unlike_toy
 
     with caplog.at_level(logging.WARNING, logger="styleprobe"):
         warn_if_unlike_toy("builtin:toy", "toy:stable-diffusion-xl-base")

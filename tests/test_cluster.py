@@ -14,16 +14,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import on_tiny
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from conftest import on_tiny
 from styleprobe import progress
 from styleprobe.config import CONFIG_DIR
-from styleprobe.plan import in_shard, shard_key
-from styleprobe.status import format_status, status
-from styleprobe.store import Store
-from styleprobe.sweep import run
+from styleprobe.run.plan import in_shard, shard_key
+from styleprobe.run.status import format_status, status
+from styleprobe.run.store import Store
+from styleprobe.run.sweep import run
 
 #: A small sweep: 4 patterns x 2 references x 2 prompts, 2 denoising steps, scored with every default metric.
 SWEEP = ["data=small", "injection=presets", "sampler.steps=2"]
@@ -252,7 +252,7 @@ def test_speed_counts_overlapping_jobs_once_and_gaps_not_at_all(tmp_path):
     """Two shards side by side for 100 s, then a rerun a day later for 50 s: 150 s of wall time, not 250 or a day."""
     from datetime import datetime, timezone
 
-    from styleprobe.status import active_time
+    from styleprobe.run.status import active_time
 
     store = Store(tmp_path)
     t0 = 1_800_000_000.0

@@ -14,16 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from styleprobe import data
-from styleprobe.data import (
-    PromptSpec,
-    StyleReference,
-    builtin_prompt_sets,
-    builtin_style_sets,
-    default_cache_dir,
-    load_prompts,
-    load_style_set,
-)
+from styleprobe.data import drawing, style_sets
+from styleprobe.data.prompt_sets import PromptSpec, builtin_prompt_sets, load_prompts
+from styleprobe.data.style_sets import StyleReference, builtin_style_sets, load_style_set
+from styleprobe.disk import default_cache_dir
 from styleprobe.errors import ConfigError
 
 
@@ -141,7 +135,7 @@ def test_builtin_second_call_reuses_files(tmp_path: Path, monkeypatch: pytest.Mo
     def boom(*args: object, **kwargs: object) -> None:
         raise AssertionError("must not regenerate an existing built-in set")
 
-    monkeypatch.setattr(data, "_write_builtin", boom)
+    monkeypatch.setattr(style_sets, "_write_builtin", boom)
     second = load_style_set("builtin:shapes_small", cache_dir=cache)
     assert second == first
     assert {r.image: r.image.stat().st_mtime_ns for r in second} == before
@@ -165,21 +159,21 @@ def test_default_cache_dir_falls_back_to_home(tmp_path: Path, monkeypatch: pytes
 
 def test_killed_build_leaves_nothing_half_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cache = tmp_path / "c"
-    real_pastel = data._SHAPES[1][4]
+    real_pastel = drawing._SHAPES[1][4]
     calls = {"n": 0}
 
     def dies_midway() -> Image.Image:
         calls["n"] += 1
         raise KeyboardInterrupt  # like Ctrl-C after the first image was written
 
-    patched = (data._SHAPES[0], data._SHAPES[1][:4] + (dies_midway,))
-    monkeypatch.setitem(data._BUILTIN_STYLE_SETS, "shapes_small", patched)
+    patched = (drawing._SHAPES[0], drawing._SHAPES[1][:4] + (dies_midway,))
+    monkeypatch.setitem(drawing.BUILTIN_STYLE_SETS, "shapes_small", patched)
     with pytest.raises(KeyboardInterrupt):
         load_style_set("builtin:shapes_small", cache_dir=cache)
     assert calls["n"] == 1
     assert list((cache / "styles").iterdir()) == []
 
-    monkeypatch.setitem(data._BUILTIN_STYLE_SETS, "shapes_small", (data._SHAPES[0], data._SHAPES[1][:4] + (real_pastel,)))
+    monkeypatch.setitem(drawing.BUILTIN_STYLE_SETS, "shapes_small", (drawing._SHAPES[0], drawing._SHAPES[1][:4] + (real_pastel,)))
     assert len(load_style_set("builtin:shapes_small", cache_dir=cache)) == 2
 
 
@@ -190,7 +184,7 @@ def test_race_loser_discards_its_build(tmp_path: Path) -> None:
     mine = tmp_path / ".shapes-v1.tmp-x"
     mine.mkdir()
     (mine / "manifest.csv").write_text("loser", encoding="utf-8")
-    data._install(mine, target)
+    style_sets._install(mine, target)
     assert (target / "manifest.csv").read_text(encoding="utf-8") == "winner"
     assert not mine.exists()
 
@@ -356,7 +350,7 @@ def test_builtin_prompts() -> None:
     for p in objs:
         assert p.prompt.startswith(p.subject) and p.subject.startswith("a ")
     # Subjects must not overlap the built-in style contents, or content leakage is unmeasurable.
-    shapes = {c for _, _, c, _, _ in data._SHAPES}
+    shapes = {c for _, _, c, _, _ in drawing._SHAPES}
     assert not shapes & {p.subject for p in objs}
     assert load_prompts("builtin:objects_small") == objs[:2]
     objs.append(PromptSpec("x", "x"))

@@ -12,9 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from styleprobe.injection import LayerScaledIPAttnProcessor, native_processors, per_sample_adapter_inputs
-from styleprobe.layers import expand_patterns, native_scale_config
-from styleprobe.subtraction import adapter_inputs, encode_references
+from styleprobe.methods.ip_adapter.embeddings import adapter_inputs, encode_references
+from styleprobe.methods.ip_adapter.injection import (
+    LayerScaledIPAttnProcessor,
+    native_processors,
+    per_sample_adapter_inputs,
+)
+from styleprobe.models.layers import expand_patterns, native_scale_config
 
 BATCH_TOL = 1e-4
 STEPS, SIZE, GUIDANCE = 3, 64, 5.0
@@ -103,7 +107,7 @@ def test_none_equals_plain_text_to_image(setup, tiny_spec):
     """`none` on the adapter-loaded pipeline gives the base pipeline's own output (no adapter loaded)."""
     from diffusers import StableDiffusionXLPipeline
 
-    from styleprobe.models import resolve_source
+    from styleprobe.models.sources import resolve_source
 
     pipe, cond, uncond, embeds = setup
     state = pipe.unet.styleprobe_state
@@ -171,7 +175,7 @@ def _no_host_reads(where: str):
 def test_processors_read_nothing_back_from_the_device_inside_the_unet(setup, monkeypatch):
     """On a GPU each host read inside a processor would be a synchronisation per layer and step, so none may happen:
     the batch's scales and its active layers are settled in `use`, before the UNet runs."""
-    from styleprobe import injection
+    from styleprobe.methods.ip_adapter import injection
 
     pipe, cond, uncond, embeds = setup
     state = pipe.unet.styleprobe_state

@@ -12,15 +12,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import on_tiny
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from conftest import on_tiny
-from styleprobe import models
 from styleprobe.cli import MOVED
 from styleprobe.config import CONFIG_DIR
-from styleprobe.store import Store
-from styleprobe.sweep import prepare, run
+from styleprobe.models import loading
+from styleprobe.run.store import Store
+from styleprobe.run.sweep import prepare, run
 
 RECORD = Path(__file__).parent / "data" / "ip_adapter_b5ca8c3"
 PLANS = json.loads((RECORD / "plans.json").read_text())["configs"]
@@ -48,8 +48,8 @@ def _cfg(results_root: Path, overrides: list[str], metrics: bool = False):
 @pytest.mark.parametrize("name", sorted(PLANS))
 def test_ip_adapter_keys_and_rows_are_unchanged(name, tmp_path, monkeypatch):
     recorded = PLANS[name]
-    real = models.load_unet_config
-    monkeypatch.setattr(models, "load_unet_config", lambda spec: SDXL_UNET if spec.name.startswith("sdxl") else real(spec))
+    real = loading.load_unet_config
+    monkeypatch.setattr(loading, "load_unet_config", lambda spec: SDXL_UNET if spec.name.startswith("sdxl") else real(spec))
     items = prepare(_cfg(tmp_path, recorded["overrides"])).items
     rows = [dict(it.row) for it in items]
     assert sorted({r["reference_digest"] for r in rows}) == recorded["digests"], "the built-in references changed"

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from styleprobe.errors import ConfigError
-from styleprobe.layers import LAYOUT_MODULE, STYLE_MODULE, LayerMap, expand_patterns, native_scale_config
-from styleprobe.models import build_unet_structure
+from styleprobe.models.layers import LAYOUT_MODULE, STYLE_MODULE, LayerMap, expand_patterns, native_scale_config
+from styleprobe.models.loading import build_unet_structure
 
 DATA = Path(__file__).parent / "data"
 
@@ -61,8 +61,8 @@ def test_tiny_map_keeps_sdxl_names_with_varying_depth(tiny_model):
 
 
 def _configs() -> dict[str, dict]:
-    from styleprobe.tiny import UNET_CONFIG as TINY
-    from styleprobe.toy.unet import UNET_CONFIG as TOY
+    from styleprobe.models.tiny import UNET_CONFIG as TINY
+    from styleprobe.models.toy.unet import UNET_CONFIG as TOY
 
     configs = {n: json.loads((DATA / f"{n}_unet_config.json").read_text()) for n in ("sdxl", "sd15")}
     configs.update(tiny=dict(TINY), toy=dict(TOY))
@@ -160,7 +160,7 @@ def test_duplicate_and_empty_patterns(sdxl_map):
 
 def test_native_scale_config_matches_diffusers_expansion(tiny_ip):
     """Every module one-hot, written in diffusers' form, sets exactly the same layers in diffusers itself."""
-    from styleprobe.injection import native_processors
+    from styleprobe.methods.ip_adapter.injection import native_processors
 
     pipe = tiny_ip.pipe
     lm = pipe.unet.styleprobe_state.layer_map

@@ -13,18 +13,18 @@ import logging
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-
-import styleprobe.lora_training as lt
-from styleprobe import models
-from styleprobe.data import PromptSpec
-from styleprobe.engine import Engine
-from styleprobe.errors import ConfigError
-from styleprobe.layers import LayerMap
-from styleprobe.lora import WEIGHT_NAME, target_modules
-from styleprobe.lora_training import Recipe, add_lora, recipe_identity, resolve_mixed_precision, train
-from styleprobe.methods.b_lora import ARTEFACT
-from styleprobe.store import Store
 from test_b_lora import GOLDEN, QUICK, STYLE, _prepare, model  # noqa: F401  (model: the B-LoRA fixture)
+
+import styleprobe.methods.b_lora.training as lt
+from styleprobe.data.prompt_sets import PromptSpec
+from styleprobe.errors import ConfigError
+from styleprobe.methods.b_lora.lora import WEIGHT_NAME, target_modules
+from styleprobe.methods.b_lora.plugin import ARTEFACT
+from styleprobe.methods.b_lora.training import Recipe, add_lora, recipe_identity, resolve_mixed_precision, train
+from styleprobe.models import sources
+from styleprobe.models.layers import LayerMap
+from styleprobe.run.engine import Engine
+from styleprobe.run.store import Store
 
 #: LoRA and item keys planned before the precision knob existed (references[:2] of builtin:shapes, patterns style
 #: and all, tiny model, float32): (lora key, content lora key, item key) per item.
@@ -46,8 +46,8 @@ BF16_REL, BF16_COS = 1e-1, 0.995
 def _plan(model, references, dtype: str, patterns=("style", "all"), **knobs):
     """B-LoRA items as a sweep on a model of `dtype` would plan them (the dtype is what `auto` follows)."""
     from styleprobe.methods import parse_entries
-    from styleprobe.plan import build_plan
-    from styleprobe.sampler import Sampler
+    from styleprobe.run.plan import build_plan
+    from styleprobe.run.sampler import Sampler
 
     sampler = Sampler(steps=2, guidance=5.0, height=64, width=64)
     fields = {f: getattr(sampler, f) for f in ("steps", "guidance", "height", "width", "scheduler", "negative_prompt")}
@@ -106,7 +106,7 @@ def test_lora_weights_are_float32_and_initialised_as_on_a_float32_model_whatever
     # a UNet read afresh: the session's may carry what earlier tests attached (an IP-Adapter's projection, B-LoRAs)
     from diffusers import UNet2DConditionModel
 
-    fresh = UNet2DConditionModel.from_pretrained(models.resolve_source(tiny_model.spec.base), subfolder="unet").eval()
+    fresh = UNet2DConditionModel.from_pretrained(sources.resolve_source(tiny_model.spec.base), subfolder="unet").eval()
     full, half = fresh, copy.deepcopy(fresh).half()
     base = {k: v.clone() for k, v in half.state_dict().items()}
     add_lora(full, recipe, "t")
@@ -264,7 +264,7 @@ def test_a_manifest_loras_text_encoder_weights_are_left_out_and_other_methods_im
         model, references, make_items, tmp_path, caplog):
     from diffusers import StableDiffusionXLPipeline
 
-    from styleprobe.sampler import Sampler
+    from styleprobe.run.sampler import Sampler
 
     folder, n_text = _with_text_encoder_weights(model, tmp_path / "lora")
     # the file's text-encoder part is real: loaded into a copy of the text encoder, it changes the embedding

@@ -12,12 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from styleprobe import architectures, memory
-from styleprobe.engine import Engine, out_of_memory
 from styleprobe.errors import StyleprobeError
 from styleprobe.methods import method
-from styleprobe.sampler import Sampler
-from styleprobe.store import Store
+from styleprobe.models import architectures, memory
+from styleprobe.run.engine import Engine, out_of_memory
+from styleprobe.run.sampler import Sampler
+from styleprobe.run.store import Store
 
 GIB = memory.GIB
 SDXL_1024 = Sampler(steps=30, guidance=5.0, height=1024, width=1024)
@@ -59,7 +59,7 @@ def test_auto_batch_size_of_real_sdxl_per_card(monkeypatch, caplog, card_gib, me
     total = int(card_gib * GIB)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(total_memory=total))
     plugin = method(method_name)
-    with caplog.at_level(logging.INFO, logger="styleprobe.memory"):
+    with caplog.at_level(logging.INFO, logger="styleprobe.models.memory"):
         assert memory.auto_batch_size(model, plugin, SDXL_1024) == batch
     est = memory.model_estimate(model, plugin, SDXL_1024, batch)
     assert est.total / GIB == pytest.approx(estimate_gib, abs=0.01)
@@ -77,7 +77,7 @@ def test_the_estimate_reproduces_the_h100_peaks_it_was_calibrated_on():
     1024 px fp16: 22 GiB at batch 4, 38 GiB at batch 8 on an H100."""
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    from styleprobe import tiny
+    from styleprobe.models import tiny
 
     dims = tiny.SIZES["sdxl"]
     with torch.device("meta"):
@@ -175,7 +175,7 @@ def test_out_of_memory_halves_the_batch_for_the_rest_of_the_run(tiny_model, make
     items = _items(tiny_model, make_items, references)
     Engine(tiny_model, batch_size=8).generate(items, Store(tmp_path / "a"), "run")
     tried = _failing_above(monkeypatch, 2, error)
-    with caplog.at_level(logging.WARNING, logger="styleprobe.engine"):
+    with caplog.at_level(logging.WARNING, logger="styleprobe.run.engine"):
         stats = Engine(tiny_model, batch_size=8).generate(items, Store(tmp_path / "b"), "run")
     assert tried == [8, 4, 2, 2, 2, 2]  # halved twice, then 2 for every later batch
     assert tiny_model.pipe.vae.dtype == torch.float32  # back to the model's dtype after each failure

@@ -11,19 +11,19 @@ import pytest
 from omegaconf import OmegaConf
 
 from styleprobe.config import CONFIG_DIR
-from styleprobe.data import PromptSpec
-from styleprobe.engine import Engine
+from styleprobe.data.prompt_sets import PromptSpec
 from styleprobe.errors import ConfigError
-from styleprobe.layers import LayerMap
-from styleprobe.methods import REGISTRY, Method, parse_entries, register
+from styleprobe.methods import REGISTRY, Method, parse_entries, register, registry
 from styleprobe.methods.base import ROW_COLUMNS
-from styleprobe.plan import build_plan
-from styleprobe.store import Store
+from styleprobe.models.layers import LayerMap
+from styleprobe.run.engine import Engine
+from styleprobe.run.plan import build_plan
+from styleprobe.run.store import Store
 
 MODEL = {"resolution": 64, "steps": 2, "guidance": 5.0}
 
 
-@pytest.mark.parametrize("name", sorted(REGISTRY))
+@pytest.mark.parametrize("name", sorted(registry()))
 def test_each_method_has_a_config_file_with_the_codes_defaults(name):
     """experiments/method/<name>.yaml lists every knob at the value the code uses when the knob is not given
     (values a model preset may override are resolved for a preset without overrides)."""

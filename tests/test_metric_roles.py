@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from styleprobe import scoring
 from styleprobe.analysis import benchmark as bench
 from styleprobe.analysis.load import RENAMED, declared_roles, load_results, metric_role
 from styleprobe.analysis.report import check_metrics, default_settings
@@ -18,7 +17,8 @@ from styleprobe.analysis.stats import Bootstrap
 from styleprobe.errors import AnalysisError, ConfigError
 from styleprobe.metrics import build_scorers
 from styleprobe.metrics.base import MetricRole
-from styleprobe.store import Store
+from styleprobe.run import scoring
+from styleprobe.run.store import Store
 
 OLD_FOLDER = Path(__file__).parent / "data" / "ip_adapter_b5ca8c3" / "results"
 BOOT = Bootstrap(n_boot=400, seed=0)

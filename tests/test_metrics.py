@@ -25,7 +25,7 @@ from styleprobe.errors import ConfigError, ModelUnavailableError
 from styleprobe.metrics import ScoreBatch, build_scorers, registry
 from styleprobe.metrics import base as metrics_base
 from styleprobe.metrics import csd_model as csd_module
-from styleprobe.metrics.tiny import ensure_tiny_scorers, tiny_open_clip, write_csd_checkpoint
+from styleprobe.metrics.tiny_scorers import ensure_tiny_scorers, tiny_open_clip, write_csd_checkpoint
 
 CPU = torch.device("cpu")
 IMAGE_IMAGE = {
@@ -524,7 +524,7 @@ def test_scoring_dtype_runs_the_models_in_it_and_says_so(photos):
     """bfloat16 scorers: the same numbers as float32 up to bfloat16's precision; the identity records the dtype, so a
     float32 column refuses them (scoring.check_identities), and a float32 identity is what it always was."""
     from styleprobe.metrics.base import release_models
-    from styleprobe.scoring import scoring_dtype
+    from styleprobe.run.scoring import scoring_dtype
 
     def run(dtype):
         release_models()

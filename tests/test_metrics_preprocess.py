@@ -129,7 +129,7 @@ def test_tensor_preprocessing_stays_within_rounding_of_pils(photos, pre):
 
 def test_scoring_preprocess_choice():
     from styleprobe.errors import ConfigError
-    from styleprobe.scoring import preprocess_on_device
+    from styleprobe.run.scoring import preprocess_on_device
 
     assert preprocess_on_device("auto", "cuda") and preprocess_on_device("auto", "cuda:1")
     assert not preprocess_on_device("auto", "cpu")

@@ -12,15 +12,15 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import on_tiny
 from hydra import compose, initialize_config_dir
 
-from conftest import on_tiny
-from styleprobe import models
 from styleprobe.config import CONFIG_DIR
 from styleprobe.errors import ConfigError, ModelUnavailableError
-from styleprobe.methods.ip_adapter import KEY_BASELINES, changed_settings
-from styleprobe.store import Store
-from styleprobe.sweep import prepare, run
+from styleprobe.methods.ip_adapter.plugin import KEY_BASELINES, changed_settings
+from styleprobe.models import loading, presets, sources
+from styleprobe.run.store import Store
+from styleprobe.run.sweep import prepare, run
 
 DATA = Path(__file__).parent / "data"
 RECORDED = json.loads((DATA / "model_keys" / "keys.json").read_text())["plans"]
@@ -49,8 +49,8 @@ def _cfg(tmp_path: Path, *overrides: str, metrics: bool = False):
 @pytest.fixture
 def stored_unets(monkeypatch):
     """The UNet configs of the Hub presets and the toy from tests/data: planning them needs no download or assembly."""
-    real = models.load_unet_config
-    monkeypatch.setattr(models, "load_unet_config",
+    real = loading.load_unet_config
+    monkeypatch.setattr(loading, "load_unet_config",
                         lambda spec: json.loads((DATA / UNETS[spec.name]).read_text()) if spec.name in UNETS else real(spec))
 
 
@@ -79,7 +79,7 @@ def test_the_presets_set_the_pinned_baselines(tmp_path):
     assert {n: (b["image_encoder_folder"], b["adapter_kind"], b["content_text_encoder"]) for n, b in KEY_BASELINES.items()} \
         == PINNED_BASELINES
     for name in PINNED_BASELINES:
-        spec = models.ModelSpec.from_config(_cfg(tmp_path, f"model={name}").model)
+        spec = presets.ModelSpec.from_config(_cfg(tmp_path, f"model={name}").model)
         assert changed_settings(spec) == {}, name
 
 
@@ -104,7 +104,7 @@ def test_content_text_encoder_counts_only_with_subtraction(tmp_path):
 
 def test_another_content_text_tower_makes_new_images_in_the_same_folder(tmp_path, tiny_model):
     """An ablation of the subtraction text tower remakes the subtracted images instead of resuming them."""
-    from styleprobe.tiny import ensure_tiny
+    from styleprobe.models.tiny import ensure_tiny
 
     copy = tmp_path / "towers" / "CLIP-ViT-H-14-text"
     shutil.copytree(ensure_tiny() / "CLIP-ViT-H-14-text", copy)
@@ -119,14 +119,14 @@ def test_another_content_text_tower_makes_new_images_in_the_same_folder(tmp_path
 
 def test_vit_h_adapter_without_its_text_tower_fails_before_generating(tmp_path, tiny_model):
     """The ViT-H encoder (24-d here) minus text_encoder_2's embedding (32-d): refused from the two config files."""
-    loads = models.LOAD_COUNT["n"]
+    loads = loading.LOAD_COUNT["n"]
     cfg = _cfg(tmp_path, "model=tiny_vit_h", *SMALL, "model.content_text_encoder=null")
     with pytest.raises(ConfigError) as err:
         run(cfg)
     message = str(err.value)
     assert "\n" not in message and "embeds in 24 dimensions but the content text tower (text_encoder_2) in 32" in message
     assert "set model.content_text_encoder" in message
-    assert models.LOAD_COUNT["n"] == loads
+    assert loading.LOAD_COUNT["n"] == loads
     _nothing_written(Path(cfg.results_dir))
     prepare(_cfg(tmp_path, "model=tiny_vit_h", *SMALL, "model.content_text_encoder=null", "method.ip_adapter.subtraction=[0]"))
 
@@ -136,19 +136,19 @@ def test_vit_h_adapter_without_its_text_tower_fails_before_generating(tmp_path, 
     ("model.adapter.image_encoder_folder=models/nowhere", "has no models/nowhere/config.json"),
 ])
 def test_a_missing_adapter_file_fails_before_generating(override, expected, tmp_path, tiny_model):
-    loads = models.LOAD_COUNT["n"]
+    loads = loading.LOAD_COUNT["n"]
     cfg = _cfg(tmp_path, *SMALL, override)
     with pytest.raises(ModelUnavailableError) as err:
         run(cfg)
     assert "\n" not in str(err.value) and expected in str(err.value)
-    assert models.LOAD_COUNT["n"] == loads
+    assert loading.LOAD_COUNT["n"] == loads
     _nothing_written(Path(cfg.results_dir))
 
 
 def test_missing_scorer_weights_fail_before_generating(tmp_path, tiny_model, monkeypatch):
     """Scorer weights are looked for before the first image: a local folder that is not there, and Hub ids that are
     not in the cache of an offline machine."""
-    loads = models.LOAD_COUNT["n"]
+    loads = loading.LOAD_COUNT["n"]
     cfg = _cfg(tmp_path, *SMALL, "metrics=[style_dino]", f"metrics.style_dino.model={tmp_path / 'no-dino'}", "scoring.weights=hub")
     with pytest.raises(ModelUnavailableError) as err:
         run(cfg)
@@ -165,14 +165,14 @@ def test_missing_scorer_weights_fail_before_generating(tmp_path, tiny_model, mon
     assert "\n" not in message and message.startswith("cannot find the CSD checkpoint of style_csd")
     assert "hf download tomg-group-umd/CSD-ViT-L pytorch_model.bin" in message and "HF_HUB_OFFLINE is set" in message
     assert "(5 more model files are missing too)" in message  # CLIP's three share one file; DINO's two models
-    assert models.LOAD_COUNT["n"] == loads
+    assert loading.LOAD_COUNT["n"] == loads
     _nothing_written(Path(cfg.results_dir))
 
 
 def test_score_command_finds_weights_before_recording_a_run(tmp_path, tiny_model, monkeypatch):
     import huggingface_hub.constants as hc
 
-    from styleprobe import scoring
+    from styleprobe.run import scoring
 
     folder = run(_cfg(tmp_path, *SMALL)).results_dir
     monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
@@ -187,7 +187,7 @@ def test_score_command_finds_weights_before_recording_a_run(tmp_path, tiny_model
 def test_a_file_is_found_locally_in_the_hub_cache_or_on_a_reachable_hub(tmp_path, monkeypatch):
     import huggingface_hub.constants as hc
 
-    from styleprobe.model_files import ModelFile, check_found, locate
+    from styleprobe.models.files import ModelFile, check_found, locate
 
     cache = tmp_path / "hub"
     snapshot = cache / "models--someone--weights" / "snapshots" / ("0" * 40)
@@ -202,7 +202,7 @@ def test_a_file_is_found_locally_in_the_hub_cache_or_on_a_reachable_hub(tmp_path
     with pytest.raises(ModelUnavailableError, match=r"someone/else/model.bin is not in the Hugging Face cache .* and "
                                                     r"HF_HUB_OFFLINE is set; run `hf download someone/else model.bin`"):
         check_found([wanted, absent])
-    monkeypatch.setattr(models, "hub_offline", lambda: False)
+    monkeypatch.setattr(sources, "hub_offline", lambda: False)
     assert locate(absent) == "hub"  # reachable: diffusers or open_clip downloads it when the job loads it
     local = tmp_path / "folder"
     local.mkdir()
@@ -211,7 +211,7 @@ def test_a_file_is_found_locally_in_the_hub_cache_or_on_a_reachable_hub(tmp_path
 
 
 def test_a_base_pipeline_folder_without_a_components_weights_fails_before_generating(tmp_path, tiny_model):
-    from styleprobe.tiny import ensure_tiny
+    from styleprobe.models.tiny import ensure_tiny
 
     base = tmp_path / "base"
     shutil.copytree(ensure_tiny() / "stable-diffusion-xl-base", base)
@@ -228,7 +228,7 @@ def test_a_b_lora_on_the_hub_is_looked_for_before_generating(tmp_path, tiny_mode
 
     import huggingface_hub.constants as hc
 
-    from styleprobe.model_files import check_found
+    from styleprobe.models.files import check_found
 
     monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
     ref = dataclasses.replace(references[0], b_lora="hub:someone/b-lora-neon")

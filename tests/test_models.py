@@ -8,13 +8,13 @@ import os
 import threading
 
 import pytest
+from conftest import cli_imports
 from safetensors import safe_open
 
-from conftest import cli_imports
-from styleprobe import models
 from styleprobe.errors import ConfigError
-from styleprobe.models import AdapterSpec, ModelSpec
-from styleprobe.tiny import ensure_tiny
+from styleprobe.models import devices, loading, sources
+from styleprobe.models.presets import AdapterSpec, ModelSpec
+from styleprobe.models.tiny import ensure_tiny
 
 
 def test_tiny_adapter_checkpoint_is_in_h94_format(tiny_ip):
@@ -69,10 +69,10 @@ def test_tiny_weights_are_fixed(tmp_path, monkeypatch):
 def test_models_are_loaded_once_per_process(tiny_spec, tiny_model):
     """A second load of the same preset reuses the first (earlier tests may have loaded another model since the
     session's, which frees it: so the first load here may read weights, the second never does)."""
-    first = models.load(tiny_spec, "cpu")
-    before = models.LOAD_COUNT["n"]
-    assert models.load(tiny_spec, "cpu") is first
-    assert models.LOAD_COUNT["n"] == before
+    first = loading.load(tiny_spec, "cpu")
+    before = loading.LOAD_COUNT["n"]
+    assert loading.load(tiny_spec, "cpu") is first
+    assert loading.LOAD_COUNT["n"] == before
 
 
 @pytest.mark.parametrize(
@@ -110,7 +110,7 @@ def test_local_folders_and_bfloat16_load_through_the_same_path(tiny_spec, refere
 
     import torch
 
-    from styleprobe.engine import Engine
+    from styleprobe.run.engine import Engine
 
     root = ensure_tiny()
     spec = replace(
@@ -119,7 +119,7 @@ def test_local_folders_and_bfloat16_load_through_the_same_path(tiny_spec, refere
         adapter=replace(tiny_spec.adapter, source=str(root / "IP-Adapter")),
         dtype="bfloat16",
     )
-    model = models.load(spec, "cpu")
+    model = loading.load(spec, "cpu")
     assert model.dtype == torch.bfloat16 and model.pipe.unet.dtype == torch.bfloat16
     items = make_items(model, "ip_adapter", references[:1], patterns=["style"], prompts=["a cat"], subtraction=0.5)
     assert items[0].row["dtype"] == "bfloat16"
@@ -164,15 +164,15 @@ def hub_probe(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "ENDPOINT", "http://hub.invalid")
-    monkeypatch.setitem(models.HUB_UNREACHABLE, "probed", False)
+    monkeypatch.setitem(sources.HUB_UNREACHABLE, "probed", False)
     proxy = _Proxy()
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
     close_session()  # the Hub client reads the proxy settings when it builds its session
-    models.hub_offline.cache_clear()
+    sources.hub_offline.cache_clear()
     try:
         yield proxy
     finally:
-        models.hub_offline.cache_clear()
+        sources.hub_offline.cache_clear()
         close_session()
         proxy.shutdown()
         proxy.server_close()
@@ -191,9 +191,9 @@ def test_the_hub_probe_goes_through_the_hub_clients_proxy(hub_probe, monkeypatch
     if route == "proxy bypassed by NO_PROXY":
         monkeypatch.setenv("NO_PROXY", "localhost,hub.invalid")
     through_proxy = route == "proxy"
-    assert models.hub_offline() is not through_proxy
+    assert sources.hub_offline() is not through_proxy
     assert hub_probe.requests == ([("HEAD", "http://hub.invalid/")] if through_proxy else [])
-    assert constants.HF_HUB_OFFLINE is not through_proxy and models.HUB_UNREACHABLE["probed"] is not through_proxy
+    assert constants.HF_HUB_OFFLINE is not through_proxy and sources.HUB_UNREACHABLE["probed"] is not through_proxy
     assert os.environ["HF_HUB_OFFLINE"] == ("0" if through_proxy else "1")
 
 
@@ -201,8 +201,8 @@ def test_hf_hub_offline_is_respected_without_a_probe(hub_probe, monkeypatch):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(models, "hub_connect_error", lambda endpoint: pytest.fail("probed although offline"))
-    assert models.hub_offline() is True and models.HUB_UNREACHABLE["probed"] is False
+    monkeypatch.setattr(sources, "hub_connect_error", lambda endpoint: pytest.fail("probed although offline"))
+    assert sources.hub_offline() is True and sources.HUB_UNREACHABLE["probed"] is False
 
 
 def _cli_modules(tmp_path, *args: str, **env: str):
@@ -236,30 +236,30 @@ def test_device_and_dtype_are_decided_without_torch_and_agree_with_it(monkeypatc
     """Planning names the device (and so the dtype in every key) without torch; loading checks torch agrees."""
     import torch
 
-    models.gpu_visible.cache_clear()
-    assert models.device_name("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
-    assert models.device_name("cuda:1") == "cuda:1" and models.device_name(" cpu ") == "cpu"
+    devices.gpu_visible.cache_clear()
+    assert devices.device_name("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert devices.device_name("cuda:1") == "cuda:1" and devices.device_name(" cpu ") == "cpu"
     with pytest.raises(ConfigError, match="engine.device='gpu please' is not a device; give auto, cpu, cuda"):
-        models.device_name("gpu please")
-    assert models.dtype_name("auto", "cuda:0") == "float16" and models.dtype_name("auto", "cpu") == "float32"
-    assert models.dtype_name("bfloat16", "cpu") == "bfloat16"
-    assert models.resolve_dtype("auto", torch.device("cpu")) == torch.float32
+        devices.device_name("gpu please")
+    assert devices.dtype_name("auto", "cuda:0") == "float16" and devices.dtype_name("auto", "cpu") == "float32"
+    assert devices.dtype_name("bfloat16", "cpu") == "bfloat16"
+    assert devices.resolve_dtype("auto", torch.device("cpu")) == torch.float32
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # hides every GPU, from torch and from styleprobe alike
-    models.gpu_visible.cache_clear()
-    assert models.gpu_visible() is False
-    models.gpu_visible.cache_clear()
-    monkeypatch.setattr(models, "gpu_visible", lambda: True)  # a driver that reports a GPU this torch cannot use
+    devices.gpu_visible.cache_clear()
+    assert devices.gpu_visible() is False
+    devices.gpu_visible.cache_clear()
+    monkeypatch.setattr(devices, "gpu_visible", lambda: True)  # a driver that reports a GPU this torch cannot use
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert models.device_name("auto") == "cuda"
+    assert devices.device_name("auto") == "cuda"
     with pytest.raises(ConfigError, match="this torch cannot use it .* set engine.device=cpu, or install a CUDA build"):
-        models.resolve_device("auto")
+        devices.resolve_device("auto")
 
 
 @pytest.fixture
 def fresh_gpu_probe():
-    models.gpu_visible.cache_clear()
+    devices.gpu_visible.cache_clear()
     yield
-    models.gpu_visible.cache_clear()
+    devices.gpu_visible.cache_clear()
 
 
 def _no_nvml(monkeypatch) -> None:
@@ -293,19 +293,19 @@ def test_device_auto_asks_torch_only_where_nvml_is_absent_and_rocm_present(
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     if nvml_gpus is None:
         _no_nvml(monkeypatch)
-        assert models.nvml_gpu_count() is None
+        assert devices.nvml_gpu_count() is None
     else:
-        monkeypatch.setattr(models, "nvml_gpu_count", lambda: nvml_gpus)
+        monkeypatch.setattr(devices, "nvml_gpu_count", lambda: nvml_gpus)
     kfd = tmp_path / "kfd"
     if rocm:
         kfd.touch()
-    monkeypatch.setattr(models, "ROCM_DEVICE", kfd)
+    monkeypatch.setattr(devices, "ROCM_DEVICE", kfd)
     asked = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: asked.append(True) or torch_gpu)
-    assert models.device_name("auto") == expected
+    assert devices.device_name("auto") == expected
     assert bool(asked) is torch_asked
     if expected == "cuda" and torch_gpu:
-        assert models.resolve_device("auto") == torch.device("cuda")
+        assert devices.resolve_device("auto") == torch.device("cuda")
 
 
 def test_a_full_size_model_on_the_cpu_is_warned_about(tiny_spec, monkeypatch, caplog):
@@ -313,10 +313,10 @@ def test_a_full_size_model_on_the_cpu_is_warned_about(tiny_spec, monkeypatch, ca
     the loaded UNet, whatever the source is called); the tiny model itself is below the threshold (see the next test)."""
     import torch
 
-    assert models.FULL_SIZE_UNET_PARAMETERS > 100 * 2_000_000  # SD 1.5 (0.86 B) is full size; the tiny model is not
-    monkeypatch.setattr(models, "FULL_SIZE_UNET_PARAMETERS", 1)  # as if the tiny UNet were SDXL's
+    assert loading.FULL_SIZE_UNET_PARAMETERS > 100 * 2_000_000  # SD 1.5 (0.86 B) is full size; the tiny model is not
+    monkeypatch.setattr(loading, "FULL_SIZE_UNET_PARAMETERS", 1)  # as if the tiny UNet were SDXL's
     with caplog.at_level("WARNING", logger="styleprobe"):
-        models._load(tiny_spec, torch.device("cpu"), torch.float32)
+        loading._load(tiny_spec, torch.device("cpu"), torch.float32)
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and warnings[0].startswith(f"engine.device is the CPU here: {tiny_spec.name} (sdxl,")
     assert "minutes per image" in warnings[0] and "set engine.device=cuda" in warnings[0]
@@ -330,7 +330,7 @@ def test_sdxl_pipelines_load_without_the_watermarker(tiny_spec, monkeypatch, cap
     import torch
     from diffusers.pipelines.stable_diffusion_xl import pipeline_stable_diffusion_xl as sdxl
 
-    from styleprobe.sweep import generation_costs
+    from styleprobe.run.sweep import generation_costs
 
     class Watermarker:
         def apply_watermark(self, images):
@@ -339,7 +339,7 @@ def test_sdxl_pipelines_load_without_the_watermarker(tiny_spec, monkeypatch, cap
     monkeypatch.setattr(sdxl, "is_invisible_watermark_available", lambda: True)
     monkeypatch.setattr(sdxl, "StableDiffusionXLWatermarker", Watermarker, raising=False)
     with caplog.at_level("WARNING", logger="styleprobe"):
-        model = models._load(tiny_spec, torch.device("cpu"), torch.float32)  # read afresh, the session's model untouched
+        model = loading._load(tiny_spec, torch.device("cpu"), torch.float32)  # read afresh, the session's model untouched
     assert model.pipe.watermark is None
     assert [r for r in caplog.records if r.levelname == "WARNING"] == []  # the tiny model on the CPU is as meant
     stats = types.SimpleNamespace(generated_by={}, generate_seconds={}, prepare_seconds={}, prepared={}, peak_gpu_bytes=None)

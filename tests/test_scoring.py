@@ -10,16 +10,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import HEAVY, on_tiny
 from hydra import compose, initialize_config_dir
 
-from conftest import HEAVY, on_tiny
-from styleprobe import scoring
 from styleprobe.cli import check_group_choices
 from styleprobe.config import CONFIG_DIR
 from styleprobe.errors import ConfigError
 from styleprobe.metrics import base as metrics_base
-from styleprobe.store import Store
-from styleprobe.sweep import run as run_sweep
+from styleprobe.run import scoring
+from styleprobe.run.store import Store
+from styleprobe.run.sweep import run as run_sweep
 
 DEFAULT_METRICS = ["style_clip", "style_dino", "style_csd", "text_clip", "leak_clip", "ref_dinov2"]
 DEFAULT_COLUMNS = [*DEFAULT_METRICS, "leak_margin", "leak_free"]
@@ -182,7 +182,6 @@ def test_weights_follow_the_generating_model():
 
 def test_shards_split_the_scoring_keys():
     import hashlib
-
     import json
 
     keys = [hashlib.sha256(str(i).encode()).hexdigest()[:20] for i in range(100)]
@@ -229,7 +228,8 @@ def test_planning_the_scorers_imports_no_torch_and_keeps_their_identities(overri
     import torch
 
     from styleprobe.metrics import build_scorers
-    from styleprobe.models import ModelSpec, resolve_device
+    from styleprobe.models.devices import resolve_device
+    from styleprobe.models.presets import ModelSpec
 
     done = subprocess.run([sys.executable, "-c", PLAN_SCORERS, *overrides], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

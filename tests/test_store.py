@@ -9,7 +9,8 @@ import sys
 import pytest
 from PIL import Image
 
-from styleprobe.store import HOST, Store, atomic_write
+from styleprobe.disk import HOST, atomic_write
+from styleprobe.run.store import Store
 
 
 def _rows(keys):
@@ -70,7 +71,7 @@ import time  # noqa: E402
 
 import pandas as pd  # noqa: E402
 
-from styleprobe.store import COMPACTED_PREFIX, compact_folder  # noqa: E402
+from styleprobe.run.store import COMPACTED_PREFIX, compact_folder  # noqa: E402
 
 
 def _write_rows(store: Store, run_id: str, batch: int, keys, value: float, extra: dict | None = None) -> None:

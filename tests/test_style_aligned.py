@@ -13,17 +13,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import on_tiny
 from safetensors import safe_open
 
-from conftest import on_tiny
-from styleprobe.data import PromptSpec, StyleReference
-from styleprobe.engine import Engine
+from styleprobe.data.prompt_sets import PromptSpec
+from styleprobe.data.style_sets import StyleReference
 from styleprobe.errors import ConfigError
-from styleprobe.layers import LayerMap
 from styleprobe.methods import parse_entries
-from styleprobe.plan import build_plan
-from styleprobe.shared_attention import switched_off
-from styleprobe.store import Store
+from styleprobe.methods.style_aligned.shared_attention import switched_off
+from styleprobe.models.layers import LayerMap
+from styleprobe.run.engine import Engine
+from styleprobe.run.plan import build_plan
+from styleprobe.run.store import Store
 
 GOLDEN = Path(__file__).parent / "data" / "style_aligned_golden" / "golden.safetensors"
 TARGETS = ["a cat sitting on a chair", "a lighthouse on a rocky coast"]
@@ -97,7 +98,7 @@ def test_inversion_equals_the_original_and_is_stored_once(tiny_model, neon, gold
     assert meta["steps"] == 50 and meta["guidance"] == 2.0 and meta["caption"] == "a circle, neon glow." and meta["seconds"] > 0
     # a new process (empty memory) reads it back instead of inverting again
     tiny_model.attached["style_aligned"].inversions.clear()
-    import styleprobe.inversion as inversion
+    import styleprobe.methods.style_aligned.inversion as inversion
 
     monkeypatch.setattr(inversion, "ddim_invert", lambda *a, **k: pytest.fail("inverted twice"))
     items[0].method.prepare(engine, items, store)
@@ -137,8 +138,8 @@ def test_without_a_plan_the_processors_compute_the_plain_model(tiny_model, tmp_p
     from diffusers import StableDiffusionXLPipeline
 
     from styleprobe.methods import method
-    from styleprobe.models import resolve_source
-    from styleprobe.sampler import Sampler
+    from styleprobe.models.sources import resolve_source
+    from styleprobe.run.sampler import Sampler
 
     engine = Engine(tiny_model, output_type="np")
     sampler = Sampler(3, 5.0, 64, 64)
@@ -230,7 +231,7 @@ def _sweep_cfg(tmp_path, *overrides):
 
 def test_a_sweep_of_both_methods_is_scored_analysed_and_resumes(tmp_path, tiny_model, monkeypatch):
     """method=[ip_adapter,style_aligned] on one folder: one table, one inversion per reference, a verdict per method."""
-    from styleprobe import sweep
+    from styleprobe.run import sweep
 
     cfg = _sweep_cfg(tmp_path, "method=[ip_adapter,style_aligned]", "experiment=custom", "injection=presets", "data=small",
                      "data.prompts=[a red bicycle]", "method.style_aligned.sampler.steps=8", "analysis.bootstrap.n_boot=200")
@@ -260,7 +261,7 @@ def test_a_sweep_of_both_methods_is_scored_analysed_and_resumes(tmp_path, tiny_m
     assert {k: v.images for k, v in costs.methods.items()} == {"ip_adapter": 8, "style_aligned": 8}
     assert costs.methods.style_aligned.prepare_seconds > 0 and costs.methods.style_aligned.seconds_per_image > 0
 
-    import styleprobe.inversion as inversion
+    import styleprobe.methods.style_aligned.inversion as inversion
 
     monkeypatch.setattr(inversion, "ddim_invert", lambda *a, **k: pytest.fail("inverted again"))
     tiny_model.attached["style_aligned"].inversions.clear()
@@ -271,9 +272,10 @@ def test_a_sweep_of_both_methods_is_scored_analysed_and_resumes(tmp_path, tiny_m
 def test_bad_style_aligned_input_fails_before_loading(tmp_path, monkeypatch):
     from PIL import Image
 
-    from styleprobe import models, sweep
+    from styleprobe.models import loading
+    from styleprobe.run import sweep
 
-    monkeypatch.setattr(models, "load", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(loading, "load", lambda *a, **k: pytest.fail("a model was loaded"))
     folder = tmp_path / "unlabelled"
     folder.mkdir()
     Image.new("RGB", (32, 32), (200, 30, 30)).save(folder / "red.png")

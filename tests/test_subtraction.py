@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from styleprobe.engine import Engine
 from styleprobe.errors import ConfigError
 from styleprobe.methods import method
-from styleprobe.models import load
-from styleprobe.subtraction import check_subtraction, supports_subtraction
+from styleprobe.methods.ip_adapter.embeddings import check_subtraction, supports_subtraction
+from styleprobe.models.loading import load
+from styleprobe.run.engine import Engine
 
 
 def _projection_inputs(model, items):
@@ -57,7 +57,7 @@ def test_vit_h_adapter_subtracts_in_its_own_text_tower(tiny_spec, references, ke
     """The ViT-H layout: a separate encoder and text tower, not SDXL's text_encoder_2."""
     from dataclasses import replace
 
-    from styleprobe.models import quiet_libraries
+    from styleprobe.models.loading import quiet_libraries
 
     quiet_libraries()
     spec = replace(

@@ -11,16 +11,16 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import cli_imports, on_tiny
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from conftest import cli_imports, on_tiny
-from styleprobe import models
 from styleprobe.config import CONFIG_DIR
-from styleprobe.errors import ConfigError
-from styleprobe.sampler import Sampler
-from styleprobe.store import Store
-from styleprobe.sweep import prepare, run
+from styleprobe.errors import ConfigError, ModelUnavailableError
+from styleprobe.models import loading
+from styleprobe.run.sampler import Sampler
+from styleprobe.run.store import Store
+from styleprobe.run.sweep import prepare, run
 
 REQUIRED_COLUMNS = {
     "key", "image_path", "model", "method", "injection", "layers", "scale", "subtraction", "style", "content",
@@ -84,7 +84,7 @@ def test_shards_partition_the_plan(tmp_path):
 
 def test_run_writes_images_and_table_then_resumes(tmp_path, tiny_model):
     cfg = _cfg(tmp_path, "data=small", "injection=style", "method.ip_adapter.subtraction=[0.0,0.5]", "seeds=[0,1]")
-    loads = models.LOAD_COUNT["n"]
+    loads = loading.LOAD_COUNT["n"]
     first = run(cfg)
     assert first.generated == 16 and first.done_before == 0  # 2 references x 2 prompts x 2 seeds x 2 strengths
     store = Store(first.results_dir)
@@ -98,12 +98,12 @@ def test_run_writes_images_and_table_then_resumes(tmp_path, tiny_model):
     assert len(configs) == 1 and "subtraction:" in configs[0].read_text()
     files_before = sorted(p for p in store.root.rglob("*") if p.is_file() and "runs" not in p.parts)
 
-    loads = models.LOAD_COUNT["n"]  # (the first run may load it: a test before may have left another model loaded)
+    loads = loading.LOAD_COUNT["n"]  # (the first run may load it: a test before may have left another model loaded)
     second = run(cfg)
     assert second.generated == 0 and second.done_before == 16
     assert len(store.table()) == 16
     assert sorted(p for p in store.root.rglob("*") if p.is_file() and "runs" not in p.parts) == files_before
-    assert models.LOAD_COUNT["n"] == loads  # the loaded model was reused, never reloaded
+    assert loading.LOAD_COUNT["n"] == loads  # the loaded model was reused, never reloaded
 
 
 def test_same_seed_and_config_give_the_same_image(tmp_path, tiny_model):
@@ -120,7 +120,7 @@ def test_same_seed_and_config_give_the_same_image(tmp_path, tiny_model):
 
 
 def test_failure_mid_run_keeps_finished_batches_and_rerun_completes(tmp_path, tiny_model, monkeypatch):
-    from styleprobe.engine import Engine
+    from styleprobe.run.engine import Engine
 
     cfg = _cfg(tmp_path, "data=small", "injection=module_probe", "engine.batch_size=4")
     real = Engine.run_batch
@@ -181,7 +181,7 @@ def test_bad_input_is_one_line_before_any_model_loads(tmp_path, monkeypatch):
     def no_loading(*args, **kwargs):
         raise AssertionError("a model was loaded")
 
-    monkeypatch.setattr(models, "load", no_loading)
+    monkeypatch.setattr(loading, "load", no_loading)
     for args, fragment in _bad_inputs(tmp_path):
         with pytest.raises(ConfigError) as err:
             run(_cfg(tmp_path / "results", *args))
@@ -238,13 +238,13 @@ def test_missing_weights_offline_name_what_to_download(tmp_path, monkeypatch):
 
     monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
-    with pytest.raises(models.ModelUnavailableError) as err:
+    with pytest.raises(ModelUnavailableError) as err:
         prepare(_cfg(tmp_path, "model=sdxl", "data=small"))
     message = str(err.value)
     assert "\n" not in message
     assert "stabilityai/stable-diffusion-xl-base-1.0" in message and "hf download stabilityai/stable-diffusion-xl-base-1.0" in message
     local = tmp_path / "nowhere"
-    with pytest.raises(models.ModelUnavailableError, match="local folder"):
+    with pytest.raises(ModelUnavailableError, match="local folder"):
         prepare(_cfg(tmp_path, "model=sdxl", "data=small", f"model.base={local}"))
 
 
@@ -322,9 +322,9 @@ def test_strength_and_seed_validation(tmp_path):
 
 def test_scheduler_choice_does_not_leak_into_the_next_job(tiny_model):
     """Jobs of one process share the pipeline: `default` always means the pipeline's own scheduler."""
-    from styleprobe.engine import Engine
     from styleprobe.methods import method
-    from styleprobe.sampler import Sampler
+    from styleprobe.run.engine import Engine
+    from styleprobe.run.sampler import Sampler
 
     own = type(tiny_model.default_scheduler)
     ip = method("ip_adapter")

@@ -20,8 +20,8 @@ from styleprobe.errors import ConfigError
 from styleprobe.metric_roles import MetricRole
 from styleprobe.metrics import ScoreBatch, build_scorers
 from styleprobe.metrics.judge import shape_class
-from styleprobe.store import Store
-from styleprobe.toy import world
+from styleprobe.models.toy import world
+from styleprobe.run.store import Store
 
 JUDGE = {"judge_style": {"scorer": "toy_judge", "shape_column": "judge_shape", "leak_column": "judge_leak"}}
 
@@ -34,7 +34,8 @@ def _compose(tmp_path: Path, *overrides: str, config: str = "config"):
 
 # the scorer --------------------------------------------------------------------------------------------------------
 def test_subjects_and_content_labels_map_to_the_toy_shapes():
-    from styleprobe.data import load_prompts, load_style_set
+    from styleprobe.data.prompt_sets import load_prompts
+    from styleprobe.data.style_sets import load_style_set
 
     assert [shape_class(p.subject) for p in load_prompts("builtin:toy")] == list(range(len(world.CONTENTS)))
     for ref in load_style_set("builtin:toy"):
@@ -111,7 +112,7 @@ def test_the_judge_refuses_weights_other_than_the_toys(weights):
 
 def test_a_tiny_sweep_with_the_judge_is_refused_at_planning_before_any_model_loads(tmp_path):
     from styleprobe.metrics.base import LOAD_COUNT
-    from styleprobe.sweep import prepare
+    from styleprobe.run.sweep import prepare
 
     cfg, loads = _compose(tmp_path, "model=tiny", "metrics=toy", "data=small"), LOAD_COUNT["n"]
     with pytest.raises(ConfigError, match=r"metrics.judge_style: .*'tiny' weights.*\(metrics=default\)$"):
@@ -190,7 +191,7 @@ def _judged_folder(root: Path, seed: int = 0, judged: bool = True) -> Path:
     """A toy results folder as a sweep writes it, 4 references x 4 prompts x none/all/style/style_layout, with judge
     labels (unless not `judged`) and scorer columns that follow them: style_csd tracks judge_style, leak_clip judge_leak
     (leak_free the other way round), text_clip is noise."""
-    from styleprobe.layers import PRESETS
+    from styleprobe.models.layers import PRESETS
 
     modules = ["down_blocks.1.attentions.0", "down_blocks.2.attentions.1", "up_blocks.0.attentions.1"]
     rng = np.random.default_rng(seed)
@@ -285,7 +286,7 @@ def test_a_report_without_judge_columns_has_no_validity_section(tmp_path):
 def test_a_small_toy_sweep_fills_the_judge_columns(tmp_path):
     """model=toy's own metric set on a few toy references and shape prompts: every row judged, 0 or 1 (leak empty
     exactly where the reference shows the prompted shape), and the validity table built from it."""
-    from styleprobe.sweep import run
+    from styleprobe.run.sweep import run
 
     refs = tmp_path / "refs"
     refs.mkdir()

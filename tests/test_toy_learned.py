@@ -16,11 +16,11 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from styleprobe.config import CONFIG_DIR
-from styleprobe.store import Store
-from styleprobe.sweep import run
-from styleprobe.toy import classifier, world
-from styleprobe.toy.train import EVAL_SEED
-from styleprobe.toy.weights import weight_path
+from styleprobe.models.toy import classifier, world
+from styleprobe.models.toy.train import EVAL_SEED
+from styleprobe.models.toy.weights import weight_path
+from styleprobe.run.store import Store
+from styleprobe.run.sweep import run
 
 _NEEDED = ("unet", "adapter", "scorer_open_clip", "scorer_csd", "scorer_dino")
 pytestmark = pytest.mark.slow
@@ -107,7 +107,7 @@ def test_the_style_scorer_ranks_same_style_pairs_above_different_style_pairs():
     from styleprobe.metrics.base import ScorerSettings
     from styleprobe.metrics.csd import StyleCSD
     from styleprobe.metrics.preprocess import CLIP
-    from styleprobe.toy.scorers import pair_auc
+    from styleprobe.models.toy.scorers import pair_auc
 
     items = world.samples(256, EVAL_SEED + 9)
     scorer = StyleCSD(ScorerSettings(name="style_csd", options={}, device=torch.device("cpu"), weights="toy"))

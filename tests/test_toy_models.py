@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from styleprobe.toy import classifier, world
-from styleprobe.toy.train import EVAL_SEED, records
+from styleprobe.models.toy import classifier, world
+from styleprobe.models.toy.train import EVAL_SEED, records
 
 
 def test_the_shipped_judge_tells_content_and_style_on_held_out_images():
@@ -26,7 +26,7 @@ def test_classifier_training_is_reproducible():
 
 
 def test_the_shipped_vae_keeps_content_and_style_through_a_round_trip():
-    from styleprobe.toy import vae
+    from styleprobe.models.toy import vae
 
     model = vae.load_vae()
     assert model.config.scaling_factor == records()["vae"]["scaling_factor"] and 0.2 < model.config.scaling_factor < 5
@@ -42,7 +42,7 @@ def test_the_shipped_vae_keeps_content_and_style_through_a_round_trip():
 
 
 def test_vae_training_is_reproducible():
-    from styleprobe.toy import vae
+    from styleprobe.models.toy import vae
 
     recipe = vae.VAETraining(steps=2, batch_size=4, train_images=64, seed=3)
     a, ra = vae.train_vae(recipe)
@@ -55,7 +55,7 @@ def test_clip_targets_count_every_image_a_caption_describes():
     """A content-only caption matches every image of that content, whatever its style, and nothing else."""
     import numpy as np
 
-    from styleprobe.toy.clip import _captions, _matches
+    from styleprobe.models.toy.clip import _captions, _matches
 
     contents, styles = np.array([0, 0, 1, 1]), np.array([2, 3, 2, 3])
     named_c, named_s = np.array([0, -1, 1, -1]), np.array([-1, 3, 2, -1])
@@ -68,7 +68,7 @@ def test_clip_targets_count_every_image_a_caption_describes():
 
 
 def test_every_training_stage_names_the_weight_files_it_writes():
-    from styleprobe.toy.train import OUTPUTS, STAGES
+    from styleprobe.models.toy.train import OUTPUTS, STAGES
 
     assert list(OUTPUTS) == list(STAGES)
     names = [n for files in OUTPUTS.values() for n in files]
@@ -76,7 +76,7 @@ def test_every_training_stage_names_the_weight_files_it_writes():
 
 
 def test_the_caption_table_holds_every_partial_caption_once():
-    from styleprobe.toy.unet import caption_table
+    from styleprobe.models.toy.unet import caption_table
 
     captions, index = caption_table()
     assert len(captions) == (len(world.CONTENTS) + 1) * (len(world.STYLES) + 1) - 1 == len(set(captions))
@@ -86,8 +86,8 @@ def test_the_caption_table_holds_every_partial_caption_once():
 
 
 def test_toy_unet_has_sdxl_module_names_and_fits_the_vae_and_text_encoders():
-    from styleprobe.layers import LayerMap
-    from styleprobe.toy import clip, unet, vae
+    from styleprobe.models.layers import LayerMap
+    from styleprobe.models.toy import clip, unet, vae
 
     model = unet.build_unet()
     modules = {name for name, _ in model.named_modules()}
@@ -100,7 +100,7 @@ def test_toy_unet_has_sdxl_module_names_and_fits_the_vae_and_text_encoders():
 def test_adapter_export_is_h94_format_and_round_trips_through_diffusers_loader(tmp_path):
     """What the adapter stage trains (diffusers' own modules) is saved in h94's keys and loads back through
     `_load_ip_adapter_weights` to the same outputs."""
-    from styleprobe.toy import adapter, unet
+    from styleprobe.models.toy import adapter, unet
 
     torch.manual_seed(0)
     a, b = unet.build_unet().eval(), unet.build_unet().eval()
@@ -125,7 +125,7 @@ def test_pair_auc_counts_same_label_pairs_above_different_label_pairs():
 
     import numpy as np
 
-    from styleprobe.toy.scorers import pair_auc
+    from styleprobe.models.toy.scorers import pair_auc
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, 12)
@@ -144,7 +144,7 @@ def test_scorer_training_inputs_are_the_scorers_own_preprocessing():
     from PIL import Image
 
     from styleprobe.metrics import preprocess
-    from styleprobe.toy.scorers import scorer_pixels
+    from styleprobe.models.toy.scorers import scorer_pixels
 
     images, _, _ = world.batch(world.samples(4, 11))
     pils = [Image.fromarray(((im.transpose(1, 2, 0) + 1) * 127.5).round().clip(0, 255).astype("uint8")) for im in images]
@@ -154,7 +154,7 @@ def test_scorer_training_inputs_are_the_scorers_own_preprocessing():
 
 def test_the_toy_preset_without_its_weights_says_how_to_make_them(tmp_path):
     from styleprobe.errors import ModelUnavailableError
-    from styleprobe.toy.assemble import ensure_toy
+    from styleprobe.models.toy.assemble import ensure_toy
 
     with pytest.raises(ModelUnavailableError, match=r"toy world's unet weights are not in .*python -m styleprobe.toy.train"):
         ensure_toy(tmp_path / "cache", folder=tmp_path)
@@ -168,8 +168,8 @@ def test_toy_weights_assemble_into_the_real_layouts_and_run_a_scored_sweep(tmp_p
     from hydra import compose, initialize_config_dir
 
     from styleprobe.config import CONFIG_DIR
-    from styleprobe.store import Store
-    from styleprobe.sweep import run
+    from styleprobe.run.store import Store
+    from styleprobe.run.sweep import run
 
     weights = _untrained_weights(tmp_path / "weights")
     monkeypatch.setenv("STYLEPROBE_TOY_WEIGHTS", str(weights))
@@ -190,9 +190,9 @@ def test_generate_prompts_each_image_by_its_own_reference(tmp_path):
     pipeline alone would repeat the whole batch's embeddings into every sample)."""
     from safetensors.torch import load_file
 
-    from styleprobe.toy import adapter
-    from styleprobe.toy.pipeline import build_pipeline, generate
-    from styleprobe.toy.unet import build_unet
+    from styleprobe.models.toy import adapter
+    from styleprobe.models.toy.pipeline import build_pipeline, generate
+    from styleprobe.models.toy.unet import build_unet
 
     folder = _untrained_weights(tmp_path / "weights")
     pipe = build_pipeline(folder, build_unet().eval())
@@ -211,9 +211,9 @@ def _untrained_weights(weights):
 
     from safetensors.torch import save_file
 
-    from styleprobe.toy import adapter, clip, scorers, unet
-    from styleprobe.toy.train import save_half
-    from styleprobe.toy.weights import FOLDER
+    from styleprobe.models.toy import adapter, clip, scorers, unet
+    from styleprobe.models.toy.train import save_half
+    from styleprobe.models.toy.weights import FOLDER
 
     weights.mkdir()
     for name in ("vae.safetensors", "training.json", "classifier.safetensors"):
@@ -236,7 +236,7 @@ def _untrained_weights(weights):
 def test_a_killed_unet_training_resumes_to_the_same_weights(tmp_path, monkeypatch):
     """Killed after a checkpoint and run again, the UNet stage ends with the weights and losses of an uninterrupted
     run: the checkpoint holds every random stream and optimizer state."""
-    from styleprobe.toy import unet
+    from styleprobe.models.toy import unet
 
     folder = _untrained_weights(tmp_path / "weights")
     recipe = unet.UNetTraining(steps=4, batch_size=4, train_images=32)
@@ -263,7 +263,7 @@ def test_a_killed_unet_training_resumes_to_the_same_weights(tmp_path, monkeypatc
 @pytest.mark.slow
 def test_unet_and_adapter_training_are_reproducible(tmp_path):
     """A seed and a recipe determine the trained UNet and adapter (a few steps, twice each)."""
-    from styleprobe.toy import adapter, unet
+    from styleprobe.models.toy import adapter, unet
 
     folder = _untrained_weights(tmp_path / "weights")
     recipe = unet.UNetTraining(steps=2, batch_size=4, train_images=32)

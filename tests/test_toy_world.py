@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from styleprobe.toy import world
+from styleprobe.models.toy import world
 
 
 def test_an_image_is_determined_by_content_style_and_seed():
@@ -70,7 +70,8 @@ def test_batches_are_scaled_to_minus_one_one_with_their_labels():
 
 
 def test_the_toy_data_set_has_one_reference_per_style_and_shape_only_prompts(tmp_path):
-    from styleprobe.data import load_prompts, load_style_set
+    from styleprobe.data.prompt_sets import load_prompts
+    from styleprobe.data.style_sets import load_style_set
 
     refs = load_style_set("builtin:toy", cache_dir=tmp_path)
     assert sorted(r.style for r in refs) == sorted(world.STYLES)

@@ -31,7 +31,6 @@ from styleprobe.errors import StyleprobeError
 from styleprobe.metric_roles import RENAMED, RENAMED_WHY
 
 
-
 def _quiet_libraries() -> None:
     """Keep the run log about the run. diffusers and transformers are quieted where they are first used
     (`models.quiet_libraries`), so that start-up and config errors do not wait seconds for their import."""
@@ -45,11 +44,11 @@ def _drop_open_clip_info(record: logging.LogRecord) -> bool:
 
 #: subcommand -> (primary config in experiments/, module whose run(cfg) does the work)
 COMMANDS = {
-    "sweep": ("config", "styleprobe.sweep"),
-    "score": ("score", "styleprobe.scoring"),
+    "sweep": ("config", "styleprobe.run.sweep"),
+    "score": ("score", "styleprobe.run.scoring"),
     "analyze": ("analyze", "styleprobe.analysis.report"),
-    "status": ("status", "styleprobe.status"),
-    "compact": ("compact", "styleprobe.compaction"),
+    "status": ("status", "styleprobe.run.status"),
+    "compact": ("compact", "styleprobe.run.compaction"),
 }
 
 

@@ -22,7 +22,7 @@ def sets_suffix(*, _root_: Any) -> str:
     joining the preset's (a given results_dir=... joins them on purpose)."""
     from omegaconf import OmegaConf
 
-    from styleprobe.data import results_suffix
+    from styleprobe.data.set_names import results_suffix
 
     data, model = _root_.data, _root_.model
     prompts = OmegaConf.to_container(data.prompts, resolve=True) if OmegaConf.is_list(data.prompts) else data.prompts

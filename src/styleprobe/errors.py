@@ -15,3 +15,13 @@ class ModelUnavailableError(StyleprobeError):
 
 class AnalysisError(StyleprobeError):
     """A results table that cannot answer the question asked (missing folder, column or condition)."""
+
+
+def one_line(message: str) -> str:
+    """Collapse newlines so every error stays a single line in logs and Hydra output."""
+    return " ".join(message.split("\n")).replace("\r", " ")
+
+
+def config_error(message: str) -> ConfigError:
+    """Build a ConfigError whose message is guaranteed to be one line."""
+    return ConfigError(one_line(message))

@@ -14,7 +14,14 @@ import pandas as pd
 from styleprobe.analysis import benchmark as bench
 from styleprobe.analysis import figures
 from styleprobe.analysis.design import describe_design
-from styleprobe.analysis.load import is_machinery_check, is_toy_world, metric_columns, metric_label, metric_role, model_names
+from styleprobe.analysis.load import (
+    is_machinery_check,
+    is_toy_world,
+    metric_columns,
+    metric_label,
+    metric_role,
+    model_names,
+)
 from styleprobe.analysis.validity import report_section as metric_validity_section
 from styleprobe.errors import AnalysisError
 

@@ -16,7 +16,7 @@ import pandas as pd
 
 from styleprobe.analysis.load import layer_names, varying_conditions
 from styleprobe.errors import AnalysisError
-from styleprobe.layers import LAYOUT_MODULE, PRESETS, STYLE_MODULE
+from styleprobe.models.layers import LAYOUT_MODULE, PRESETS, STYLE_MODULE
 
 #: InstantStyle's two modules on SDXL, marked in figures and rankings.
 INSTANTSTYLE_MODULES: dict[str, str] = {STYLE_MODULE: "style", LAYOUT_MODULE: "layout"}

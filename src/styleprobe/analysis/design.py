@@ -11,7 +11,14 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from styleprobe.analysis.load import CELL_COLUMNS, PROMPT_COLUMN, REFERENCE_COLUMN, REPLICATE_COLUMN, data_sets, metric_columns
+from styleprobe.analysis.load import (
+    CELL_COLUMNS,
+    PROMPT_COLUMN,
+    REFERENCE_COLUMN,
+    REPLICATE_COLUMN,
+    data_sets,
+    metric_columns,
+)
 from styleprobe.analysis.stats import Bootstrap
 
 #: Below this many style references an interval over references is rough, whatever its nominal level.

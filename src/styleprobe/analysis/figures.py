@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import functools
 import textwrap
-from dataclasses import dataclass, field
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ from styleprobe.analysis.load import (
 )
 from styleprobe.analysis.stats import Bootstrap, aggregate, paired_differences, select
 from styleprobe.errors import AnalysisError
-from styleprobe.layers import PRESETS
+from styleprobe.models.layers import PRESETS
 
 WIDTH = 7.0  # inches: a two-column paper's text width
 FONT = {"font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "xtick.labelsize": 7, "ytick.labelsize": 7,

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from styleprobe.errors import AnalysisError
 from styleprobe.metric_roles import RENAMED, UNKNOWN_ROLE, MetricRole, kind_roles
-from styleprobe.store import Store
+from styleprobe.run.store import Store
 
 log = logging.getLogger("styleprobe")
 

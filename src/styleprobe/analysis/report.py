@@ -45,8 +45,8 @@ from styleprobe.analysis.load import (
     is_machinery_check,
     is_toy_world,
     load_results,
-    metric_columns,
     method_names,
+    metric_columns,
     metric_label,
     metric_roles,
     model_names,
@@ -58,9 +58,9 @@ from styleprobe.analysis.stats import Bootstrap, aggregate, paired_differences, 
 from styleprobe.analysis.validity import report_section as metric_validity_section
 from styleprobe.analysis.verdict import CandidateVerdict, Criterion, judge, rank_by_style_effect
 from styleprobe.config import CONFIG_DIR
+from styleprobe.disk import HOST
 from styleprobe.errors import AnalysisError
 from styleprobe.metric_roles import ROLES, UNKNOWN_ROLE, MetricRole
-from styleprobe.store import HOST
 
 log = logging.getLogger("styleprobe")
 

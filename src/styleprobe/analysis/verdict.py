@@ -24,7 +24,14 @@ import pandas as pd
 
 from styleprobe.analysis.conditions import describe_setting, is_instantstyle, preset_rows, split_by_setting
 from styleprobe.analysis.load import metric_role, require_columns, varying_conditions
-from styleprobe.analysis.stats import Bootstrap, bootstrap_ci, paired_cells, paired_differences, select, simultaneous_differences
+from styleprobe.analysis.stats import (
+    Bootstrap,
+    bootstrap_ci,
+    paired_cells,
+    paired_differences,
+    select,
+    simultaneous_differences,
+)
 from styleprobe.errors import AnalysisError
 
 

@@ -1,19 +1,24 @@
 """Methods as plug-ins: a name in the `method` config group -> a `Method` (see `base.py` for the hooks).
 
-    ip_adapter      IP-Adapter's image branch in cross-attention (attn2), InstantStyle's layers and subtraction
-    style_aligned   StyleAligned's shared self-attention (attn1) with a DDIM-inverted reference
+    ip_adapter/     IP-Adapter's image branch in cross-attention (attn2), InstantStyle's layers and subtraction
+    style_aligned/  StyleAligned's shared self-attention (attn1) with a DDIM-inverted reference
+    b_lora/         B-LoRA: a LoRA trained per reference, on the transformer layers its patterns select
 
-Every module of this package registers its method when imported, and importing the package imports them all,
-so a new method is one module here plus its config file in experiments/method/.
+Each method is a package whose `plugin.py` registers it; `base.registry()` imports them all on first use, so a new
+method is one folder here plus its config file in experiments/method/. What several methods share lives beside
+them: `base.py` (the hooks and the registry), `attention.py` (the processor steps around the attention itself).
 """
 
-import importlib
-import pkgutil
+from styleprobe.methods.base import (
+    REGISTRY,
+    Method,
+    MethodEntry,
+    Parts,
+    knob_names,
+    method,
+    parse_entries,
+    register,
+    registry,
+)
 
-from styleprobe.methods.base import REGISTRY, Method, MethodEntry, Parts, knob_names, method, parse_entries, register
-
-for _module in pkgutil.iter_modules(__path__):
-    if _module.name != "base":
-        importlib.import_module(f"{__name__}.{_module.name}")
-
-__all__ = ["REGISTRY", "Method", "MethodEntry", "Parts", "knob_names", "method", "parse_entries", "register"]
+__all__ = ["REGISTRY", "Method", "MethodEntry", "Parts", "knob_names", "method", "parse_entries", "register", "registry"]

@@ -9,9 +9,9 @@ A method (IP-Adapter, StyleAligned, ...) says
 - how its items may share one pipeline call (`batch_key`);
 - what it sets up on a loaded pipeline (`activate` / `deactivate`), what it prepares once per reference
   (`prepare`: encodings, inverted latents, trained weights), and how it runs one batch (`run_batch`).
-Plan, engine, store, scoring and analysis only call these hooks; nothing outside a method's own module
-asks which method it is. A new method is one module with a `@register`ed subclass plus one config file in
-`experiments/method/`.
+Plan, engine, store, scoring and analysis only call these hooks; nothing outside a method's own package
+asks which method it is. A new method is one package here whose `plugin.py` holds a `@register`ed subclass, plus
+one config file in `experiments/method/`.
 """
 
 from __future__ import annotations
@@ -27,19 +27,21 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from styleprobe.config import as_list
-from styleprobe.data import PromptSpec, StyleReference
+from styleprobe.data.prompt_sets import PromptSpec
+from styleprobe.data.style_sets import StyleReference
 from styleprobe.errors import ConfigError
-from styleprobe.layers import LayerMap, Pattern, expand_patterns
-from styleprobe.sampler import Sampler
+from styleprobe.models.layers import LayerMap, Pattern, expand_patterns
+from styleprobe.run.sampler import Sampler
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from styleprobe.engine import Engine
-    from styleprobe.model_files import ModelFile
-    from styleprobe.models import LoadedModel, ModelSpec
-    from styleprobe.plan import WorkItem
-    from styleprobe.store import Store
+    from styleprobe.models.files import ModelFile
+    from styleprobe.models.loading import LoadedModel
+    from styleprobe.models.presets import ModelSpec
+    from styleprobe.run.engine import Engine
+    from styleprobe.run.plan import WorkItem
+    from styleprobe.run.store import Store
 
 #: Entry settings that are not knobs: the plug-in's name, the sampler defaults, the entry's own layer patterns.
 ENTRY_SETTINGS = ("type", "sampler", "patterns")
@@ -153,8 +155,25 @@ class Method(ABC):
         return 0
 
 
-#: name -> plug-in class, filled by @register.
+#: name -> plug-in class, filled by @register when a method's `plugin` module is imported (`registry` imports them all).
 REGISTRY: dict[str, type[Method]] = {}
+_DISCOVERED: list[bool] = []
+
+
+def registry() -> dict[str, type[Method]]:
+    """Every method: the `plugin` module of each package in `styleprobe/methods/` is imported on first call, so a new
+    method is one folder (and its config file) that nothing else names. Imported here, at first use, rather than by
+    the package: a method's mechanism (the IP-Adapter processor the toy model uses) imports without the others."""
+    if not _DISCOVERED:
+        import importlib
+        import pkgutil
+        from pathlib import Path
+
+        _DISCOVERED.append(True)
+        for found in pkgutil.iter_modules([str(Path(__file__).parent)]):
+            if found.ispkg:
+                importlib.import_module(f"{__package__}.{found.name}.plugin")
+    return REGISTRY
 
 #: The columns every row has, whatever the method (the plan writes them); a knob may not take one of these names.
 ROW_COLUMNS: tuple[str, ...] = (
@@ -176,13 +195,14 @@ def register(cls: type[Method]) -> type[Method]:
 
 def method(name: str) -> Method:
     """The plug-in called `name`, or a one-line error listing the valid names."""
-    if name not in REGISTRY:
-        raise ConfigError(f"unknown method {name!r}; choose one of {', '.join(sorted(REGISTRY))} (experiments/method/)")
-    return REGISTRY[name]()
+    methods = registry()
+    if name not in methods:
+        raise ConfigError(f"unknown method {name!r}; choose one of {', '.join(sorted(methods))} (experiments/method/)")
+    return methods[name]()
 
 
 def knob_names(name: str) -> list[str]:
-    return [f.name for f in dataclasses.fields(REGISTRY[name].Knobs)]
+    return [f.name for f in dataclasses.fields(registry()[name].Knobs)]
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,7 @@ class ScoreBatch:
 
 def device_of(device: Any) -> torch.device:
     """The torch device of a device name (or torch.device); a CUDA device this torch cannot use fails with the fix."""
-    from styleprobe.models import resolve_device
+    from styleprobe.models.devices import resolve_device
 
     return resolve_device(str(device))
 

@@ -126,7 +126,7 @@ OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin
 
 def open_clip_files(name: str, pretrained: str, metric: str) -> list[Any]:
     """The file open_clip reads for `name`/`pretrained`: a local checkpoint, or its Hub repository's weights."""
-    from styleprobe.model_files import ModelFile
+    from styleprobe.models.files import ModelFile
 
     what, setting = f"the open_clip weights {name}/{pretrained} of {metric}", f"metrics.{metric}.pretrained"
     if Path(pretrained).suffix:
@@ -176,11 +176,11 @@ class _CLIPScorer(Scorer):
         def build() -> OpenCLIP:
             device, dtype = self.settings.torch_device, self.settings.torch_dtype
             if self.settings.weights == "tiny":
-                from styleprobe.metrics.tiny import tiny_open_clip
+                from styleprobe.metrics.tiny_scorers import tiny_open_clip
 
                 return OpenCLIP.load(*tiny_open_clip(), device).to(dtype)
             if self.settings.weights == "toy":
-                from styleprobe.toy.assemble import toy_open_clip
+                from styleprobe.models.toy.assemble import toy_open_clip
 
                 return OpenCLIP.load(*toy_open_clip(), device).to(dtype)
             pretrained = None if self.settings.weights == "random" else self.pretrained

@@ -21,7 +21,6 @@ import numpy as np
 
 from styleprobe.errors import ConfigError, ModelUnavailableError
 from styleprobe.metrics import preprocess
-from styleprobe.metrics.csd_arch import ARCHS, HUB_FILENAME, HUB_REPO
 from styleprobe.metrics.base import (
     ScoreBatch,
     Scorer,
@@ -31,6 +30,7 @@ from styleprobe.metrics.base import (
     register,
     shared_model,
 )
+from styleprobe.metrics.csd_arch import ARCHS, HUB_FILENAME, HUB_REPO
 
 if TYPE_CHECKING:  # csd_model (torch) is imported where the model is built, so configs are checked without torch
     import torch
@@ -90,7 +90,7 @@ class StyleCSD(Scorer):
 
     def hub_files(self) -> list[Any]:
         """The checkpoint `resolve_checkpoint` will read: the local file, else the Hub mirror's."""
-        from styleprobe.model_files import ModelFile
+        from styleprobe.models.files import ModelFile
 
         what = f"the CSD checkpoint of {self.name}"
         if self.checkpoint:
@@ -107,11 +107,11 @@ class StyleCSD(Scorer):
 
             device, dtype = self.settings.torch_device, self.settings.torch_dtype
             if self.settings.weights == "tiny":
-                from styleprobe.metrics.tiny import ensure_tiny_scorers
+                from styleprobe.metrics.tiny_scorers import ensure_tiny_scorers
 
                 path = ensure_tiny_scorers() / "csd" / "checkpoint.pth"
             elif self.settings.weights == "toy":
-                from styleprobe.toy.assemble import scorer_folder
+                from styleprobe.models.toy.assemble import scorer_folder
 
                 path = scorer_folder() / "csd" / "checkpoint.pth"
             elif self.settings.weights == "random":

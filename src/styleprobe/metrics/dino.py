@@ -121,7 +121,7 @@ class StyleDINO(Scorer):
         return self.source
 
     def hub_files(self) -> list[Any]:
-        from styleprobe.model_files import model_folder
+        from styleprobe.models.files import model_folder
 
         return model_folder(f"the {self.source} model of {self.name}", self.source, f"metrics.{self.name}.model")
 
@@ -132,11 +132,11 @@ class StyleDINO(Scorer):
         def build() -> HFViT:
             device, dtype = self.settings.torch_device, self.settings.torch_dtype
             if self.settings.weights == "tiny":
-                from styleprobe.metrics.tiny import ensure_tiny_scorers
+                from styleprobe.metrics.tiny_scorers import ensure_tiny_scorers
 
                 return HFViT.load(str(ensure_tiny_scorers() / self.family), device).to(dtype)
             if self.settings.weights == "toy":
-                from styleprobe.toy.assemble import scorer_folder
+                from styleprobe.models.toy.assemble import scorer_folder
 
                 return HFViT.load(str(scorer_folder() / "dino"), device).to(dtype)
             if self.settings.weights == "random":

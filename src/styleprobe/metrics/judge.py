@@ -39,7 +39,7 @@ from styleprobe.metrics.base import (
     register,
     shared_model,
 )
-from styleprobe.toy import world  # numpy and PIL only: building the scorer imports no torch
+from styleprobe.models.toy import world  # numpy and PIL only: building the scorer imports no torch
 
 if TYPE_CHECKING:
     import torch
@@ -79,8 +79,8 @@ class Judge:
     @classmethod
     def load(cls, device: torch.device, dtype: torch.dtype) -> Judge:
         from styleprobe.errors import ModelUnavailableError
-        from styleprobe.toy.assemble import weights_folder
-        from styleprobe.toy.classifier import load_classifier
+        from styleprobe.models.toy.assemble import weights_folder
+        from styleprobe.models.toy.classifier import load_classifier
 
         path = weights_folder() / "classifier.safetensors"
         if not path.is_file():

@@ -291,7 +291,7 @@ def compare_encoding(model: Path, checked: Path) -> None:
 def train(original: Path, python: str, model: Path, work: Path, index: int) -> dict:
     from PIL import Image
 
-    from styleprobe.data import load_style_set
+    from styleprobe.data.style_sets import load_style_set
 
     reference = load_style_set("builtin:shapes")[index]
     instance = work / f"instance_ref{index}"
@@ -346,7 +346,7 @@ def main() -> int:
     from diffusers import StableDiffusionXLPipeline
     from safetensors.torch import load_file, save_file
 
-    from styleprobe.tiny import ensure_tiny
+    from styleprobe.models.tiny import ensure_tiny
 
     args.work.mkdir(parents=True, exist_ok=True)
     tiny = ensure_tiny() / "stable-diffusion-xl-base"

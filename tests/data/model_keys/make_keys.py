@@ -19,9 +19,9 @@ os.environ.setdefault("STYLEPROBE_CACHE", tempfile.mkdtemp(prefix="styleprobe-ke
 
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-from styleprobe import models  # noqa: E402
 from styleprobe.config import CONFIG_DIR  # noqa: E402
-from styleprobe.sweep import prepare  # noqa: E402
+from styleprobe.models import loading, presets
+from styleprobe.run.sweep import prepare  # noqa: E402
 
 HERE = Path(__file__).parent
 DATA = HERE.parent
@@ -39,8 +39,8 @@ UNETS = {"sdxl": "sdxl_unet_config.json", "sdxl_vit_h": "sdxl_unet_config.json",
 
 
 def main() -> None:
-    real = models.load_unet_config
-    toy_unet = real(models.ModelSpec.from_config({"name": "toy", "family": "sdxl", "base": "toy:stable-diffusion-xl-base",
+    real = loading.load_unet_config
+    toy_unet = real(presets.ModelSpec.from_config({"name": "toy", "family": "sdxl", "base": "toy:stable-diffusion-xl-base",
                                                   "adapter": {"source": "toy:IP-Adapter", "subfolder": "sdxl_models",
                                                               "weight_name": "ip-adapter_sdxl.safetensors"}}))
     (HERE / "toy_unet_config.json").write_text(json.dumps(toy_unet, indent=1, sort_keys=True))
@@ -50,9 +50,9 @@ def main() -> None:
             return json.loads((DATA / UNETS[spec.name]).read_text())
         return toy_unet if spec.name == "toy" else real(spec)
 
-    models.load_unet_config = unet
+    loading.load_unet_config = unet
     out = {"commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                    cwd=Path(models.__file__).parent).stdout.strip(), "plans": {}}
+                                    cwd=Path(loading.__file__).parent).stdout.strip(), "plans": {}}
     with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         for name, overrides in PLANS.items():
             cfg = compose(config_name="config", overrides=[f"model={name}", f"results_root={tmp}", "metrics=[]", *overrides])

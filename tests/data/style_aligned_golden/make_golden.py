@@ -87,7 +87,7 @@ def load_original(root: Path) -> tuple[types.ModuleType, types.ModuleType]:
 def pipeline():
     from diffusers import DDIMScheduler, StableDiffusionXLPipeline
 
-    from styleprobe.tiny import ensure_tiny
+    from styleprobe.models.tiny import ensure_tiny
 
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
                               set_alpha_to_one=False)
@@ -117,7 +117,7 @@ def run_generated(pipe, sa_handler, args, steps: int, guidance: float, targets: 
 
 
 def run_inverted(pipe, sa_handler, inversion) -> tuple[torch.Tensor, torch.Tensor]:
-    from styleprobe.data import load_style_set
+    from styleprobe.data.style_sets import load_style_set
 
     reference = load_style_set("builtin:shapes")[0]
     x0 = np.array(reference.load().resize((SIZE, SIZE)))

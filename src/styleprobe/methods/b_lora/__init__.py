@@ -1,0 +1,1 @@
+"""B-LoRA: a LoRA trained per reference, applied to chosen transformer layers (`plugin.py`)."""

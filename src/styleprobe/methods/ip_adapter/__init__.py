@@ -1,0 +1,1 @@
+"""IP-Adapter with InstantStyle's per-layer injection and content subtraction (`plugin.py`)."""

@@ -1,0 +1,1 @@
+"""StyleAligned: shared self-attention with a DDIM-inverted reference (`plugin.py`)."""

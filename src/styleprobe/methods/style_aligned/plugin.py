@@ -1,0 +1,337 @@
+"""StyleAligned (Hertz et al., arXiv 2312.02133; google/style-aligned) as a styleprobe method.
+
+Every image attends, in the self-attention (`attn1`) layers its layer pattern selects, to a reference image
+generated alongside it in the same batch (`shared_attention.py`: AdaIN of queries and keys, shared keys and
+values, a score shift on the reference's tokens, optionally shared GroupNorm statistics). The defaults are the
+original's real-image recipe (`style_aligned_transfer_sdxl.ipynb`), because a style set holds real images:
+- `reference_mode: inversion`: the style set's image is DDIM-inverted (`inversion.py`) with the caption
+  "<content>, <style>." for 50 steps at guidance 2, once per (reference, model, sampler, inversion settings),
+  and stored in the results folder (`artefacts/inversion/`, with its cost); during generation the reference
+  sample replays that trajectory from offset 5;
+- generation: DDIM (beta 0.00085..0.012 scaled_linear, clip_sample off, set_alpha_to_one off, no step offset),
+  50 steps (as many as the inversion: required), guidance 10, `shared_score_shift = log 2`, shared norms on;
+- prompts: "<prompt>, <style>." for the images, where <style> is the manifest's `style_prompt` when given, else
+  its `style`; the exact prompt is stored in `prompt_used`, the reference's in `reference_prompt`.
+`reference_mode: generated` is the original's text-to-image path (`style_aligned_sdxl.ipynb`): the reference is
+generated from its caption alongside (seed `reference_seed`, else the item's own), its pixels never used.
+
+Layer patterns select `attn1` sites: `none` shares no attention (GroupNorm statistics are still shared when
+`share_group_norm` is on: the original shares them everywhere, independent of attention layers), `style` shares
+only `up_blocks.0.attentions.1`, one-hot and leave-one-out sweeps move the sharing layer by layer.
+
+Where this differs from the original on purpose (see also `shared_attention.py`):
+- each sample names its own reference and sharing layers, so items with different references, prompts, seeds and
+  patterns share one call and an image does not depend on its batch-mates;
+- `full_attention_share` groups a sample with its own reference only (a private reference row per sample);
+- `share_layer_norm` has no numeric effect (LayerNorm is per token), so it is recorded but not part of the key;
+- `only_self_level` is guarded against the original's division by zero, and applied when the plan is made, so
+  a row's `layers` column lists the layers that really share;
+- patterns must switch layers fully on or off: a shared layer has no strength.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+
+from styleprobe.errors import ConfigError
+from styleprobe.methods.base import Method, MethodEntry, Parts, register
+from styleprobe.models.layers import LayerMap, Pattern
+
+if TYPE_CHECKING:  # torch is imported where it is used, so planning a sweep never waits for it
+    import torch
+
+log = logging.getLogger("styleprobe")
+
+MODES = ("inversion", "generated")
+TEMPLATE_FIELDS = ("prompt", "style", "content", "subject")
+ARTEFACT = "inversion"
+
+
+@dataclass(frozen=True)
+class StyleAlignedKnobs:
+    reference_mode: str = "inversion"  # inversion: DDIM-invert the style set's image; generated: make it from its caption
+    adain_queries: bool = True
+    adain_keys: bool = True
+    adain_values: bool = False
+    shared_score_scale: float = 1.0  # multiplies the reference's keys (the notebook: 0.5 for famous images)
+    shared_score_shift: float = math.log(2)  # added to the logits of the reference's tokens (real-image notebook)
+    share_group_norm: bool = True
+    share_layer_norm: bool = True  # no numeric effect (LayerNorm is per token); recorded, not keyed
+    full_attention_share: bool = False
+    only_self_level: float = 0.0  # the share of attn1 layers switched off (original's rule)
+    inversion_steps: int | None = None  # null: the generation's step count (they must be equal)
+    inversion_guidance: float = 2.0
+    inversion_offset: int = 5  # the reference starts from zts[offset] and replays zts[max(offset + 1, i + 1)]
+    reference_seed: int | None = None  # generated mode: the reference's seed (null: the item's seed)
+    prompt_template: str = "{prompt}, {style}."
+    reference_prompt_template: str = "{content}, {style}."
+
+
+class ReferenceRow(NamedTuple):
+    """A reference sample of a batch: its caption, the inversion it replays ("" when generated), its seed."""
+
+    caption: str
+    inversion_key: str
+    seed: int  # the generated reference's noise (unused when it replays an inversion)
+    private: str  # the item that owns it under full attention sharing, else ""
+
+
+@dataclass
+class StyleAlignedState:
+    """StyleAligned on one loaded pipeline: the sharing state its processors read, inverted latents in memory."""
+
+    sharing: Any
+    inversions: dict[str, tuple[torch.Tensor, dict[str, Any]]] = field(default_factory=dict)  # key -> (zts, metadata)
+
+
+def _fill(template: str, parts: Parts) -> str:
+    ref = parts.reference
+    return template.format(prompt=parts.prompt.prompt, style=ref.style_prompt or ref.style, content=ref.content,
+                           subject=parts.prompt.subject)
+
+
+@register
+class StyleAligned(Method):
+    """Shared self-attention with a reference in the batch, the reference DDIM-inverted from the style set's image."""
+
+    name: ClassVar[str] = "style_aligned"
+    site: ClassVar[str] = "attn1"
+    Knobs: ClassVar[type] = StyleAlignedKnobs
+    unkeyed: ClassVar[frozenset[str]] = frozenset({"share_layer_norm"})
+    sampler_defaults: ClassVar[dict[str, Any]] = {  # the real-image notebook's generation
+        "steps": 50, "guidance": 10.0, "scheduler": "DDIMScheduler",
+        "scheduler_options": {"clip_sample": False, "set_alpha_to_one": False, "steps_offset": 0},
+    }
+
+    # planning ------------------------------------------------------------------------------------------
+    def check_knobs(self, knobs: StyleAlignedKnobs, where: str) -> None:
+        from styleprobe.config import non_negative_number
+
+        if knobs.reference_mode not in MODES:
+            raise ConfigError(f"{where}.reference_mode={knobs.reference_mode!r}; choose one of {', '.join(MODES)}")
+        non_negative_number(knobs.shared_score_scale, f"{where}.shared_score_scale")
+        non_negative_number(knobs.inversion_guidance, f"{where}.inversion_guidance")
+        if not math.isfinite(knobs.shared_score_shift):
+            raise ConfigError(f"{where}.shared_score_shift={knobs.shared_score_shift}; give a finite number (log 2 = 0.693...)")
+        if not 0 <= knobs.only_self_level <= 1:
+            raise ConfigError(f"{where}.only_self_level={knobs.only_self_level}; give a share between 0 and 1")
+        if knobs.inversion_offset < 0 or (knobs.inversion_steps is not None and knobs.inversion_steps < 1):
+            raise ConfigError(f"{where}: inversion_offset must be >= 0 and inversion_steps >= 1 (or null)")
+        if knobs.reference_seed is not None and knobs.reference_seed < 0:
+            raise ConfigError(f"{where}.reference_seed={knobs.reference_seed}; give a non-negative seed or null")
+        for name in ("prompt_template", "reference_prompt_template"):
+            template = getattr(knobs, name)
+            try:
+                template.format(**{f: "x" for f in TEMPLATE_FIELDS})
+            except (KeyError, IndexError, ValueError) as err:
+                raise ConfigError(
+                    f"{where}.{name}={template!r} cannot be filled ({type(err).__name__}: {err}); "
+                    f"use the fields {', '.join('{' + f + '}' for f in TEMPLATE_FIELDS)}"
+                ) from None
+
+    def check_model(self, spec: Any, where: str) -> None:
+        if spec.family != "sdxl":
+            raise ConfigError(f"{where}: StyleAligned runs on SDXL-family models (its inversion uses SDXL's added "
+                              f"conditions); model {spec.name} is {spec.family}")
+
+    def check_entry(self, entry: MethodEntry, spec: Any) -> None:
+        where = f"method.{entry.name}"
+        steps = entry.sampler.steps
+        for knobs in entry.variants:
+            if knobs.reference_mode == "inversion":
+                if entry.sampler.scheduler != "DDIMScheduler":
+                    raise ConfigError(
+                        f"{where}: a DDIM-inverted reference is replayed step by step, so generation must use "
+                        f"DDIMScheduler, not {entry.sampler.scheduler_id}; set {where}.sampler.scheduler=DDIMScheduler "
+                        f"(or leave sampler.scheduler null)"
+                    )
+                if knobs.inversion_steps is not None and knobs.inversion_steps != steps:
+                    raise ConfigError(
+                        f"{where}: the reference is inverted in {knobs.inversion_steps} steps but generated in {steps}; "
+                        f"StyleAligned replays the inversion step for step, so set both to the same number "
+                        f"(sampler.steps={knobs.inversion_steps}, or {where}.inversion_steps=null to follow the sampler)"
+                    )
+                if knobs.inversion_offset + 1 > steps:
+                    raise ConfigError(f"{where}.inversion_offset={knobs.inversion_offset} needs more than "
+                                      f"{knobs.inversion_offset} steps; generation has {steps}")
+        for pattern in entry.patterns:
+            odd = sorted({s for s in pattern.scales if s not in (0.0, 1.0)})
+            if odd:
+                raise ConfigError(f"pattern {pattern.name!r} gives scale {odd[0]:g} to a layer, but StyleAligned shares "
+                                  f"a layer or not; give such patterns as layers: [names]")
+
+    def content_label_use(self, knobs: StyleAlignedKnobs) -> str:
+        if "{content}" not in knobs.reference_prompt_template:
+            return ""
+        what = "DDIM inversion" if knobs.reference_mode == "inversion" else "generating the reference"
+        return f"reference caption for {what} ({knobs.reference_prompt_template!r})"
+
+    def effective_pattern(self, pattern: Pattern, knobs: StyleAlignedKnobs, layer_map: LayerMap) -> Pattern:
+        if not knobs.only_self_level:
+            return pattern
+        from styleprobe.methods.style_aligned.shared_attention import switched_off
+
+        off = switched_off(len(layer_map), knobs.only_self_level)
+        return Pattern(pattern.name, tuple(0.0 if o else s for s, o in zip(pattern.scales, off)), pattern.sweep, pattern.target)
+
+    def prompt_used(self, parts: Parts) -> str:
+        return _fill(parts.knobs.prompt_template, parts)
+
+    def reference_prompt(self, parts: Parts) -> str:
+        return _fill(parts.knobs.reference_prompt_template, parts)
+
+    def inversion_key(self, parts: Parts) -> str:
+        """What determines a reference's inverted trajectory; empty in generated mode."""
+        from styleprobe.run.plan import item_key
+
+        knobs, sampler = parts.knobs, parts.sampler
+        if knobs.reference_mode != "inversion":
+            return ""
+        return item_key({
+            "kind": "ddim_inversion", "model": parts.spec.base_identity, "dtype": parts.dtype,
+            "reference": parts.reference.digest, "caption": self.reference_prompt(parts), "steps": sampler.steps,
+            "guidance": knobs.inversion_guidance, "height": sampler.height, "width": sampler.width,
+            "scheduler": sampler.scheduler_id,
+        })
+
+    def prepare_keys(self, parts: Parts) -> list[str]:
+        key = self.inversion_key(parts)
+        return [key] if key else []
+
+    def key_fields(self, parts: Parts) -> dict[str, Any]:
+        return {**super().key_fields(parts), "prompt_used": self.prompt_used(parts),
+                "reference_prompt": self.reference_prompt(parts)}
+
+    def row_fields(self, parts: Parts) -> dict[str, Any]:
+        return {**super().row_fields(parts), "reference_prompt": self.reference_prompt(parts),
+                "inversion_key": self.inversion_key(parts)}
+
+    def batch_key(self, item: Any) -> tuple[Any, ...]:
+        return (item.knobs,)
+
+    # generation ----------------------------------------------------------------------------------------
+    def state(self, model: Any) -> StyleAlignedState:
+        from styleprobe.methods.style_aligned.shared_attention import install
+
+        if self.name not in model.attached:
+            model.attached[self.name] = StyleAlignedState(install(model.pipe.unet))
+        return model.attached[self.name]
+
+    def activate(self, model: Any) -> None:
+        from styleprobe.methods.style_aligned.shared_attention import install
+
+        install(model.pipe.unet)  # idempotent; puts ours back if loading another method reset the processors
+        self.state(model)
+
+    def deactivate(self, model: Any) -> None:
+        """Nothing to undo: with no sharing plan in use, the processors and norms compute the plain model."""
+
+    def prepare(self, engine: Any, items: Sequence[Any], store: Any) -> list[dict[str, Any]]:
+        """Invert each reference the items replay, unless the results folder already holds that inversion.
+
+        One record per inversion used (its key, seconds, peak GPU memory, whether it was found already made).
+        """
+        from styleprobe.progress import Progress
+
+        state = self.state(engine.model)
+        todo = {it.row["inversion_key"]: it for it in items if it.row["inversion_key"]}
+        records = []
+        with Progress(len(todo), f"{self.name}: invert references", "reference") as bar:
+            for key, it in todo.items():
+                records.append(self._prepare_one(engine, store, state, key, it))
+                bar.update()
+        return records
+
+    def _prepare_one(self, engine: Any, store: Any, state: StyleAlignedState, key: str, it: Any) -> dict[str, Any]:
+        """One reference's inversion: read from the results folder, made earlier in this process, or made now."""
+        from styleprobe.models.devices import peak_memory, reset_peak_memory
+
+        reused = store.has_artefact(ARTEFACT, key)
+        if reused:
+            if key not in state.inversions:
+                tensors, meta = store.read_tensors(ARTEFACT, key)
+                state.inversions[key] = (tensors["zts"], meta)
+        else:
+            if key not in state.inversions:  # made in this process for another results folder: stored there too
+                reset_peak_memory(engine.model.device)
+                zts, meta = self._invert(engine.model, it)
+                state.inversions[key] = (zts, {**meta, "peak_gpu_bytes": peak_memory(engine.model.device)})
+                log.debug("inverted %s (%d steps) in %.1f s", it.reference.style, it.sampler.steps, meta["seconds"])
+            zts, meta = state.inversions[key]
+            store.write_tensors(ARTEFACT, key, {"zts": zts}, meta)
+        meta = state.inversions[key][1]
+        return {"what": "ddim inversion", "key": key, "style": it.reference.style,
+                "seconds": round(float(meta["seconds"]), 3), "steps": int(meta["steps"]),
+                "peak_gpu_bytes": meta.get("peak_gpu_bytes"), "reused": reused}
+
+    @staticmethod
+    def _invert(model: Any, item: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The reference's DDIM trajectory and what made it (the artefact's metadata, with its cost)."""
+        from styleprobe.methods.style_aligned.inversion import ddim_invert
+
+        sampler, knobs, caption = item.sampler, item.knobs, item.row["reference_prompt"]
+        zts, seconds = ddim_invert(model.pipe, item.reference.load(), caption, sampler.steps, knobs.inversion_guidance,
+                                   sampler.height, sampler.width)
+        return zts, {
+            "seconds": seconds, "caption": caption, "reference_digest": item.reference.digest,
+            "style": item.reference.style, "steps": sampler.steps, "guidance": knobs.inversion_guidance,
+            "height": sampler.height, "width": sampler.width, "scheduler": sampler.scheduler_id,
+            "model": model.spec.base_identity, "dtype": str(model.dtype).removeprefix("torch."), "device": str(model.device),
+        }
+
+    @staticmethod
+    def _reference_row(item: Any) -> ReferenceRow:
+        """The reference sample an item attends to; items with equal rows share one reference row in a batch."""
+        knobs = item.knobs
+        private = item.key if knobs.full_attention_share else ""  # full sharing changes the reference: one each
+        if knobs.reference_mode == "inversion":
+            return ReferenceRow(item.row["reference_prompt"], item.row["inversion_key"], 0, private)
+        seed = item.seed if knobs.reference_seed is None else knobs.reference_seed
+        return ReferenceRow(item.row["reference_prompt"], "", seed, private)
+
+    def extra_rows(self, batch: int) -> int:
+        """One reference row per reference in the batch: at most one per item (full sharing, or every item its own)."""
+        return batch
+
+    def run_batch(self, engine: Any, items: Sequence[Any]) -> list[Any]:
+        """Reference rows first (one per reference the items use), then the items, in one pipeline call."""
+        import torch
+
+        from styleprobe.methods.style_aligned.inversion import replay_latents
+        from styleprobe.methods.style_aligned.shared_attention import SharingPlan
+
+        state = self.state(engine.model)
+        knobs, sampler = items[0].knobs, items[0].sampler
+        wanted = [self._reference_row(it) for it in items]
+        refs = list(dict.fromkeys(wanted))
+        n_refs, n = len(refs), len(refs) + len(items)
+        layers = torch.zeros(n, len(items[0].entry.layer_map), dtype=torch.bool)
+        for j, it in enumerate(items):  # reference rows share nothing themselves (in full sharing they join their sample)
+            layers[n_refs + j] = torch.tensor(it.pattern.scales) > 0
+        plan = SharingPlan(
+            ref_index=torch.tensor(list(range(n_refs)) + [refs.index(w) for w in wanted]),
+            layers=layers,
+            share_norm=torch.tensor([False] * n_refs + [knobs.share_group_norm] * len(items)),
+            adain_queries=knobs.adain_queries, adain_keys=knobs.adain_keys, adain_values=knobs.adain_values,
+            score_scale=knobs.shared_score_scale, score_shift=knobs.shared_score_shift,
+            full=knobs.full_attention_share,
+        )
+        latents = engine.noise([r.seed for r in refs] + [it.seed for it in items], sampler)
+        replay = {row: state.inversions[r.inversion_key][0] for row, r in enumerate(refs) if r.inversion_key}
+        for row, zts in replay.items():
+            latents[row] = zts[knobs.inversion_offset].to(latents.device, latents.dtype)
+
+        def follow_trajectories(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            out = kwargs["latents"]
+            for row, zts in replay.items():
+                out[row] = replay_latents(zts, knobs.inversion_offset, step).to(out.device, out.dtype)
+            return {"latents": out}
+
+        prompts = [r.caption for r in refs] + [it.row["prompt_used"] for it in items]
+        with state.sharing.use(plan):
+            images = engine.denoise(sampler, prompts, latents, callback_on_step_end=follow_trajectories if replay else None)
+        return images[n_refs:]
