@@ -6,7 +6,7 @@ Both paths run on the same loaded pipeline with the same settings, items and see
   baseline ("diffusers loop"): one `pipe(prompt=..., ip_adapter_image=<PIL>, ...)` call per item, under
       diffusers' own IP-Adapter processors with `pipe.set_ip_adapter_scale(<pattern>)`; every call
       re-encodes the prompt and the reference image.
-  engine: a fresh `styleprobe.engine.Engine` (so its encode-once caches start empty and their cost is
+  engine: a fresh `styleprobe.run.engine.Engine` (so its encode-once caches start empty and their cost is
       counted) running the same items in batches of --batch-size, ordered as `Engine.generate` orders them
       (`--engine-path generate` times `Engine.generate` into a temporary Store instead, PNG writes included).
 
@@ -299,7 +299,7 @@ def prepare(args: argparse.Namespace, model: Any = None) -> SimpleNamespace:
     """
     from styleprobe.data.prompt_sets import load_prompts
     from styleprobe.data.style_sets import load_style_set
-    from styleprobe.methods import method, parse_entries
+    from styleprobe.methods.base import method, parse_entries
     from styleprobe.models import loading
     from styleprobe.models.layers import LayerMap, native_scale_config
     from styleprobe.run.engine import Engine

@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from styleprobe.data.style_sets import load_style_set
-    from styleprobe.methods import method
+    from styleprobe.methods.base import method
     from styleprobe.models import loading
     from styleprobe.run.engine import Engine
     from styleprobe.run.sampler import Sampler

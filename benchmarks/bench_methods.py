@@ -68,7 +68,7 @@ def entries_for(args: argparse.Namespace, preset: dict[str, Any], layer_map) -> 
     """One entry per method, with the method's config file as shipped and the sampler settings given here."""
     from omegaconf import OmegaConf
 
-    from styleprobe.methods import parse_entries
+    from styleprobe.methods.base import parse_entries
 
     methods = {}
     for name in args.methods.split(","):  # resolved against the model preset (its method_defaults, e.g. tiny's B-LoRA)

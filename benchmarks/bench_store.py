@@ -2,7 +2,7 @@
 """Time a large results folder: per-file reading (the baseline) against styleprobe's scan-and-compact store.
 
 It writes a synthetic results folder of a real plan: the tiny model's layer probe with as many seeds as it takes to
-reach --items (336 items a seed), planned by `styleprobe.sweep.prepare` exactly as a run plans it, so the CLI sees a
+reach --items (336 items a seed), planned by `styleprobe.run.sweep.prepare` exactly as a run plans it, so the CLI sees a
 finished sweep. Rows come in parts of 8 (a generation batch), each metric's scores in parts of 32 (a scoring batch),
 one run per --items-per-run, as runs write them; scores are random numbers and no image is written (the analysis grid
 shows blanks). Then, in this one process, it times:

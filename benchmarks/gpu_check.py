@@ -6,7 +6,7 @@ command of at most 8 minutes, prepared and smoke-tested on the CPU. It reuses th
 (bench_engine, bench_injection, bench_scoring, memory_estimate, lora_precision) on random weights at the real
 architectures' sizes, built from their configs (no download):
 
-  p5_memory     peak memory per batch with real-size text and image encoders, against `styleprobe.memory`'s estimate
+  p5_memory     peak memory per batch with real-size text and image encoders, against `styleprobe.models.memory`'s estimate
                 (goal: batch 4 fits a 24 GB card); runs first, while nothing else is on the GPU
   build         the random-weight SDXL model (real UNet and VAE) for the engine parts, built and loaded once
   p1_engine     seconds per image through the engine at batch 4 and 8 and the UNet's share of the bf16 peak
@@ -261,7 +261,7 @@ def part_p1_engine(ctx: Context) -> dict[str, Any]:
     import bench_engine
     import bench_injection
 
-    from styleprobe.methods import method
+    from styleprobe.methods.base import method
     from styleprobe.run.engine import Engine
 
     e, s = ctx.need_engine(), ctx.settings
@@ -324,7 +324,7 @@ def part_p3_injection(ctx: Context) -> dict[str, Any]:
     """bench_injection's three paths (diffusers' processor, ours, no image branch) at each batch size."""
     import bench_injection
 
-    from styleprobe.methods import method
+    from styleprobe.methods.base import method
     from styleprobe.run.engine import Engine
 
     e, s = ctx.need_engine(), ctx.settings

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
-"""Peak GPU memory of SDXL + IP-Adapter per batch size, against styleprobe's estimate (`styleprobe.memory`).
+"""Peak GPU memory of SDXL + IP-Adapter per batch size, against styleprobe's estimate (`styleprobe.models.memory`).
 
-Builds the real-size components with random weights on the device (`styleprobe.architectures`: SDXL's UNet and
+Builds the real-size components with random weights on the device (`styleprobe.models.architectures`: SDXL's UNet and
 VAE, CLIP ViT-L and OpenCLIP bigG text towers, the IP-Adapter's bigG image encoder, a full-size global IP-Adapter),
 then for each batch size runs the pipeline twice, as the engine calls it (per-sample latents, precomputed prompt
 and adapter embeddings, guidance 5, the VAE sliced): once to latents (the denoising peak) and once to PIL images

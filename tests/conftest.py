@@ -54,7 +54,7 @@ def tiny_model(tiny_spec):
 @pytest.fixture
 def tiny_ip(tiny_model):
     """The tiny pipeline set up for IP-Adapter: its adapter loaded and styleprobe's attn2 processors in place."""
-    from styleprobe.methods import method
+    from styleprobe.methods.base import method
     from styleprobe.run.engine import Engine
 
     ip = method("ip_adapter")
@@ -93,7 +93,7 @@ def make_items():
     Knobs given as lists are swept; `prompts` are (prompt, subject) texts, `sampler` a Sampler (2 steps by default).
     """
     from styleprobe.data.prompt_sets import PromptSpec
-    from styleprobe.methods import parse_entries
+    from styleprobe.methods.base import parse_entries
     from styleprobe.models.layers import LayerMap
     from styleprobe.run.plan import build_plan
 

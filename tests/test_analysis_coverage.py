@@ -96,7 +96,7 @@ TARGETS = 6
 def _joint_coverage(simultaneous: bool, tables: int = 200) -> float:
     """Share of tables in which every target's interval covers its true effect at once (targets' effects vary by
     reference too, each with its own true mean)."""
-    from styleprobe.analysis.stats import replicate_means, simultaneous_band
+    from styleprobe.analysis.stats import simultaneous_band
 
     rng = np.random.default_rng(11)
     truth = np.linspace(-0.1, 0.15, TARGETS)

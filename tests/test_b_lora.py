@@ -29,7 +29,7 @@ CONTENT = "up_blocks.0.attentions.0"
 @pytest.fixture
 def model(tiny_model):
     """The shared tiny pipeline set up for B-LoRA (other methods stand aside), every LoRA removed afterwards."""
-    from styleprobe.methods import method
+    from styleprobe.methods.base import method
     from styleprobe.run.sampler import Sampler
 
     Engine(tiny_model).use(method("b_lora"), Sampler(steps=2, guidance=5.0, height=64, width=64))

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from styleprobe import disk
 from styleprobe.data import drawing, style_sets
 from styleprobe.data.prompt_sets import PromptSpec, builtin_prompt_sets, load_prompts
 from styleprobe.data.style_sets import StyleReference, builtin_style_sets, load_style_set
@@ -179,14 +180,15 @@ def test_killed_build_leaves_nothing_half_written(tmp_path: Path, monkeypatch: p
 
 def test_race_loser_discards_its_build(tmp_path: Path) -> None:
     target = tmp_path / "shapes-v1"
-    target.mkdir()
-    (target / "manifest.csv").write_text("winner", encoding="utf-8")
-    mine = tmp_path / ".shapes-v1.tmp-x"
-    mine.mkdir()
-    (mine / "manifest.csv").write_text("loser", encoding="utf-8")
-    style_sets._install(mine, target)
+
+    def build(tmp: Path) -> None:  # another process finishes first, while this one builds
+        target.mkdir()
+        (target / "manifest.csv").write_text("winner", encoding="utf-8")
+        (tmp / "manifest.csv").write_text("loser", encoding="utf-8")
+
+    assert disk.build_once(target, build, marker="manifest.csv") == target
     assert (target / "manifest.csv").read_text(encoding="utf-8") == "winner"
-    assert not mine.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["shapes-v1"]  # the loser's temporary folder is gone
 
 
 def test_damaged_stale_target_is_rebuilt(tmp_path: Path) -> None:
@@ -330,8 +332,8 @@ def test_content_and_style_prompt_are_optional(tmp_path: Path) -> None:
 
 def test_validation_does_not_import_torch() -> None:
     code = (
-        "import sys; import styleprobe.data as d; "
-        "assert 'torch' not in sys.modules, 'data.py must stay torch-free'; "
+        "import sys; import styleprobe.data.style_sets, styleprobe.data.prompt_sets, styleprobe.data.set_names; "
+        "assert 'torch' not in sys.modules, 'data/ must stay torch-free'; "
         "assert 'omegaconf' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

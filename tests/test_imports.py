@@ -1,4 +1,5 @@
-"""The package's modules import one another in one direction only: no cycles, counting imports inside functions.
+"""The package's modules import one another in one direction only: no cycles, counting imports inside functions,
+imports for type hints only (`if TYPE_CHECKING:`) and the packages a module's import runs (`a.b.c` runs `a/b/__init__`).
 
 Data moves plan -> store -> generate -> score -> analyze; a cycle means two modules reach into each other.
 """
@@ -22,19 +23,6 @@ def _modules() -> dict[str, Path]:
     return {_module_name(p): p for p in ROOT.rglob("*.py")}
 
 
-def _runtime_nodes(tree: ast.AST):
-    """Every node, except those under `if TYPE_CHECKING:` (imports for type hints only run no code)."""
-    todo = [tree]
-    while todo:
-        node = todo.pop()
-        yield node
-        for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.If) and isinstance(child.test, ast.Name) and child.test.id == "TYPE_CHECKING":
-                todo.extend(child.orelse)
-                continue
-            todo.append(child)
-
-
 def import_graph() -> dict[str, set[str]]:
     """Module -> the styleprobe modules it imports anywhere in its body (a package's submodule counts as itself)."""
     modules = _modules()
@@ -42,7 +30,7 @@ def import_graph() -> dict[str, set[str]]:
     for name, path in modules.items():
         edges: set[str] = set()
         package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
-        for node in _runtime_nodes(ast.parse(path.read_text())):
+        for node in ast.walk(ast.parse(path.read_text())):
             targets: list[str] = []
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
@@ -51,7 +39,10 @@ def import_graph() -> dict[str, set[str]]:
                 if node.level:
                     base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
                 targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
-            edges.update(t for t in targets if t in modules and t != name)
+            for t in targets:  # importing a.b.c runs a.b's __init__ too
+                parts = t.split(".")
+                edges.update(".".join(parts[:i]) for i in range(2, len(parts) + 1))
+        edges = {t for t in edges if t in modules and t != name and not name.startswith(t + ".")}
         graph[name] = edges
     return graph
 

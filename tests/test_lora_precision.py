@@ -45,7 +45,7 @@ BF16_REL, BF16_COS = 1e-1, 0.995
 
 def _plan(model, references, dtype: str, patterns=("style", "all"), **knobs):
     """B-LoRA items as a sweep on a model of `dtype` would plan them (the dtype is what `auto` follows)."""
-    from styleprobe.methods import parse_entries
+    from styleprobe.methods.base import parse_entries
     from styleprobe.run.plan import build_plan
     from styleprobe.run.sampler import Sampler
 

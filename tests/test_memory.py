@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from styleprobe.errors import StyleprobeError
-from styleprobe.methods import method
+from styleprobe.methods.base import method
 from styleprobe.models import architectures, memory
 from styleprobe.run.engine import Engine, out_of_memory
 from styleprobe.run.sampler import Sampler

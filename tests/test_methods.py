@@ -13,8 +13,7 @@ from omegaconf import OmegaConf
 from styleprobe.config import CONFIG_DIR
 from styleprobe.data.prompt_sets import PromptSpec
 from styleprobe.errors import ConfigError
-from styleprobe.methods import REGISTRY, Method, parse_entries, register, registry
-from styleprobe.methods.base import ROW_COLUMNS
+from styleprobe.methods.base import REGISTRY, ROW_COLUMNS, Method, parse_entries, register, registry
 from styleprobe.models.layers import LayerMap
 from styleprobe.run.engine import Engine
 from styleprobe.run.plan import build_plan

@@ -201,12 +201,13 @@ def test_shards_split_the_scoring_keys():
 PLAN_SCORERS = """
 import json, sys
 from hydra import compose, initialize_config_dir
-from styleprobe import models, scoring
 from styleprobe.config import CONFIG_DIR
+from styleprobe.models.presets import ModelSpec
+from styleprobe.run import scoring
 
 with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
     cfg = compose(config_name="config", overrides=sys.argv[1:])
-spec = models.ModelSpec.from_config(cfg.model)
+spec = ModelSpec.from_config(cfg.model)
 scorers, weights, _ = scoring.build(scoring.metric_configs(cfg), cfg.scoring, [spec.base])  # as sweep.prepare plans them
 seen = {s.name: [s.identity(), list(s.columns), s.model_column, s.describe_model()] for s in scorers}
 heavy = [m for m in %r if m in sys.modules]

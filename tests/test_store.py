@@ -135,7 +135,7 @@ def test_a_legacy_identity_file_is_read_and_renamed_by_compaction(tmp_path):
 WRITER = """
 import sys, time
 from PIL import Image
-from styleprobe.store import Store
+from styleprobe.run.store import Store
 store, run, n = Store(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 for b in range(n):
     keys = [f"k{b:04d}-{i}" for i in range(4)] + ([f"k{b - 1:04d}-0"] if b else [])  # a key of the previous part again
@@ -148,7 +148,7 @@ for b in range(n):
 COMPACT_LOOP = """
 import sys
 from pathlib import Path
-from styleprobe.store import Store
+from styleprobe.run.store import Store
 store, n = Store(sys.argv[1]), 0
 while not Path(sys.argv[2]).exists():
     n += bool(store.compact())
@@ -182,7 +182,7 @@ def test_compaction_while_another_process_writes_loses_nothing_and_doubles_nothi
 COMPACTOR = """
 import os, sys, time
 from pathlib import Path
-import styleprobe.store as st
+import styleprobe.run.store as st
 def unlink(self, missing_ok=False, _unlink=Path.unlink):  # slow deletes, so a kill can land between them
     print("unlink", flush=True); time.sleep(0.02); _unlink(self, missing_ok=missing_ok)
 Path.unlink = unlink

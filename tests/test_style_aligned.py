@@ -19,7 +19,7 @@ from safetensors import safe_open
 from styleprobe.data.prompt_sets import PromptSpec
 from styleprobe.data.style_sets import StyleReference
 from styleprobe.errors import ConfigError
-from styleprobe.methods import parse_entries
+from styleprobe.methods.base import parse_entries
 from styleprobe.methods.style_aligned.shared_attention import switched_off
 from styleprobe.models.layers import LayerMap
 from styleprobe.run.engine import Engine
@@ -137,7 +137,7 @@ def test_without_a_plan_the_processors_compute_the_plain_model(tiny_model, tmp_p
     """StyleAligned's processors and norms, installed but with nothing shared, leave the base model's numbers."""
     from diffusers import StableDiffusionXLPipeline
 
-    from styleprobe.methods import method
+    from styleprobe.methods.base import method
     from styleprobe.models.sources import resolve_source
     from styleprobe.run.sampler import Sampler
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from styleprobe.errors import ConfigError
-from styleprobe.methods import method
+from styleprobe.methods.base import method
 from styleprobe.methods.ip_adapter.embeddings import check_subtraction, supports_subtraction
 from styleprobe.models.loading import load
 from styleprobe.run.engine import Engine

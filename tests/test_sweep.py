@@ -322,7 +322,7 @@ def test_strength_and_seed_validation(tmp_path):
 
 def test_scheduler_choice_does_not_leak_into_the_next_job(tiny_model):
     """Jobs of one process share the pipeline: `default` always means the pipeline's own scheduler."""
-    from styleprobe.methods import method
+    from styleprobe.methods.base import method
     from styleprobe.run.engine import Engine
     from styleprobe.run.sampler import Sampler
 

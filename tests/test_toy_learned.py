@@ -33,7 +33,7 @@ def shipped_weights() -> None:
     missing = [str(weight_path(n)) for n in _NEEDED if not weight_path(n).is_file()]
     if missing:
         pytest.fail(f"the toy world's shipped weights are missing: {', '.join(missing)}; restore them from the "
-                    "repository (python -m styleprobe.toy.train remakes them)", pytrace=False)
+                    "repository (python -m styleprobe.models.toy.train remakes them)", pytrace=False)
 
 
 def _sweep(tmp_path: Path, name: str, references: list[world.ToySample], prompts: list[str], patterns: str,

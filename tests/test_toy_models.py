@@ -156,7 +156,7 @@ def test_the_toy_preset_without_its_weights_says_how_to_make_them(tmp_path):
     from styleprobe.errors import ModelUnavailableError
     from styleprobe.models.toy.assemble import ensure_toy
 
-    with pytest.raises(ModelUnavailableError, match=r"toy world's unet weights are not in .*python -m styleprobe.toy.train"):
+    with pytest.raises(ModelUnavailableError, match=r"toy world's unet weights are not in .*python -m styleprobe.models.toy.train"):
         ensure_toy(tmp_path / "cache", folder=tmp_path)
 
 

@@ -1,14 +1,18 @@
-"""Writing to disk so that nothing half written is ever read, file digests, and where caches live.
-"""
+"""Writing to disk so that nothing half written is ever read (a file: `atomic_write`; a folder: `build_once`), file
+digests, and where caches live. Every writer of results, caches and trained weights goes through these."""
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
+import shutil
 import socket
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 @functools.lru_cache(maxsize=4096)
@@ -49,3 +53,28 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def build_once(root: Path, build: Callable[[Path], None], info: dict[str, Any] | None = None,
+               marker: str = "COMPLETE") -> Path:
+    """Return `root`, first running `build(tmp)` into a temporary folder beside it, renamed to `root`, if `root` lacks
+    its `marker` file. The marker is written last (holding `info`; or by `build` itself when `info` is None), so a
+    killed build is never taken for a finished one; a racing process that finished first keeps its folder, and an
+    incomplete folder left by a killed one is replaced."""
+    if (root / marker).exists():
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
+    try:
+        build(tmp)
+        if info is not None:
+            (tmp / marker).write_text(json.dumps(info))
+        try:
+            os.rename(tmp, root)
+        except OSError:
+            if not (root / marker).exists():  # a stale, incomplete folder: replace it
+                shutil.rmtree(root, ignore_errors=True)
+                os.rename(tmp, root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root

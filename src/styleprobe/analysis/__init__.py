@@ -12,7 +12,8 @@ It reads only what the store wrote. `styleprobe analyze results_dir=...` runs `a
 """
 
 from styleprobe.analysis.load import UNIT_COLUMNS, load_results, metric_columns, metric_label
-from styleprobe.analysis.report import AnalysisSettings, Report, analyze, default_settings
+from styleprobe.analysis.report import analyze
+from styleprobe.analysis.settings import AnalysisSettings, Report, default_settings
 from styleprobe.analysis.stats import Bootstrap, aggregate, bootstrap_ci, paired_differences
 from styleprobe.analysis.verdict import Criterion, judge, rank_by_style_effect
 

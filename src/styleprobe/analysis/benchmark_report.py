@@ -15,18 +15,17 @@ from styleprobe.analysis import benchmark as bench
 from styleprobe.analysis import figures
 from styleprobe.analysis.design import describe_design
 from styleprobe.analysis.load import (
-    is_machinery_check,
-    is_toy_world,
     metric_columns,
     metric_label,
     metric_role,
     model_names,
+    model_notice,
 )
 from styleprobe.analysis.validity import report_section as metric_validity_section
 from styleprobe.errors import AnalysisError
 
 if TYPE_CHECKING:
-    from styleprobe.analysis.report import AnalysisSettings, Report
+    from styleprobe.analysis.settings import AnalysisSettings, Report
 
 UP, DOWN = "▲", "▼"
 
@@ -86,14 +85,7 @@ def _markdown(
     bs, boot = settings.benchmark, settings.bootstrap
     metrics = list(dict.fromkeys(summary["metric"]))
     lines = ["# styleprobe method benchmark", ""]
-    if is_toy_world(table):
-        lines += ["> **Toy world.** These images come from styleprobe's trained toy model (drawn shapes in eight styles, an",
-                  "> SDXL-shaped UNet, IP-Adapter and scorers trained on them; README: The toy world). Its effects are real,",
-                  "> but they are findings about the toy, not about SDXL.", ""]
-    if is_machinery_check(table):
-        lines += ["> **Machinery check, not science.** These images come from the tiny embedded model (random weights)",
-                  "> and are scored by tiny random stand-ins for the metric models. The numbers exercise the benchmark code;",
-                  "> they rank nothing. Run it on a real model (README: On a real GPU) for results.", ""]
+    lines += model_notice(table, "benchmark", "they rank nothing. Run it on a real model (README: On a real GPU) for results.")
     lines += [
         f"Results: {', '.join(f'`{d}`' for d in dirs)}  ",
         f"Generating model(s): {', '.join(model_names(table))}; {len(order)} contenders; {len(table)} images.",

@@ -382,3 +382,18 @@ def with_preset_metrics(cfg: Any, results_dirs: Sequence[str | Path]) -> Any:
     with open_dict(cfg):
         cfg.model = OmegaConf.create({"analysis_metrics": preset})
     return cfg
+
+
+def model_notice(table: pd.DataFrame, code: str, machinery_means: str) -> list[str]:
+    """The lines a report opens with when its images are not a real model's: the toy world's findings are about the
+    toy; the tiny model's numbers exercise `code` and mean `machinery_means`."""
+    lines: list[str] = []
+    if is_toy_world(table):
+        lines += ["> **Toy world.** These images come from styleprobe's trained toy model (drawn shapes in eight styles, an",
+                  "> SDXL-shaped UNet, IP-Adapter and scorers trained on them; README: The toy world). Its effects are real,",
+                  "> but they are findings about the toy, not about SDXL.", ""]
+    if is_machinery_check(table):
+        lines += ["> **Machinery check, not science.** These images come from the tiny embedded model (random weights)",
+                  f"> and are scored by tiny random stand-ins for the metric models. The numbers exercise the {code} code;",
+                  f"> {machinery_means}", ""]
+    return lines

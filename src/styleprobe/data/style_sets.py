@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
-import shutil
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +18,7 @@ from typing import Any
 from PIL import Image
 
 from styleprobe.data.drawing import BUILTIN_STYLE_SETS, Entry
-from styleprobe.disk import default_cache_dir, file_digest
+from styleprobe.disk import build_once, default_cache_dir, file_digest
 from styleprobe.errors import ConfigError, config_error, one_line
 
 BUILTIN_PREFIX = "builtin:"
@@ -108,45 +105,17 @@ def _write_builtin(folder: Path, entries: Iterable[Entry]) -> None:
         w.writerows(rows)
 
 
-def _install(tmp: Path, target: Path) -> None:
-    """Move a finished build into place; if another process won the race, keep theirs."""
-    try:
-        os.replace(tmp, target)
-    except OSError:
-        if not (target / MANIFEST_NAME).is_file():
-            raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _materialize_builtin(name: str, cache_dir: Path) -> Path:
-    """Generate the built-in set once; the temp-dir + rename makes a killed or racing build harmless."""
+    """Generate the built-in set once (`disk.build_once`: the manifest is written last, so a killed or racing build
+    is harmless)."""
     target = cache_dir / "styles" / f"{name}-{_BUILTIN_VERSION}"
-    if (target / MANIFEST_NAME).is_file():
-        return target
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if target.exists() and not (target / MANIFEST_NAME).is_file():
-            # Not produced by us (we only rename complete builds); move it aside rather than guess.
-            stale = Path(tempfile.mkdtemp(prefix=f".{target.name}.stale-", dir=target.parent))
-            os.replace(target, stale / "old")
-            shutil.rmtree(stale, ignore_errors=True)
-        elif target.exists():
-            return target  # another process finished while we were checking
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        return build_once(target, lambda tmp: _write_builtin(tmp, BUILTIN_STYLE_SETS[name]), marker=MANIFEST_NAME)
     except OSError as e:
         raise config_error(
             f"style set: cannot write built-in style set to {target}: {e}; "
             "set STYLEPROBE_CACHE to a writable folder"
         ) from e
-    try:
-        _write_builtin(tmp, BUILTIN_STYLE_SETS[name])
-        _install(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 def _check_image(path: Path, where: str) -> None:

@@ -8,17 +8,3 @@ Each method is a package whose `plugin.py` registers it; `base.registry()` impor
 method is one folder here plus its config file in experiments/method/. What several methods share lives beside
 them: `base.py` (the hooks and the registry), `attention.py` (the processor steps around the attention itself).
 """
-
-from styleprobe.methods.base import (
-    REGISTRY,
-    Method,
-    MethodEntry,
-    Parts,
-    knob_names,
-    method,
-    parse_entries,
-    register,
-    registry,
-)
-
-__all__ = ["REGISTRY", "Method", "MethodEntry", "Parts", "knob_names", "method", "parse_entries", "register", "registry"]

@@ -24,7 +24,8 @@ import typing
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from styleprobe.config import as_list
 from styleprobe.data.prompt_sets import PromptSpec
@@ -34,14 +35,54 @@ from styleprobe.models.layers import LayerMap, Pattern, expand_patterns
 from styleprobe.run.sampler import Sampler
 
 if TYPE_CHECKING:
+    import torch
     from PIL import Image
 
     from styleprobe.models.files import ModelFile
     from styleprobe.models.loading import LoadedModel
     from styleprobe.models.presets import ModelSpec
-    from styleprobe.run.engine import Engine
-    from styleprobe.run.plan import WorkItem
-    from styleprobe.run.store import Store
+
+
+class Item(Protocol):
+    """What a method reads of a planned item (`run.plan.WorkItem` is one): declared here, beside the hooks that take
+    it, so the interface needs nothing from the run pipeline that calls it."""
+
+    key: str
+    row: dict[str, Any]  # every parameter, as the table stores it
+    entry: MethodEntry
+    knobs: Any
+    pattern: Pattern
+    reference: StyleReference
+    prompt: PromptSpec
+    seed: int
+
+    @property
+    def sampler(self) -> Sampler: ...
+
+
+class Generator(Protocol):
+    """What a method calls of the engine (`run.engine.Engine` is one): the loaded model, each sample's noise, and one
+    pipeline call."""
+
+    model: LoadedModel
+
+    def noise(self, seeds: Sequence[int], sampler: Sampler) -> torch.Tensor: ...
+
+    def denoise(self, sampler: Sampler, prompts: Sequence[str], latents: torch.Tensor,
+                **kwargs: Any) -> list[Image.Image]: ...
+
+
+class ArtefactStore(Protocol):
+    """Where a method keeps its per-reference work (`run.store.Store` is one): keyed artefacts in the results folder."""
+
+    def artefact_dir(self, kind: str, key: str) -> Path: ...
+
+    def has_artefact(self, kind: str, key: str) -> bool: ...
+
+    def write_tensors(self, kind: str, key: str, tensors: dict[str, Any], metadata: dict[str, Any]) -> Path: ...
+
+    def read_tensors(self, kind: str, key: str) -> tuple[dict[str, Any], dict[str, Any]]: ...
+
 
 #: Entry settings that are not knobs: the plug-in's name, the sampler defaults, the entry's own layer patterns.
 ENTRY_SETTINGS = ("type", "sampler", "patterns")
@@ -96,12 +137,12 @@ class Method(ABC):
         """What the method loads besides the base pipeline that determines an image (an adapter checkpoint)."""
         return {}
 
-    def needed_files(self, spec: "ModelSpec", items: Sequence["WorkItem"]) -> list["ModelFile"]:
+    def needed_files(self, spec: "ModelSpec", items: Sequence["Item"]) -> list["ModelFile"]:
         """The model files besides the base pipeline that generating `items` reads (an adapter checkpoint, its image
         encoder, a LoRA on the Hub): found or refused before any image is made (`model_files.check_found`)."""
         return []
 
-    def check_files(self, spec: "ModelSpec", items: Sequence["WorkItem"]) -> None:
+    def check_files(self, spec: "ModelSpec", items: Sequence["Item"]) -> None:
         """Settings that must agree with the configs of the files `needed_files` found (embedding sizes), checked
         before any weights are loaded."""
 
@@ -125,7 +166,7 @@ class Method(ABC):
         """
         return []
 
-    def batch_key(self, item: "WorkItem") -> tuple[Any, ...]:
+    def batch_key(self, item: "Item") -> tuple[Any, ...]:
         """Items with equal keys (and equal samplers) may share one pipeline call."""
         return ()
 
@@ -138,7 +179,7 @@ class Method(ABC):
     def deactivate(self, model: "LoadedModel") -> None:
         """Leave the pipeline as the base model for other methods' calls (cheaply: no weights are freed)."""
 
-    def prepare(self, engine: "Engine", items: Sequence["WorkItem"], store: "Store") -> list[dict[str, Any]] | None:
+    def prepare(self, engine: "Generator", items: Sequence["Item"], store: "ArtefactStore") -> list[dict[str, Any]] | None:
         """Per-reference work for these items, done once and kept (in memory or as keyed artefacts).
 
         May return one record per piece of work (what it was, its seconds, whether it was reused) for the run's costs.
@@ -146,12 +187,12 @@ class Method(ABC):
         return None
 
     @abstractmethod
-    def run_batch(self, engine: "Engine", items: Sequence["WorkItem"]) -> list["Image.Image"]:
+    def run_batch(self, engine: "Generator", items: Sequence["Item"]) -> list["Image.Image"]:
         """One pipeline call for items of one batch key; their images, in order."""
 
     def extra_rows(self, batch: int) -> int:
         """Samples a batch of `batch` items adds to the UNet's input beyond the items (at most): what the memory
-        estimate (`styleprobe.memory`) budgets for on top of them."""
+        estimate (`styleprobe.models.memory`) budgets for on top of them."""
         return 0
 
 

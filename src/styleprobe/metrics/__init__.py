@@ -18,7 +18,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from styleprobe.errors import ConfigError
-from styleprobe.metrics import clip, csd, dino, judge  # noqa: F401 - importing registers the scorers
 from styleprobe.metrics.base import ScoreBatch, Scorer, ScorerSettings, registry, release_models
 
 __all__ = ["ScoreBatch", "Scorer", "ScorerSettings", "build_scorers", "registry", "release_models"]

@@ -285,5 +285,15 @@ def register(cls: type[Scorer]) -> type[Scorer]:
     return cls
 
 
+#: The modules whose scorers register themselves; imported on the first `registry()` call, not with the package, so
+#: that the toy model can use one scorer's network (`csd_model`) without importing every scorer.
+SCORER_MODULES = ("clip", "csd", "dino", "judge")
+
+
 def registry() -> Mapping[str, type[Scorer]]:
+    """Every scorer kind -> its class."""
+    import importlib
+
+    for name in SCORER_MODULES:
+        importlib.import_module(f"{__package__}.{name}")
     return dict(_REGISTRY)

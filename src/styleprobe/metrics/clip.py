@@ -104,6 +104,8 @@ def open_clip_options(name: str, pretrained: str | None) -> dict[str, Any]:
 def _unavailable(name: str, pretrained: str, err: Exception) -> ModelUnavailableError:
     from open_clip.pretrained import get_pretrained_cfg
 
+    from styleprobe.models.sources import unavailable
+
     hub = (get_pretrained_cfg(name, pretrained) or {}).get("hf_hub", "").rstrip("/")
     if Path(pretrained or "").suffix:
         fix = f"the file {pretrained} is missing or unreadable"
@@ -111,8 +113,8 @@ def _unavailable(name: str, pretrained: str, err: Exception) -> ModelUnavailable
         fix = f"run `hf download {hub} open_clip_pytorch_model.bin` on a machine with network access"
     else:
         fix = "download its weights and set the metric's pretrained to the file's path"
-    why = "not in the Hugging Face cache and cannot be downloaded" if "download" in str(err).lower() else str(err).splitlines()[0][:160]
-    return ModelUnavailableError(f"cannot load open_clip {name}/{pretrained}: {why}; {fix}")
+    why = "not in the Hugging Face cache and cannot be downloaded" if "download" in str(err).lower() else str(err)
+    return unavailable(f"open_clip {name}/{pretrained}", err=why, fix=fix, limit=160)
 
 
 #: Where open_clip's Hub tags keep their weights (`pretrained.py`'s `hf_hub`), for the tags styleprobe's metrics use:

@@ -54,11 +54,11 @@ def resolve_checkpoint(checkpoint: str | None, repo: str, filename: str, metric:
     try:
         return Path(hf_hub_download(repo, filename))
     except Exception as err:  # noqa: BLE001 - offline, missing, gated: one message with the fix
-        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-        raise ModelUnavailableError(
-            f"cannot load CSD weights {repo}/{filename}: {first}; run `hf download {repo} {filename}` on a machine "
-            f"with network access, or set metrics.{metric}.checkpoint=/path/to/checkpoint.pth"
-        ) from err
+        from styleprobe.models.sources import unavailable
+
+        raise unavailable(f"CSD weights {repo}/{filename}", err=err, limit=160,
+                          fix=f"run `hf download {repo} {filename}` on a machine with network access, or set "
+                              f"metrics.{metric}.checkpoint=/path/to/checkpoint.pth") from err
 
 
 @register

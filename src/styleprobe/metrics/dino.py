@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from styleprobe.errors import ModelUnavailableError
 from styleprobe.metrics import preprocess
 from styleprobe.metrics.base import (
     ScoreBatch,
@@ -66,11 +65,10 @@ class HFViT:
             extra = {"add_pooling_layer": False} if config.model_type == "vit" else {}  # DINO has no pooler head
             model = AutoModel.from_pretrained(source, config=config, **extra)
         except OSError as err:
-            first = str(err).strip().splitlines()[0][:160]
-            raise ModelUnavailableError(
-                f"cannot load {source}: {first}; run `hf download {source}` on a machine with network access, "
-                "or set the metric's model to a local folder"
-            ) from err
+            from styleprobe.models.sources import unavailable
+
+            raise unavailable(source, err=err, limit=160, fix=f"run `hf download {source}` on a machine with network "
+                                                              "access, or set the metric's model to a local folder") from err
         return cls(model.to(device).eval(), device)
 
     @classmethod

@@ -1,4 +1,4 @@
-"""The toy world's ground truth as a metric: its judge (`styleprobe.toy.classifier`) reads each output's shape and
+"""The toy world's ground truth as a metric: its judge (`styleprobe.models.toy.classifier`) reads each output's shape and
 style.
 
 In the toy world style and content are known, and the judge, a small CNN trained on the world's own images, tells an
@@ -85,7 +85,7 @@ class Judge:
         path = weights_folder() / "classifier.safetensors"
         if not path.is_file():
             raise ModelUnavailableError(f"the toy world's judge weights are not in {path.parent}; "
-                                        "run `python -m styleprobe.toy.train` (or reinstall styleprobe)")
+                                        "run `python -m styleprobe.models.toy.train` (or reinstall styleprobe)")
         return cls(load_classifier(path), device, dtype)
 
     @inference_mode

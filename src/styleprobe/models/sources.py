@@ -84,19 +84,24 @@ def hub_connect_error(endpoint: str) -> Exception | None:
     return None
 
 
-def unavailable(what: str, source: str, subfolder: str | None, err: Exception) -> ModelUnavailableError:
+def unavailable(what: str, source: str = "", subfolder: str | None = None, err: Exception | str = "",
+                fix: str | None = None, limit: int = 200) -> ModelUnavailableError:
+    """The one-line error for model files that cannot be found or read: what, from where, the first line of why, and
+    the fix (by default: download it into the Hugging Face cache, or point the preset at a local folder). Every loader
+    of weights (pipelines, adapters, LoRAs, text towers, the scorers' models) builds its error here."""
     where = f"{source}" + (f" (subfolder {subfolder})" if subfolder else "")
-    if Path(source).is_absolute() or source.startswith("."):
+    if fix is None and (Path(source).is_absolute() or source.startswith(".")):
         fix = f"the local folder {source} lacks it; point the preset at a folder with the Hub repository's layout"
-    else:
+    elif fix is None:
         fix = (
             f"download it on a machine with network access (hf download {source}) into the Hugging Face cache, "
             f"or into a folder and set the preset's source to that folder"
         )
-    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    text = str(err).strip()
+    first = text.splitlines()[0] if text else type(err).__name__
     if type(err).__name__ == "LocalEntryNotFoundError":  # huggingface_hub's long "check your connection" text
         from huggingface_hub import constants
 
         why = "the Hub cannot be reached" if HUB_UNREACHABLE["probed"] else "HF_HUB_OFFLINE is set"
         first = f"not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and {why}"
-    return ModelUnavailableError(f"cannot load {what} from {where}: {first[:200]}; {fix}")
+    return ModelUnavailableError(f"cannot load {what}{' from ' + where if where else ''}: {first[:limit]}; {fix}")

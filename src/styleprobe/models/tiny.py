@@ -27,17 +27,12 @@ tests never build it. `ensure_random_sdxl("tiny")` is `ensure_tiny()`.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import shutil
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from styleprobe.disk import default_cache_dir
+from styleprobe.disk import build_once, default_cache_dir
 
 if TYPE_CHECKING:  # imported where weights are made: finding an existing folder never waits for torch
     import torch
@@ -186,29 +181,6 @@ def ensure_random_sdxl(size: str = "sdxl", cache_dir: Path | None = None) -> Pat
     if size != "tiny" and not (root / "COMPLETE").exists():
         log.info("building the random-weight %s model into %s (minutes)", size, root)
     return build_once(root, lambda tmp: _build(tmp, dims), {"version": dims.version, "seed": SEED})
-
-
-def build_once(root: Path, build: Callable[[Path], None], info: dict[str, Any]) -> Path:
-    """Return `root`, first running `build(tmp)` into a temp folder renamed to `root` if it is not complete.
-
-    A `COMPLETE` marker (holding `info`) is written last, so a killed build is never taken for a finished one.
-    """
-    if (root / "COMPLETE").exists():
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
-    try:
-        build(tmp)
-        (tmp / "COMPLETE").write_text(json.dumps(info))
-        try:
-            os.rename(tmp, root)
-        except OSError:
-            if not (root / "COMPLETE").exists():  # a stale, incomplete folder: replace it
-                shutil.rmtree(root, ignore_errors=True)
-                os.rename(tmp, root)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root
 
 
 def _byte_alphabet() -> list[str]:

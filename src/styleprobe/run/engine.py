@@ -7,7 +7,7 @@ references and prompts. For each group the engine sets the pipeline up for the m
 helpers: prompt embeddings encoded once per process, each sample's initial noise from its own CPU generator
 seeded with its seed (so an image does not depend on what else shares its batch, nor on the device), and one
 `denoise` call of the pipeline. `batch_size=None` (auto) sizes each method's batches from the model's memory
-(`styleprobe.memory`); a batch that runs out of device memory is halved and retried, and the smaller size is kept
+(`styleprobe.models.memory`); a batch that runs out of device memory is halved and retried, and the smaller size is kept
 for the rest of the run.
 """
 

@@ -79,7 +79,7 @@ def prepare(cfg: DictConfig) -> SweepPlan:
     """Validate every input and expand the plan; raises ConfigError with a one-line fix."""
     from styleprobe.data.prompt_sets import load_prompts
     from styleprobe.data.style_sets import load_style_set
-    from styleprobe.methods import parse_entries
+    from styleprobe.methods.base import parse_entries
     from styleprobe.run import scoring
     from styleprobe.run.plan import build_plan, shard
 

@@ -20,7 +20,7 @@ What this script changes in the original, all in `inversion.py`, as text replace
      hard-codes 1024 px and float16).
 
 Inputs (choices of this script, not changes to the original):
-- the pipeline: the tiny model's folder (`styleprobe.tiny.ensure_tiny()`), float32 on the CPU, with the
+- the pipeline: the tiny model's folder (`styleprobe.models.tiny.ensure_tiny()`), float32 on the CPU, with the
   notebooks' scheduler `DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
   clip_sample=False, set_alpha_to_one=False)`;
 - every sample's initial latents drawn as styleprobe draws them: `torch.randn((1, 4, 8, 8), generator=

@@ -46,13 +46,13 @@ from typing import Any, ClassVar
 
 from styleprobe.errors import ConfigError
 from styleprobe.methods.base import Method, MethodEntry, Parts, register
+from styleprobe.methods.prompt_templates import check_template, fill
 from styleprobe.models.layers import LayerMap, Pattern
 
 log = logging.getLogger("styleprobe")
 
 ARTEFACT = "b_lora"
 ALPHA_MODES = ("original", "linear")
-TEMPLATE_FIELDS = ("prompt", "style", "content", "subject")
 
 
 @dataclass(frozen=True)
@@ -173,11 +173,7 @@ class BLoRA(Method):
             raise ConfigError(f"{where}.optimizer=adamw_8bit needs bitsandbytes (pip install bitsandbytes, on a GPU); "
                               f"or use optimizer=adamw")
         parse_projections(knobs.train_targets, f"{where}.train_targets")
-        try:
-            knobs.prompt_template.format(**{f: "x" for f in TEMPLATE_FIELDS})
-        except (KeyError, IndexError, ValueError) as err:
-            raise ConfigError(f"{where}.prompt_template={knobs.prompt_template!r} cannot be filled ({type(err).__name__}: "
-                              f"{err}); use the fields {', '.join('{' + f + '}' for f in TEMPLATE_FIELDS)}") from None
+        check_template(knobs.prompt_template, f"{where}.prompt_template")
 
     def check_model(self, spec: Any, where: str) -> None:
         if spec.family != "sdxl":
@@ -206,9 +202,7 @@ class BLoRA(Method):
                        pattern.target)
 
     def prompt_used(self, parts: Parts) -> str:
-        ref = parts.reference
-        return parts.knobs.prompt_template.format(prompt=parts.prompt.prompt, style=ref.style_prompt or ref.style,
-                                                  content=ref.content, subject=parts.prompt.subject)
+        return fill(parts.knobs.prompt_template, parts)
 
     def source(self, parts: Parts, reference: Any) -> LoRASource:
         """The LoRA of `reference` for these knobs (its manifest file, else one trained here), with its key."""

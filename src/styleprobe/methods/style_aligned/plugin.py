@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from styleprobe.errors import ConfigError
 from styleprobe.methods.base import Method, MethodEntry, Parts, register
+from styleprobe.methods.prompt_templates import check_template, fill
 from styleprobe.models.layers import LayerMap, Pattern
 
 if TYPE_CHECKING:  # torch is imported where it is used, so planning a sweep never waits for it
@@ -47,7 +48,6 @@ if TYPE_CHECKING:  # torch is imported where it is used, so planning a sweep nev
 log = logging.getLogger("styleprobe")
 
 MODES = ("inversion", "generated")
-TEMPLATE_FIELDS = ("prompt", "style", "content", "subject")
 ARTEFACT = "inversion"
 
 
@@ -88,12 +88,6 @@ class StyleAlignedState:
     inversions: dict[str, tuple[torch.Tensor, dict[str, Any]]] = field(default_factory=dict)  # key -> (zts, metadata)
 
 
-def _fill(template: str, parts: Parts) -> str:
-    ref = parts.reference
-    return template.format(prompt=parts.prompt.prompt, style=ref.style_prompt or ref.style, content=ref.content,
-                           subject=parts.prompt.subject)
-
-
 @register
 class StyleAligned(Method):
     """Shared self-attention with a reference in the batch, the reference DDIM-inverted from the style set's image."""
@@ -124,14 +118,7 @@ class StyleAligned(Method):
         if knobs.reference_seed is not None and knobs.reference_seed < 0:
             raise ConfigError(f"{where}.reference_seed={knobs.reference_seed}; give a non-negative seed or null")
         for name in ("prompt_template", "reference_prompt_template"):
-            template = getattr(knobs, name)
-            try:
-                template.format(**{f: "x" for f in TEMPLATE_FIELDS})
-            except (KeyError, IndexError, ValueError) as err:
-                raise ConfigError(
-                    f"{where}.{name}={template!r} cannot be filled ({type(err).__name__}: {err}); "
-                    f"use the fields {', '.join('{' + f + '}' for f in TEMPLATE_FIELDS)}"
-                ) from None
+            check_template(getattr(knobs, name), f"{where}.{name}")
 
     def check_model(self, spec: Any, where: str) -> None:
         if spec.family != "sdxl":
@@ -179,10 +166,10 @@ class StyleAligned(Method):
         return Pattern(pattern.name, tuple(0.0 if o else s for s, o in zip(pattern.scales, off)), pattern.sweep, pattern.target)
 
     def prompt_used(self, parts: Parts) -> str:
-        return _fill(parts.knobs.prompt_template, parts)
+        return fill(parts.knobs.prompt_template, parts)
 
     def reference_prompt(self, parts: Parts) -> str:
-        return _fill(parts.knobs.reference_prompt_template, parts)
+        return fill(parts.knobs.reference_prompt_template, parts)
 
     def inversion_key(self, parts: Parts) -> str:
         """What determines a reference's inverted trajectory; empty in generated mode."""

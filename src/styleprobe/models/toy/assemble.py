@@ -50,7 +50,7 @@ def ensure_toy(cache_dir: Path | None = None, folder: Path | None = None) -> Pat
         from styleprobe.errors import ModelUnavailableError
 
         raise ModelUnavailableError(f"the toy world's {missing[0]} weights are not in {folder}; "
-                                    "run `python -m styleprobe.toy.train` (or reinstall styleprobe)")
+                                    "run `python -m styleprobe.models.toy.train` (or reinstall styleprobe)")
     digest = weights_digest(folder)
     root = (cache_dir or default_cache_dir()) / f"toy-{digest}"
     return build_once(root, lambda tmp: _build(tmp, folder), {"weights": digest})

@@ -1,8 +1,8 @@
-"""Train the toy world's models, stage by stage, with fixed seeds: `python -m styleprobe.toy.train`.
+"""Train the toy world's models, stage by stage, with fixed seeds: `python -m styleprobe.models.toy.train`.
 
-    python -m styleprobe.toy.train                      every stage whose weights are missing, into the package
-    python -m styleprobe.toy.train --stages unet --force  one stage again (later stages build on it: retrain them too)
-    python -m styleprobe.toy.train --out /tmp/toy       somewhere else; try it with STYLEPROBE_TOY_WEIGHTS=/tmp/toy styleprobe
+    python -m styleprobe.models.toy.train                      every stage whose weights are missing, into the package
+    python -m styleprobe.models.toy.train --stages unet --force  one stage again (later stages build on it: retrain them too)
+    python -m styleprobe.models.toy.train --out /tmp/toy       somewhere else; try it with STYLEPROBE_TOY_WEIGHTS=/tmp/toy styleprobe
 
 Stages, in order (each reads what the earlier ones wrote): classifier (the judge), vae, clip (both text encoders
 and the image encoder), unet, adapter (IP-Adapter on the frozen UNet), scorers (open_clip, CSD and DINO formats).

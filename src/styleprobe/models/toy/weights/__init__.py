@@ -1,6 +1,6 @@
 """The toy world's trained weights, shipped with the package (float16 safetensors, one file per model).
 
-`python -m styleprobe.toy.train` makes them, with fixed seeds; `README.md` in this folder says what each is, how
+`python -m styleprobe.models.toy.train` makes them, with fixed seeds; `README.md` in this folder says what each is, how
 long it trained on 2 CPU cores and what it scored.
 """
 
@@ -18,6 +18,6 @@ def weight_path(name: str) -> Path:
 
 
 def records(folder: Path = FOLDER) -> dict[str, Any]:
-    """Each trained stage's record (seconds, recipe, held-out scores), as `python -m styleprobe.toy.train` wrote it."""
+    """Each trained stage's record (seconds, recipe, held-out scores), as `python -m styleprobe.models.toy.train` wrote it."""
     path = folder / "training.json"
     return json.loads(path.read_text()) if path.is_file() else {}
