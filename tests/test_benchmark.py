@@ -366,7 +366,7 @@ class CopyReference(Method):
     """A planted contender whose image is the style reference itself: it must win style similarity."""
 
     name: ClassVar[str] = "copy_reference"
-    site: ClassVar[str] = "attn2"
+    pattern_site: ClassVar[str] = "attn2"
     Knobs: ClassVar[type] = _NoKnobs
 
     def activate(self, model: Any) -> None:

@@ -78,7 +78,7 @@ def test_a_knob_may_not_shadow_a_shared_column():
 
     class Bad(Method):
         name: ClassVar[str] = "bad"
-        site: ClassVar[str] = "attn2"
+        pattern_site: ClassVar[str] = "attn2"
         Knobs: ClassVar[type] = Shadowing
 
     with pytest.raises(TypeError, match="prompt would overwrite shared row columns"):
@@ -95,7 +95,7 @@ class StyleInThePrompt(Method):
     """A method written only for this test: the style named in the prompt, nothing attached to the UNet."""
 
     name: ClassVar[str] = "style_in_prompt_test"
-    site: ClassVar[str] = "attn2"
+    pattern_site: ClassVar[str] = "attn2"
     Knobs: ClassVar[type] = StylePromptKnobs
 
     def prompt_used(self, parts):

@@ -1,8 +1,9 @@
 """What every method is to the rest of styleprobe: a plug-in with a few hooks, called the same way for all.
 
 A method (IP-Adapter, StyleAligned, ...) says
-- which attention site of each transformer layer its layer patterns act on (`site`), so `all`, `none`,
-  `style`, one-hot and leave-one-out sweeps mean the same thing for every method;
+- which attention site names the transformer layers its layer patterns select (`pattern_site`: the layer map of
+  patterns and of the rows' `layers` column), so `all`, `none`, `style`, one-hot and leave-one-out sweeps mean the
+  same thing for every method, and which sites of a selected layer it changes (`acts_on`);
 - its own knobs (`Knobs`, a frozen dataclass): each knob given as a list in the config is swept, and the
   plan crosses the knobs with the shared axes (style reference, prompt, seed, pattern);
 - what its rows carry and its keys hash beyond the shared columns (`row_fields`, `key_fields`);
@@ -108,7 +109,8 @@ class Method(ABC):
     """A way of putting a reference's style into generation. Subclasses set the class attributes and hooks."""
 
     name: ClassVar[str]  # the registry name: the `method` row column, part of every key
-    site: ClassVar[str]  # "attn1" | "attn2": the attention site of each transformer layer its patterns select
+    pattern_site: ClassVar[str]  # "attn1" | "attn2": the site whose module names label the layers patterns select
+    acts_on: ClassVar[tuple[str, ...]] = ()  # the sites of a selected layer the method changes (empty: pattern_site)
     Knobs: ClassVar[type]  # frozen dataclass of the method's own settings, with the published defaults
     unkeyed: ClassVar[frozenset[str]] = frozenset()  # knobs recorded in rows that do not change the image
     replicate_knobs: ClassVar[frozenset[str]] = frozenset()  # knobs that draw replicates (a training seed): analysis
@@ -288,7 +290,7 @@ def parse_entries(
         variants = _variants(plugin, knobs, where)
         sampler_defaults = {**plugin.sampler_defaults, **dict(body.get("sampler") or {})}
         entry_sampler = Sampler.resolve(sampler, sampler_defaults, model, where=f"{where}.sampler")
-        lm = layer_map(plugin.site)
+        lm = layer_map(plugin.pattern_site)
         specs = as_list(body["patterns"]) if body.get("patterns") is not None else list(patterns)
         expanded = tuple(expand_patterns(specs, lm, presets))
         entry = MethodEntry(str(entry_name), plugin, variants, expanded, lm, entry_sampler)

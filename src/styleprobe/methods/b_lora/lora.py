@@ -78,12 +78,14 @@ def layer_indices(modules: Sequence[str], layer_map: LayerMap) -> list[int]:
     return [i for i, s in enumerate(layer_map.mask(modules)) if s]
 
 
-def target_modules(modules: Sequence[str], projections: Sequence[str], layer_map: LayerMap) -> list[str]:
-    """Full names of the linear layers a LoRA on these modules targets (peft's `target_modules`)."""
+def target_modules(modules: Sequence[str], projections: Sequence[str], layer_map: LayerMap,
+                   sites: Sequence[str] = ATTENTION_SITES) -> list[str]:
+    """Full names of the linear layers a LoRA on these modules targets (peft's `target_modules`), in each of the
+    transformer layers' attention `sites`."""
     return [
         f"{layer_map.layers[i].short}.{site}.{proj}"
         for i in layer_indices(modules, layer_map)
-        for site in ATTENTION_SITES
+        for site in sites
         for proj in projections
     ]
 

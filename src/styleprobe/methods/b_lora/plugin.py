@@ -134,7 +134,8 @@ class BLoRA(Method):
     """A LoRA trained on the reference image, applied on the layers a pattern selects (style module: B-LoRA)."""
 
     name: ClassVar[str] = "b_lora"
-    site: ClassVar[str] = "attn1"  # the map names transformer layers; a layer's LoRA covers attn1 and attn2
+    pattern_site: ClassVar[str] = "attn1"  # rows name a transformer layer by its attn1 module, as since B-LoRA's start
+    acts_on: ClassVar[tuple[str, ...]] = ("attn1", "attn2")  # a layer's LoRA covers both of its attention sites
     Knobs: ClassVar[type] = BLoRAKnobs
     unkeyed: ClassVar[frozenset[str]] = frozenset({"checkpoint_every", "gradient_checkpointing"})
     replicate_knobs: ClassVar[frozenset[str]] = frozenset({"train_seed"})
@@ -248,7 +249,8 @@ class BLoRA(Method):
         k, layer_map = parts.knobs, parts.layer_map
         modules = parse_modules(k.train_modules, layer_map, "train_modules")
         return Recipe(
-            targets=tuple(target_modules(modules, parse_projections(k.train_targets, "train_targets"), layer_map)),
+            targets=tuple(target_modules(modules, parse_projections(k.train_targets, "train_targets"), layer_map,
+                                         self.acts_on)),
             rank=k.rank, lora_alpha=float(k.lora_alpha if k.lora_alpha is not None else k.rank), init=k.init,
             learning_rate=k.learning_rate, lr_scheduler=k.lr_scheduler, lr_warmup_steps=k.lr_warmup_steps,
             steps=k.train_steps, batch_size=k.train_batch_size, optimizer=k.optimizer, adam_beta1=k.adam_beta1,

@@ -89,7 +89,7 @@ class IPAdapter(Method):
     """IP-Adapter's image branch in the cross-attention layers a pattern selects, with content subtraction."""
 
     name: ClassVar[str] = "ip_adapter"
-    site: ClassVar[str] = "attn2"
+    pattern_site: ClassVar[str] = "attn2"
     Knobs: ClassVar[type] = IPAdapterKnobs
 
     def check_knobs(self, knobs: IPAdapterKnobs, where: str) -> None:

@@ -10,7 +10,7 @@ As in StyleAligned's real-image notebook (google/style-aligned, `inversion.py`, 
 - the trajectory is returned noisiest first, `zts[0] = z_T ... zts[steps] = z_0`, one latent per timestep of
   the generation's own DDIM schedule, so generation must use the same step count;
 - during generation the reference sample starts from `zts[offset]` and, after step i, is set to
-  `zts[max(offset + 1, i + 1)]` (`replay_latents`).
+  `zts[max(offset + 1, i + 1)]` (`methods/reference_rows.py`, which replays any prepared trajectory).
 """
 
 from __future__ import annotations
@@ -82,7 +82,3 @@ def ddim_invert(pipe: Any, image: Image.Image, caption: str, steps: int, guidanc
             progress(i + 1, steps)
     return torch.cat(trajectory).flip(0), time.perf_counter() - start
 
-
-def replay_latents(zts: torch.Tensor, offset: int, step: int) -> torch.Tensor:
-    """The reference's latent after generation step `step` (0-based): zts[max(offset + 1, step + 1)]."""
-    return zts[max(offset + 1, step + 1)]

@@ -31,21 +31,19 @@ Where this differs from the original on purpose (see also `shared_attention.py`)
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from styleprobe.errors import ConfigError
 from styleprobe.methods.base import Method, MethodEntry, Parts, register
 from styleprobe.methods.prompt_templates import check_template, fill
+from styleprobe.methods.reference_rows import ReferenceRow
 from styleprobe.models.layers import LayerMap, Pattern
 
 if TYPE_CHECKING:  # torch is imported where it is used, so planning a sweep never waits for it
     import torch
-
-log = logging.getLogger("styleprobe")
 
 MODES = ("inversion", "generated")
 ARTEFACT = "inversion"
@@ -71,18 +69,10 @@ class StyleAlignedKnobs:
     reference_prompt_template: str = "{content}, {style}."
 
 
-class ReferenceRow(NamedTuple):
-    """A reference sample of a batch: its caption, the inversion it replays ("" when generated), its seed."""
-
-    caption: str
-    inversion_key: str
-    seed: int  # the generated reference's noise (unused when it replays an inversion)
-    private: str  # the item that owns it under full attention sharing, else ""
-
-
 @dataclass
 class StyleAlignedState:
-    """StyleAligned on one loaded pipeline: the sharing state its processors read, inverted latents in memory."""
+    """StyleAligned on one loaded pipeline: the attn1 state its plans go into (`methods.attention.SelfAttention`),
+    inverted trajectories in memory."""
 
     sharing: Any
     inversions: dict[str, tuple[torch.Tensor, dict[str, Any]]] = field(default_factory=dict)  # key -> (zts, metadata)
@@ -93,7 +83,7 @@ class StyleAligned(Method):
     """Shared self-attention with a reference in the batch, the reference DDIM-inverted from the style set's image."""
 
     name: ClassVar[str] = "style_aligned"
-    site: ClassVar[str] = "attn1"
+    pattern_site: ClassVar[str] = "attn1"
     Knobs: ClassVar[type] = StyleAlignedKnobs
     unkeyed: ClassVar[frozenset[str]] = frozenset({"share_layer_norm"})
     sampler_defaults: ClassVar[dict[str, Any]] = {  # the real-image notebook's generation
@@ -222,38 +212,11 @@ class StyleAligned(Method):
 
         One record per inversion used (its key, seconds, peak GPU memory, whether it was found already made).
         """
-        from styleprobe.progress import Progress
+        from styleprobe.methods.reference_rows import prepare_trajectories
 
-        state = self.state(engine.model)
-        todo = {it.row["inversion_key"]: it for it in items if it.row["inversion_key"]}
-        records = []
-        with Progress(len(todo), f"{self.name}: invert references", "reference") as bar:
-            for key, it in todo.items():
-                records.append(self._prepare_one(engine, store, state, key, it))
-                bar.update()
-        return records
-
-    def _prepare_one(self, engine: Any, store: Any, state: StyleAlignedState, key: str, it: Any) -> dict[str, Any]:
-        """One reference's inversion: read from the results folder, made earlier in this process, or made now."""
-        from styleprobe.models.devices import peak_memory, reset_peak_memory
-
-        reused = store.has_artefact(ARTEFACT, key)
-        if reused:
-            if key not in state.inversions:
-                tensors, meta = store.read_tensors(ARTEFACT, key)
-                state.inversions[key] = (tensors["zts"], meta)
-        else:
-            if key not in state.inversions:  # made in this process for another results folder: stored there too
-                reset_peak_memory(engine.model.device)
-                zts, meta = self._invert(engine.model, it)
-                state.inversions[key] = (zts, {**meta, "peak_gpu_bytes": peak_memory(engine.model.device)})
-                log.debug("inverted %s (%d steps) in %.1f s", it.reference.style, it.sampler.steps, meta["seconds"])
-            zts, meta = state.inversions[key]
-            store.write_tensors(ARTEFACT, key, {"zts": zts}, meta)
-        meta = state.inversions[key][1]
-        return {"what": "ddim inversion", "key": key, "style": it.reference.style,
-                "seconds": round(float(meta["seconds"]), 3), "steps": int(meta["steps"]),
-                "peak_gpu_bytes": meta.get("peak_gpu_bytes"), "reused": reused}
+        return prepare_trajectories(engine, items, store, self.state(engine.model).inversions,
+                                    key_of=lambda it: it.row["inversion_key"], make=self._invert, artefact=ARTEFACT,
+                                    what="ddim inversion", label=f"{self.name}: invert references")
 
     @staticmethod
     def _invert(model: Any, item: Any) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -288,37 +251,25 @@ class StyleAligned(Method):
         """Reference rows first (one per reference the items use), then the items, in one pipeline call."""
         import torch
 
-        from styleprobe.methods.style_aligned.inversion import replay_latents
+        from styleprobe.methods.reference_rows import ReferenceBatch
         from styleprobe.methods.style_aligned.shared_attention import SharingPlan
 
         state = self.state(engine.model)
         knobs, sampler = items[0].knobs, items[0].sampler
-        wanted = [self._reference_row(it) for it in items]
-        refs = list(dict.fromkeys(wanted))
-        n_refs, n = len(refs), len(refs) + len(items)
-        layers = torch.zeros(n, len(items[0].entry.layer_map), dtype=torch.bool)
+        batch = ReferenceBatch.of([self._reference_row(it) for it in items])
+        n_refs = batch.n_refs
+        layers = torch.zeros(batch.size, len(items[0].entry.layer_map), dtype=torch.bool)
         for j, it in enumerate(items):  # reference rows share nothing themselves (in full sharing they join their sample)
             layers[n_refs + j] = torch.tensor(it.pattern.scales) > 0
         plan = SharingPlan(
-            ref_index=torch.tensor(list(range(n_refs)) + [refs.index(w) for w in wanted]),
+            ref_index=batch.ref_index(),
             layers=layers,
             share_norm=torch.tensor([False] * n_refs + [knobs.share_group_norm] * len(items)),
             adain_queries=knobs.adain_queries, adain_keys=knobs.adain_keys, adain_values=knobs.adain_values,
             score_scale=knobs.shared_score_scale, score_shift=knobs.shared_score_shift,
             full=knobs.full_attention_share,
         )
-        latents = engine.noise([r.seed for r in refs] + [it.seed for it in items], sampler)
-        replay = {row: state.inversions[r.inversion_key][0] for row, r in enumerate(refs) if r.inversion_key}
-        for row, zts in replay.items():
-            latents[row] = zts[knobs.inversion_offset].to(latents.device, latents.dtype)
-
-        def follow_trajectories(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-            out = kwargs["latents"]
-            for row, zts in replay.items():
-                out[row] = replay_latents(zts, knobs.inversion_offset, step).to(out.device, out.dtype)
-            return {"latents": out}
-
-        prompts = [r.caption for r in refs] + [it.row["prompt_used"] for it in items]
+        plan.check_layers(len(state.sharing.layer_map))
         with state.sharing.use(plan):
-            images = engine.denoise(sampler, prompts, latents, callback_on_step_end=follow_trajectories if replay else None)
-        return images[n_refs:]
+            return batch.denoise(engine, sampler, [it.row["prompt_used"] for it in items], [it.seed for it in items],
+                                 state.inversions, knobs.inversion_offset)
