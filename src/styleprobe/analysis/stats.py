@@ -6,7 +6,7 @@ images (its seeds and training-seed replicates: replicates of the cell, not unit
 `two_way`, resamples references and prompts independently and keeps the cross (Owen's "pigeonhole" bootstrap, Ann.
 Appl. Stat. 2007; mildly conservative), so an interval speaks for new references and new prompts. `reference`
 resamples references only (prompts fixed); `cell` resamples cells as if independent, which under-covers when effects
-vary by reference (tests/test_analysis_coverage.py shows both). With one reference, or one prompt, `two_way` is the
+vary by reference (tests/analysis/test_analysis_coverage.py shows both). With one reference, or one prompt, `two_way` is the
 one-way bootstrap over the other factor. Paired differences subtract a reference condition cell by cell before
 resampling, which removes the between-cell spread both conditions share. Percentile intervals throughout.
 """
@@ -60,7 +60,7 @@ class Bootstrap:
         Plain: the level's own tails. Expanded (Hesterberg, "What teachers should know about the bootstrap", Am.
         Stat. 2015): the tail whose normal quantile is sqrt(n / (n - 1)) times Student's t quantile with n - 1
         degrees of freedom, which corrects the percentile interval's narrowness for small n (with 8 references
-        a plain 95% interval covers about 89%, tests/test_analysis_coverage.py) and vanishes as n grows.
+        a plain 95% interval covers about 89%, tests/analysis/test_analysis_coverage.py) and vanishes as n grows.
         """
         if not self.expanded or n_units < 2:
             return self.quantiles

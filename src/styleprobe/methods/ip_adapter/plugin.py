@@ -38,7 +38,7 @@ KEYED_SETTINGS = {
 }
 VIT_H_TEXT = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 #: What each preset (by `model.name`) set when these settings were not yet keyed, pinned here and by
-#: tests/test_model_keys.py. Pinned in code rather than read from experiments/model/ so that editing a preset file
+#: tests/models/test_model_keys.py. Pinned in code rather than read from experiments/model/ so that editing a preset file
 #: changes the keys of what it changes, as any other setting does, and never silently keeps them. A preset of
 #: another name is compared with the dataclass defaults (global adapter, `image_encoder`, text_encoder_2).
 KEY_BASELINES: dict[str, dict[str, Any]] = {

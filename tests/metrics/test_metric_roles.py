@@ -20,7 +20,7 @@ from styleprobe.metrics.base import MetricRole
 from styleprobe.run import scoring
 from styleprobe.run.store import Store
 
-OLD_FOLDER = Path(__file__).parent / "data" / "ip_adapter_b5ca8c3" / "results"
+OLD_FOLDER = Path(__file__).parents[1] / "fixtures" / "ip_adapter_b5ca8c3" / "results"
 BOOT = Bootstrap(n_boot=400, seed=0)
 
 

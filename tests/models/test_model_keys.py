@@ -1,7 +1,7 @@
 """Every model setting that changes an image is in its key, without changing the keys of earlier folders; and every
 model file a job reads is found before anything is generated.
 
-tests/data/model_keys/keys.json holds the keys of one small plan per preset, as styleprobe planned them before the
+tests/fixtures/model_keys/keys.json holds the keys of one small plan per preset, as styleprobe planned them before the
 image encoder folder, the adapter kind and the content text tower entered keys (see make_keys.py there).
 """
 
@@ -22,7 +22,7 @@ from styleprobe.models import loading, presets, sources
 from styleprobe.run.store import Store
 from styleprobe.run.sweep import prepare, run
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "fixtures"
 RECORDED = json.loads((DATA / "model_keys" / "keys.json").read_text())["plans"]
 UNETS = {"sdxl": "sdxl_unet_config.json", "sdxl_vit_h": "sdxl_unet_config.json", "sd15": "sd15_unet_config.json",
          "toy": "model_keys/toy_unet_config.json"}
@@ -48,7 +48,7 @@ def _cfg(tmp_path: Path, *overrides: str, metrics: bool = False):
 
 @pytest.fixture
 def stored_unets(monkeypatch):
-    """The UNet configs of the Hub presets and the toy from tests/data: planning them needs no download or assembly."""
+    """The UNet configs of the Hub presets and the toy from tests/fixtures: planning them needs no download or assembly."""
     real = loading.load_unet_config
     monkeypatch.setattr(loading, "load_unet_config",
                         lambda spec: json.loads((DATA / UNETS[spec.name]).read_text()) if spec.name in UNETS else real(spec))

@@ -24,7 +24,7 @@ from styleprobe.data.prompt_sets import load_prompts
 from styleprobe.errors import AnalysisError
 from styleprobe.methods.base import REGISTRY, Method, registry
 
-NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "benchmark.ipynb"
+NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "benchmark.ipynb"
 BOOT = Bootstrap(n_boot=500, seed=0)
 
 

@@ -1,6 +1,6 @@
 """StyleAligned: the same numbers as google/style-aligned's own code, per-sample batching, inversion as an artefact.
 
-The golden file was written by the original code on the tiny model (tests/data/style_aligned_golden/make_golden.py
+The golden file was written by the original code on the tiny model (tests/fixtures/style_aligned_golden/make_golden.py
 says exactly how). Measured differences to it: about 3e-5 absolute on final latents of magnitude ~40 (float32
 summation order), and 0.0 on the inverted trajectory.
 """
@@ -26,7 +26,7 @@ from styleprobe.run.engine import Engine
 from styleprobe.run.plan import build_plan
 from styleprobe.run.store import Store
 
-GOLDEN = Path(__file__).parent / "data" / "style_aligned_golden" / "golden.safetensors"
+GOLDEN = Path(__file__).parents[1] / "fixtures" / "style_aligned_golden" / "golden.safetensors"
 TARGETS = ["a cat sitting on a chair", "a lighthouse on a rocky coast"]
 MODEL = {"resolution": 64, "steps": 4, "guidance": 5.0}  # the tiny preset's sampler settings
 GENERATED = {"reference_mode": "generated", "share_group_norm": False, "shared_score_shift": 0.0, "reference_seed": 10}

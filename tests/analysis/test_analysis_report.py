@@ -19,7 +19,7 @@ from styleprobe.config import CONFIG_DIR
 from styleprobe.errors import AnalysisError
 from styleprobe.run.sweep import prepare, run
 
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 METRICS = "metrics=[style_csd,leak_clip,text_clip]"
 
 

@@ -1,6 +1,6 @@
 """Keys are a contract: IP-Adapter work planned by earlier versions keeps its keys, so old results folders resume.
 
-The recorded plans and the results folder under tests/data/ip_adapter_b5ca8c3/ were written by styleprobe before
+The recorded plans and the results folder under tests/fixtures/ip_adapter_b5ca8c3/ were written by styleprobe before
 methods became plug-ins (see its README).
 """
 
@@ -22,9 +22,9 @@ from styleprobe.models import loading
 from styleprobe.run.store import Store
 from styleprobe.run.sweep import prepare, run
 
-RECORD = Path(__file__).parent / "data" / "ip_adapter_b5ca8c3"
+RECORD = Path(__file__).parents[1] / "fixtures" / "ip_adapter_b5ca8c3"
 PLANS = json.loads((RECORD / "plans.json").read_text())["configs"]
-SDXL_UNET = json.loads((Path(__file__).parent / "data" / "sdxl_unet_config.json").read_text())
+SDXL_UNET = json.loads((Path(__file__).parents[1] / "fixtures" / "sdxl_unet_config.json").read_text())
 
 #: The command that wrote results/ (see its runs/*/config.yaml).
 RUN_OVERRIDES = ["experiment=custom", "data=small", "data.prompts=[a red bicycle]", "injection.patterns=[none,style]",

@@ -282,8 +282,8 @@ def test_plugin_is_registered():
     assert BLoRA.name == "b_lora" and BLoRA.replicate_knobs == frozenset({"train_seed"})
 
 
-# --- against the original's own code (tests/data/b_lora_golden/make_golden.py says how these were made) ------------
-GOLDEN = Path(__file__).parent / "data" / "b_lora_golden"
+# --- against the original's own code (tests/fixtures/b_lora_golden/make_golden.py says how these were made) ---
+GOLDEN = Path(__file__).parents[1] / "fixtures" / "b_lora_golden"
 
 
 @pytest.fixture(scope="module")

@@ -303,7 +303,7 @@ def test_the_precision_benchmark_runs_every_mode_on_the_tiny_model(model, tmp_pa
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "lora_precision.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "lora_precision.py"
     spec = importlib.util.spec_from_file_location("lora_precision", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

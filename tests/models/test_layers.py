@@ -11,7 +11,7 @@ from styleprobe.errors import ConfigError
 from styleprobe.models.layers import LAYOUT_MODULE, STYLE_MODULE, LayerMap, expand_patterns, native_scale_config
 from styleprobe.models.loading import build_unet_structure
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "fixtures"
 
 
 def _meta_map(name: str) -> LayerMap:

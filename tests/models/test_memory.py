@@ -210,7 +210,7 @@ def test_other_errors_are_not_taken_for_out_of_memory(tiny_model, make_items, re
 def test_the_memory_benchmark_runs_in_smoke_mode(tiny_model, tmp_path):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("memory_estimate", Path(__file__).parents[1] / "benchmarks" / "memory_estimate.py")
+    spec = importlib.util.spec_from_file_location("memory_estimate", Path(__file__).parents[2] / "benchmarks" / "memory_estimate.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     result = bench.main(["--smoke", "--out", str(tmp_path / "m.json")])
