@@ -2,9 +2,9 @@
 
 The map is derived from the UNet's modules (never hard-coded), so it is right for SDXL (70 transformer layers
 in 11 modules), SD1.5 (16 in 16) and the tiny model alike. Each transformer layer has two attention sites,
-self-attention `attn1` and cross-attention `attn2`; a method names the one it acts on (IP-Adapter's image
-branch lives in `attn2`, StyleAligned shares `attn1`), and its map lists that site of every layer, so the same
-patterns probe every method. A pattern is a scale per layer: a 0/1 mask (times IP-Adapter's scale), or
+self-attention `attn1` and cross-attention `attn2`; a method names the one whose module names label its patterns
+(`pattern_site`: IP-Adapter's image branch lives in `attn2`, StyleAligned shares `attn1`; B-LoRA changes both and
+names a layer by its `attn1`), and its map lists that site of every layer, so the same patterns probe every method. A pattern is a scale per layer: a 0/1 mask (times IP-Adapter's scale), or
 explicit per-layer scales. Names at any granularity select layers: a block (`up_blocks.0`), a module
 (`up_blocks.0.attentions.1`) or one transformer layer (`up_blocks.0.attentions.1.transformer_blocks.3`, with or
 without the trailing site, e.g. `.attn2`).
