@@ -90,19 +90,21 @@ def keep_tiny_loaded(tiny_model):
 def make_items():
     """Work items for a model without a config tree: make_items(model, method, references, patterns=[...], **knobs).
 
-    Knobs given as lists are swept; `prompts` are (prompt, subject) texts, `sampler` a Sampler (2 steps by default).
+    Knobs given as lists are swept; `prompts` are (prompt, subject) texts, `sampler` a Sampler (2 steps by default),
+    `windows` as `injection.windows` takes them.
     """
     from styleprobe.data.prompt_sets import PromptSpec
     from styleprobe.methods.base import parse_entries
     from styleprobe.models.layers import LayerMap
     from styleprobe.run.plan import build_plan
 
-    def make(model, method, references, patterns=("all",), prompts=("a teapot",), seeds=(0,), sampler=None, **knobs):
+    def make(model, method, references, patterns=("all",), prompts=("a teapot",), seeds=(0,), sampler=None,
+             windows=("full",), **knobs):
         sampler = sampler or _sampler()
         fields = {f: getattr(sampler, f) for f in ("steps", "guidance", "height", "width", "scheduler", "negative_prompt")}
         fields["scheduler_options"] = dict(sampler.scheduler_options)
         entries = parse_entries(
-            {method: knobs}, patterns=list(patterns), presets={}, sampler=fields, model={},
+            {method: knobs}, patterns=list(patterns), windows=list(windows), presets={}, sampler=fields, model={},
             layer_map=lambda site: LayerMap.from_unet(model.pipe.unet, site),
         )
         dtype = str(model.dtype).removeprefix("torch.")

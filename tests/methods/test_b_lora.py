@@ -8,6 +8,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -385,3 +386,22 @@ def test_cli_b_lora_trains_generates_scores_and_a_rerun_does_nothing(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "16 already done, 0 to generate" in again.stdout and "B-LoRA 1/" not in again.stdout + again.stderr
     assert sorted(results.glob("artefacts/b_lora/*/*/" + WEIGHT_NAME)) == trained
+
+
+def test_a_batch_holds_one_window_and_the_lora_acts_only_inside_it(model, references, make_items, tmp_path):
+    """peft scales a layer for the whole call, so each window is its own batch; inside the window the pattern's
+    scales, outside it the item's `none` (the plain model here: no content LoRA)."""
+    from styleprobe.run.engine import batch_order
+
+    items = make_items(model, "b_lora", references[:1], patterns=("all",), windows=["full", [0.0, 0.5], [0.5, 1.0],
+                                                                                  [0.0, 0.99]], **QUICK)
+    items += make_items(model, "b_lora", references[:1], patterns=("none",), **QUICK)
+    groups = batch_order(items)
+    assert sorted(len({it.window for it in g}) for g in groups) == [1] * 5
+    engine = _prepare(model, items, Store(tmp_path))
+    engine.output_type = "np"
+    out = {(it.pattern.name, it.window.name): np.asarray(engine.run_batch([it])[0]) for it in items}
+    full, none = out[("all", "0.00-1.00")], out[("none", "0.00-1.00")]
+    assert np.abs(out[("all", "0.00-0.99")] - full).max() == 0.0  # a window holding every step is the full one
+    for w in ("0.00-0.50", "0.50-1.00"):
+        assert np.abs(out[("all", w)] - full).max() > 1e-4 and np.abs(out[("all", w)] - none).max() > 1e-4, w

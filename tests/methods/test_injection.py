@@ -19,6 +19,8 @@ from styleprobe.methods.ip_adapter.injection import (
     per_sample_adapter_inputs,
 )
 from styleprobe.models.layers import expand_patterns, native_scale_config
+from styleprobe.run.engine import Engine
+from styleprobe.run.sampler import Sampler
 
 BATCH_TOL = 1e-4
 STEPS, SIZE, GUIDANCE = 3, 64, 5.0
@@ -223,3 +225,48 @@ def test_processors_leave_the_unet_one_graph_for_torch_compile(tiny_ip):
                                                 added_cond_kwargs=added)
     torch._dynamo.reset()
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), [b.reason for b in explained.break_reasons]
+
+
+# --- denoising windows -------------------------------------------------------------------------------------------
+WINDOW_SAMPLER = Sampler(steps=5, guidance=GUIDANCE, height=SIZE, width=SIZE)
+
+
+@pytest.mark.parametrize("cutoff", [0, 2])
+def test_a_window_from_the_start_equals_diffusers_cutoff_callback(tiny_ip, references, make_items, cutoff):
+    """`IPAdapterScaleCutoffCallback(cutoff_step_index=c)` zeroes the scale after step c, so steps 0..c inject: the
+    window [0, (c + 1) / n] here."""
+    from diffusers.callbacks import IPAdapterScaleCutoffCallback
+
+    n = WINDOW_SAMPLER.steps
+    (item,) = make_items(tiny_ip, "ip_adapter", references[:1], patterns=["all"], sampler=WINDOW_SAMPLER,
+                         windows=[[0.0, (cutoff + 1) / n]])
+    assert list(item.window.steps(n)) == list(range(cutoff + 1))
+    engine = Engine(tiny_ip, output_type="np")
+    ours = engine.run_batch([item])[0]
+    pipe, ip = tiny_ip.pipe, item.method
+    with native_processors(pipe.unet):
+        try:
+            pipe.set_ip_adapter_scale(1.0)
+            with per_sample_adapter_inputs(pipe, ip.adapter_embeds(tiny_ip, [item], True)) as embeds:
+                native = engine.denoise(WINDOW_SAMPLER, [item.prompt.prompt], engine.noise([item.seed], WINDOW_SAMPLER),
+                                        ip_adapter_image_embeds=embeds,
+                                        callback_on_step_end=IPAdapterScaleCutoffCallback(cutoff_step_ratio=None,
+                                                                                                cutoff_step_index=cutoff))[0]
+        finally:
+            pipe.set_ip_adapter_scale(1.0)
+    assert np.abs(ours - native).max() == 0.0
+    (full,) = make_items(tiny_ip, "ip_adapter", references[:1], patterns=["all"], sampler=WINDOW_SAMPLER)
+    assert np.abs(engine.run_batch([full])[0] - ours).max() > 1e-3  # the window really cuts the injection
+
+
+def test_an_image_does_not_depend_on_the_windows_beside_it(tiny_ip, references, make_items):
+    items = make_items(tiny_ip, "ip_adapter", references[:2], patterns=["all", "style"], sampler=WINDOW_SAMPLER,
+                       windows=["full", [0.0, 0.4], [0.6, 1.0]])
+    assert len(items) == 2 * 2 * 3
+    engine = Engine(tiny_ip, batch_size=len(items), output_type="np")
+    together = np.stack(engine.run_batch(items))
+    alone = np.stack([engine.run_batch([it])[0] for it in items])
+    assert np.abs(together - alone).max() < BATCH_TOL
+    by = {(it.reference.style, it.pattern.name, it.window.name): a for it, a in zip(items, alone)}
+    first = references[0].style
+    assert np.abs(by[(first, "all", "0.00-0.40")] - by[(first, "all", "0.60-1.00")]).max() > 1e-3

@@ -44,10 +44,11 @@ def neon(references) -> StyleReference:
     return StyleReference(references[0].image, "neon", "a circle", "neon glow")
 
 
-def _items(model, reference, knobs, targets=TARGETS, seeds=(11, 12), patterns=("all",), sampler=None):
+def _items(model, reference, knobs, targets=TARGETS, seeds=(11, 12), patterns=("all",), sampler=None, windows=("full",)):
     """One item per (target, seed) pair, in order, for the `style_aligned` method with `knobs`."""
     entries = parse_entries(
-        {"style_aligned": knobs}, patterns=list(patterns), presets={}, sampler=sampler or {}, model=MODEL,
+        {"style_aligned": knobs}, patterns=list(patterns), windows=list(windows), presets={}, sampler=sampler or {},
+        model=MODEL,
         layer_map=lambda site: LayerMap.from_unet(model.pipe.unet, site),
     )
     items = []
@@ -291,3 +292,24 @@ def test_bad_style_aligned_input_fails_before_loading(tmp_path, monkeypatch):
             sweep.run(_sweep_cfg(tmp_path / "results", "method=style_aligned", "metrics=[]", *overrides))
         assert fragment in str(err.value) and "\n" not in str(err.value), overrides
         assert not (tmp_path / "results").exists()
+
+
+def test_windows_switch_sharing_and_shared_norms_per_sample(tiny_model, references, tmp_path):
+    """Mixed windows in one call, each image as alone; outside its window an item shares nothing (attention and
+    GroupNorm), so a window that ends at the first step is nearly the plain image and `none` keeps its window
+    (its norms are shared)."""
+    sampler = {"steps": 8}
+    items = _items(tiny_model, references[0], {}, [TARGETS[0]], [3], ["all", "none"], sampler,
+                   windows=["full", [0.0, 0.5], [0.5, 1.0]])
+    assert len(items) == 6  # shared norms: `none` differs per window
+    store = Store(tmp_path)
+    together = _latents(tiny_model, items, store, "np")
+    alone = torch.cat([_latents(tiny_model, [it], store, "np") for it in items])
+    assert (together - alone).abs().max() < 1e-4
+    by = {(it.pattern.name, it.window.name): a for it, a in zip(items, alone)}
+    for a, b in ((("all", "0.00-1.00"), ("all", "0.00-0.50")), (("all", "0.00-0.50"), ("all", "0.50-1.00")),
+                 (("none", "0.00-1.00"), ("none", "0.50-1.00"))):
+        assert (by[a] - by[b]).abs().max() > 1e-3, (a, b)
+    off = _items(tiny_model, references[0], {"share_group_norm": False}, [TARGETS[0]], [3], ["none"], sampler,
+                 windows=[[0.0, 0.5]])
+    assert off[0].window.full  # without shared norms `none` is the plain model at every step: one image

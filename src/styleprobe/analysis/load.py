@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from styleprobe.errors import AnalysisError
 from styleprobe.metric_roles import RENAMED, UNKNOWN_ROLE, MetricRole, kind_roles
 from styleprobe.run.store import Store
+from styleprobe.run.windows import FULL
 
 log = logging.getLogger("styleprobe")
 
@@ -49,7 +50,7 @@ def unit_columns(table: pd.DataFrame) -> tuple[str, ...]:
 #: Generation parameters that can tell two conditions apart (those that vary in a table become its conditions),
 #: besides each method's own knobs, which its rows name in `knob_columns`.
 CONDITION_COLUMNS: tuple[str, ...] = (
-    "model", "method", "injection", "scale", "subtraction",
+    "model", "method", "injection", "window", "scale", "subtraction",
     "steps", "guidance", "height", "width", "scheduler", "dtype", "negative_prompt",
 )
 
@@ -74,6 +75,9 @@ def load_results(results_dirs: str | Path | Sequence[str | Path]) -> pd.DataFram
         table = store.table()
         if REPLICATE_COLUMN in table:
             table[REPLICATE_COLUMN] = table[REPLICATE_COLUMN].fillna("")
+        if "window" in table:  # rows written before windows existed acted on every step
+            full = {"window": FULL.name, "window_start": FULL.start, "window_end": FULL.end}
+            table = table.fillna({c: v for c, v in full.items() if c in table})
         for column, model in _value_column_models(store).items():
             if column in table and f"{column}_model" not in table:
                 table[f"{column}_model"] = table[model]

@@ -34,6 +34,7 @@ from styleprobe.data.style_sets import StyleReference
 from styleprobe.errors import ConfigError
 from styleprobe.models.layers import LayerMap, Pattern, expand_patterns
 from styleprobe.run.sampler import Sampler
+from styleprobe.run.windows import FULL, Window, check_steps, expand_windows
 
 if TYPE_CHECKING:
     import torch
@@ -56,6 +57,7 @@ class Item(Protocol):
     reference: StyleReference
     prompt: PromptSpec
     seed: int
+    window: Window  # the denoising steps its pattern acts on
 
     @property
     def sampler(self) -> Sampler: ...
@@ -85,8 +87,8 @@ class ArtefactStore(Protocol):
     def read_tensors(self, kind: str, key: str) -> tuple[dict[str, Any], dict[str, Any]]: ...
 
 
-#: Entry settings that are not knobs: the plug-in's name, the sampler defaults, the entry's own layer patterns.
-ENTRY_SETTINGS = ("type", "sampler", "patterns")
+#: Entry settings that are not knobs: the plug-in's name, the sampler defaults, the entry's own patterns and windows.
+ENTRY_SETTINGS = ("type", "sampler", "patterns", "windows")
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,7 @@ class Parts:
     seed: int
     layer_map: LayerMap | None = None  # the entry's map (the method's site)
     style_set: tuple[StyleReference, ...] = ()  # every reference of the sweep, for methods that combine two
+    window: Window = FULL  # the denoising window the pattern acts in
 
 
 class Method(ABC):
@@ -116,6 +119,9 @@ class Method(ABC):
     replicate_knobs: ClassVar[frozenset[str]] = frozenset()  # knobs that draw replicates (a training seed): analysis
     # resamples them with the unit instead of comparing their values as conditions
     sampler_defaults: ClassVar[dict[str, Any]] = {}  # the method's own sampler settings (below `sampler.*`)
+    #: How the method honours denoising windows (`at_step`): "per_sample" (items with different windows share one
+    #: call), "per_batch" (a call holds one window), "" (the full window only: another is refused at planning).
+    window_support: ClassVar[str] = ""
 
     # planning: no model is loaded -------------------------------------------------------------------
     def check_knobs(self, knobs: Any, where: str) -> None:
@@ -134,6 +140,12 @@ class Method(ABC):
     def effective_pattern(self, pattern: Pattern, knobs: Any, layer_map: LayerMap) -> Pattern:
         """The layers an item really acts on, when a knob switches some of the pattern's layers off."""
         return pattern
+
+    def effective_window(self, pattern: Pattern, knobs: Any, window: Window) -> Window:
+        """The window an item really has: a pattern that acts on no layer is the plain model at every step, so its
+        window changes nothing and it is the full window's item (one image, today's key). A method whose `none`
+        still changes the image (StyleAligned's shared norms) keeps the window."""
+        return window if any(pattern.scales) else FULL
 
     def model_identity(self, spec: "ModelSpec") -> dict[str, Any]:
         """What the method loads besides the base pipeline that determines an image (an adapter checkpoint)."""
@@ -192,6 +204,12 @@ class Method(ABC):
     def run_batch(self, engine: "Generator", items: Sequence["Item"]) -> list["Image.Image"]:
         """One pipeline call for items of one batch key; their images, in order."""
 
+    def at_step(self, engine: "Generator", items: Sequence["Item"], on: Sequence[bool]) -> None:
+        """Switch each item's pattern on or off for the coming step (`on[j]`: step lies in item j's window), inside
+        the method's `run_batch` call. The engine calls it before the first step and after any step where some item
+        enters or leaves its window, and only for batches with a window other than the full one."""
+        raise NotImplementedError(f"{self.name} does not act in denoising windows")
+
     def extra_rows(self, batch: int) -> int:
         """Samples a batch of `batch` items adds to the UNet's input beyond the items (at most): what the memory
         estimate (`styleprobe.models.memory`) budgets for on top of them."""
@@ -223,7 +241,7 @@ ROW_COLUMNS: tuple[str, ...] = (
     "key", "dtype", "method", "injection", "style", "content", "prompt", "negative_prompt", "seed", "steps",
     "guidance", "height", "width", "scheduler", "model", "sweep", "target", "layers", "n_layers", "layer_scales",
     "reference", "reference_digest", "subject", "prompt_used", "knob_columns", "replicate", "prepare_keys", "base",
-    "image_path", "run_id", "seconds", "peak_gpu_bytes",
+    "image_path", "run_id", "seconds", "peak_gpu_bytes", "window", "window_start", "window_end", "window_steps",
 )
 
 
@@ -258,12 +276,14 @@ class MethodEntry:
     patterns: tuple[Pattern, ...]  # on this method's site
     layer_map: LayerMap
     sampler: Sampler
+    windows: tuple[Window, ...] = (FULL,)  # the denoising windows its patterns act in
 
 
 def parse_entries(
     methods: Mapping[str, Any],
     *,
     patterns: Sequence[Any],
+    windows: Sequence[Any] = ("full",),
     presets: Mapping[str, Sequence[str] | None],
     sampler: Mapping[str, Any],
     model: Mapping[str, Any],
@@ -290,12 +310,25 @@ def parse_entries(
         variants = _variants(plugin, knobs, where)
         sampler_defaults = {**plugin.sampler_defaults, **dict(body.get("sampler") or {})}
         entry_sampler = Sampler.resolve(sampler, sampler_defaults, model, where=f"{where}.sampler")
+        entry_windows = _windows(plugin, body.get("windows"), windows, where, entry_sampler.steps)
         lm = layer_map(plugin.pattern_site)
         specs = as_list(body["patterns"]) if body.get("patterns") is not None else list(patterns)
         expanded = tuple(expand_patterns(specs, lm, presets))
-        entry = MethodEntry(str(entry_name), plugin, variants, expanded, lm, entry_sampler)
+        entry = MethodEntry(str(entry_name), plugin, variants, expanded, lm, entry_sampler, entry_windows)
         entries.append(entry)
     return entries
+
+
+def _windows(plugin: Method, own: Any, shared: Sequence[Any], where: str, steps: int) -> tuple[Window, ...]:
+    """An entry's windows (its own `windows`, else `injection.windows`), each holding a step, honoured by the method."""
+    what = f"{where}.windows" if own is not None else "injection.windows"
+    windows = expand_windows(as_list(own) if own is not None else list(shared), what)
+    check_steps(windows, steps, what)
+    partial = [w for w in windows if not w.full]
+    if partial and not plugin.window_support:
+        raise ConfigError(f"{what}: method {plugin.name} acts on every step and cannot act in a window "
+                          f"({partial[0].name}); set {where}.windows=[full]")
+    return windows
 
 
 def _variants(plugin: Method, given: Mapping[str, Any], where: str) -> tuple[Any, ...]:

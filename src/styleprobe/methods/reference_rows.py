@@ -183,6 +183,23 @@ class ReferenceAttention:
     ref_index: torch.Tensor  # (B,) long: each sample's reference row (a reference row points to itself)
     layers: torch.Tensor  # (B, n_layers) bool: where each sample looks at its reference
 
+    def __post_init__(self) -> None:
+        self._given_layers = self.layers
+
+    def switch(self, on: torch.Tensor) -> None:
+        """For the coming steps: the items (the batch's last `len(on)` samples) whose `on` is false look at nothing
+        (a step outside their window); the others at their layers."""
+        mask = self._item_mask(on)
+        self.layers = self._given_layers & mask[:, None]
+
+    def _item_mask(self, on: torch.Tensor) -> torch.Tensor:
+        """(B,) bool: true for the reference rows and for the items that are on."""
+        import torch
+
+        mask = torch.ones(self.ref_index.shape[0], dtype=torch.bool)
+        mask[mask.shape[0] - on.shape[0]:] = on.to(torch.bool)
+        return mask
+
     def expand(self, x: torch.Tensor, batch: int, index: bool = False) -> torch.Tensor:
         """A per-sample tensor for a UNet batch of `batch`: as it is, or repeated for CFG's two halves."""
         import torch

@@ -57,7 +57,9 @@ def batch_order(items: Sequence[WorkItem]) -> list[list[WorkItem]]:
     entries = list(dict.fromkeys(it.entry.name for it in items))
     groups: dict[tuple[Any, ...], list[WorkItem]] = {}
     for it in items:
-        groups.setdefault((entries.index(it.entry.name), repr(it.sampler), repr(it.method.batch_key(it))), []).append(it)
+        window = it.window.name if it.method.window_support == "per_batch" else ""  # such a call holds one window
+        group = (entries.index(it.entry.name), repr(it.sampler), repr(it.method.batch_key(it)), window)
+        groups.setdefault(group, []).append(it)
     return [
         sorted(group, key=lambda it: (it.reference.digest, it.prompt.prompt, it.seed, it.key))
         for _, group in sorted(groups.items(), key=lambda kv: kv[0])
@@ -73,6 +75,7 @@ class Engine:
         self.limit: int | None = None  # after an out-of-memory error: the largest batch for the rest of the run
         self._auto: dict[tuple[str, str], int] = {}  # (method, sampler) -> auto batch size
         self.output_type = output_type  # "pil" for the store; "latent" or "np" to inspect a method's outputs
+        self._windowed: Sequence[WorkItem] | None = None  # the batch in `run_batch` when it holds windows
 
     # the pipeline's state ------------------------------------------------------------------------------
     def use(self, method: Any, sampler: Sampler) -> None:
@@ -131,7 +134,13 @@ class Engine:
         return randn_tensor(shape, generator=generators, device=self.model.device, dtype=self.model.dtype)
 
     def denoise(self, sampler: Sampler, prompts: Sequence[str], latents: torch.Tensor, **kwargs: Any) -> list[Image.Image]:
-        """One pipeline call: one prompt and one initial latent per sample; extra pipeline arguments as given."""
+        """One pipeline call: one prompt and one initial latent per sample; extra pipeline arguments as given.
+
+        Inside `run_batch` of items with denoising windows, the method's `at_step` switches each item's pattern on
+        and off as the steps enter and leave its window (before the first step, then from diffusers' step callback,
+        ahead of any callback the method passes).
+        """
+        kwargs = self._switching_windows(sampler, kwargs)
         with torch.inference_mode():
             out = self.model.pipe(
                 **self.prompt_embeds(prompts, sampler),
@@ -176,10 +185,36 @@ class Engine:
         log.warning("out of memory on %s at batch size %d: batch size %d from now on in this run", self.model.device,
                     size, self.limit)
 
+    def _switching_windows(self, sampler: Sampler, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The pipeline arguments with the step callback that moves the batch's items in and out of their windows."""
+        items = self._windowed
+        if not items:
+            return kwargs
+        method, n = items[0].method, sampler.steps
+        masks = [[step in it.window.steps(n) for it in items] for step in range(n)]
+        after = kwargs.get("callback_on_step_end")
+
+        def switch_windows(pipe: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+            if pipe.num_timesteps != n:
+                raise StyleprobeError(
+                    f"denoising windows count the sampler's {n} steps, but {type(pipe.scheduler).__name__} runs "
+                    f"{pipe.num_timesteps} UNet steps; use a scheduler with one step per timestep (e.g. "
+                    f"EulerDiscreteScheduler, DDIMScheduler) or windows=[full]")
+            if step + 1 < n and masks[step + 1] != masks[step]:
+                method.at_step(self, items, masks[step + 1])
+            return after(pipe, step, timestep, callback_kwargs) if after is not None else {}
+
+        method.at_step(self, items, masks[0])
+        return {**kwargs, "callback_on_step_end": switch_windows}
+
     def run_batch(self, items: Sequence[WorkItem]) -> list[Image.Image]:
         """One pipeline call for items of one group (see `batch_order`); their images in order."""
         self.use(items[0].method, items[0].sampler)
-        return items[0].method.run_batch(self, items)
+        self._windowed = items if any(not it.window.full for it in items) else None
+        try:
+            return items[0].method.run_batch(self, items)
+        finally:
+            self._windowed = None
 
     def generate(
         self,

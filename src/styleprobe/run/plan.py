@@ -1,12 +1,12 @@
 """Expand an experiment into work items, each keyed by a hash of every parameter behind its image.
 
-The plan crosses each method entry's knob combinations and layer patterns with the shared axes (style
-reference, prompt, seed); the method's sampler is part of the entry. The key is how a sweep resumes (done keys
+The plan crosses each method entry's knob combinations, layer patterns and denoising windows with the shared axes
+(style reference, prompt, seed); the method's sampler is part of the entry. The key is how a sweep resumes (done keys
 are skipped) and how shards split a plan: a job with `shard.index=i, shard.count=n` takes the items whose shard
 key falls in bucket i of n (the key itself, or the key of the per-reference work the item needs, so a LoRA is
 trained and a reference inverted by one job only). What an item's key hashes is the shared columns plus the
 method's `key_fields`, the model's identity (with the method's `model_identity`), the per-layer scales and the
-reference's content hash:
+reference's content hash (and the window, unless it is the full one):
 for IP-Adapter exactly what styleprobe hashed before methods were plug-ins.
 """
 
@@ -28,6 +28,7 @@ from styleprobe.methods.base import Method, MethodEntry, Parts
 from styleprobe.models.layers import LayerMap, Pattern
 from styleprobe.models.presets import ModelSpec
 from styleprobe.run.sampler import Sampler
+from styleprobe.run.windows import FULL, Window
 
 KEY_LENGTH = 20
 
@@ -44,6 +45,7 @@ class WorkItem:
     reference: StyleReference
     prompt: PromptSpec
     seed: int
+    window: Window = FULL  # the denoising steps the pattern acts on
 
     @property
     def shard_key(self) -> str:
@@ -70,7 +72,8 @@ def make_item(parts: Parts, entry: MethodEntry) -> WorkItem:
     digest = ref.digest  # a stat of the file each time it is asked for
     layer_map = entry.layer_map
     pattern = method.effective_pattern(parts.pattern, parts.knobs, layer_map)
-    parts = dataclasses.replace(parts, pattern=pattern)
+    window = method.effective_window(pattern, parts.knobs, parts.window)
+    parts = dataclasses.replace(parts, pattern=pattern, window=window)
     layer_scales, layers_json, layer_scales_json = _pattern_columns(layer_map, pattern.scales)
     shared = {  # stored in the row and part of the key
         "dtype": parts.dtype,
@@ -88,8 +91,9 @@ def make_item(parts: Parts, entry: MethodEntry) -> WorkItem:
         "scheduler": sampler.scheduler_id,
     }
     model_identity = {**parts.spec.base_identity, **method.model_identity(parts.spec)}
+    when = {} if window.full else {"window": [window.start, window.end]}  # full: the keys made before windows
     key = item_key({**shared, **method.key_fields(parts), "model": model_identity, "layer_scales": layer_scales,
-                    "reference": digest})
+                    "reference": digest, **when})
     row = {
         "key": key,
         **shared,
@@ -100,6 +104,7 @@ def make_item(parts: Parts, entry: MethodEntry) -> WorkItem:
         "layers": layers_json,
         "n_layers": len(layer_scales),
         "layer_scales": layer_scales_json,
+        **window.columns(sampler.steps),
         "reference": str(ref.image),
         "reference_digest": digest,
         "subject": prompt.subject,
@@ -110,7 +115,7 @@ def make_item(parts: Parts, entry: MethodEntry) -> WorkItem:
     }
     if method.replicate_knobs:  # a replicate of the unit (e.g. a training seed), resampled with it by analysis
         row["replicate"] = ",".join(f"{k}={getattr(parts.knobs, k)}" for k in sorted(method.replicate_knobs))
-    return WorkItem(key, row, entry, parts.knobs, pattern, ref, prompt, parts.seed)
+    return WorkItem(key, row, entry, parts.knobs, pattern, ref, prompt, parts.seed, window)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -144,8 +149,10 @@ def build_plan(
             use = entry.method.content_label_use(knobs)
             if use:
                 _require_content(references, f"{entry.method.name}'s {use}")
-            for ref, prompt, seed, pattern in itertools.product(references, prompts, seeds, entry.patterns):
-                parts = Parts(model, dtype, entry.sampler, knobs, pattern, ref, prompt, seed, entry.layer_map, tuple(references))
+            for ref, prompt, seed, pattern, window in itertools.product(references, prompts, seeds, entry.patterns,
+                                                                        entry.windows):
+                parts = Parts(model, dtype, entry.sampler, knobs, pattern, ref, prompt, seed, entry.layer_map,
+                              tuple(references), window)
                 item = make_item(parts, entry)
                 items.setdefault(item.key, item)
     return list(items.values())

@@ -91,6 +91,7 @@ def prepare(cfg: DictConfig) -> SweepPlan:
     entries = parse_entries(
         OmegaConf.to_container(cfg.method, resolve=True) if cfg.get("method") else {},
         patterns=as_list(cfg.injection.patterns),
+        windows=as_list(cfg.injection.get("windows", None) or ["full"]),
         presets=OmegaConf.to_container(cfg.model.presets, resolve=True) if cfg.model.get("presets") else {},
         sampler=OmegaConf.to_container(cfg.sampler, resolve=True),
         model=OmegaConf.to_container(cfg.model, resolve=True),
@@ -160,7 +161,7 @@ def _analysis_settings(cfg: DictConfig, scorers: list[Any], items: list[WorkItem
 
 
 #: The row columns that say which condition an item or a stored row is.
-CONDITION_FIELDS = ("method", "injection", "sweep", "layers", "layer_scales")
+CONDITION_FIELDS = ("method", "injection", "sweep", "layers", "layer_scales", "window")
 
 
 def _conditions(items: list[WorkItem], store: Store) -> Any:

@@ -136,6 +136,7 @@ class BLoRA(Method):
     name: ClassVar[str] = "b_lora"
     pattern_site: ClassVar[str] = "attn1"  # rows name a transformer layer by its attn1 module, as since B-LoRA's start
     acts_on: ClassVar[tuple[str, ...]] = ("attn1", "attn2")  # a layer's LoRA covers both of its attention sites
+    window_support: ClassVar[str] = "per_batch"  # peft scales a layer for the whole call: one window per batch
     Knobs: ClassVar[type] = BLoRAKnobs
     unkeyed: ClassVar[frozenset[str]] = frozenset({"checkpoint_every", "gradient_checkpointing"})
     replicate_knobs: ClassVar[frozenset[str]] = frozenset({"train_seed"})
@@ -434,11 +435,12 @@ class BLoRA(Method):
             state.loaded[key] = name
         return {k: state.loaded[k] for k in keys}
 
-    def layer_scales(self, model: Any, item: Any) -> dict[str, dict[str, float]]:
+    def layer_scales(self, model: Any, item: Any, on: bool = True) -> dict[str, dict[str, float]]:
         """Adapter name -> transformer layer -> factor on its update, for an item (its LoRAs loaded first).
 
-        The reference's LoRA gets the pattern's scale times alpha on each layer the pattern switches on; a content
-        LoRA gets content_alpha on `content_modules`; in `original` mode each factor is squared (see `update_scale`).
+        The reference's LoRA gets the pattern's scale times alpha on each layer the pattern switches on (none while
+        `on` is false: a step outside the item's window, where the item is its `none`); a content LoRA gets
+        content_alpha on `content_modules`; in `original` mode each factor is squared (see `update_scale`).
         """
         from styleprobe.methods.b_lora.lora import layer_indices, parse_modules
 
@@ -450,12 +452,18 @@ class BLoRA(Method):
             for i in layer_indices(parse_modules(knobs.content_modules, layer_map, "content_modules"), layer_map):
                 scales[adapters[content_key]][layer_map.layers[i].short] = update_scale(knobs.content_alpha, knobs.alpha_mode)
         for i, s in enumerate(item.pattern.scales):
-            if s:
+            if s and on:
                 scales[adapters[style_key]][layer_map.layers[i].short] = update_scale(s * knobs.alpha, knobs.alpha_mode)
         return scales
 
+    def at_step(self, engine: Any, items: Sequence[Any], on: Sequence[bool]) -> None:
+        """The batch's one window: the pattern's layer scales inside it, its `none` (content LoRA only) outside."""
+        from styleprobe.methods.b_lora.lora import set_layer_scales
+
+        set_layer_scales(engine.model.pipe.unet, self.layer_scales(engine.model, items[0], bool(on[0])))
+
     def run_batch(self, engine: Any, items: Sequence[Any]) -> list[Any]:
-        """One LoRA (and optionally a content LoRA) with one pattern for the whole batch."""
+        """One LoRA (and optionally a content LoRA) with one pattern and one window for the whole batch."""
         from styleprobe.methods.b_lora.lora import set_layer_scales
 
         model, first = engine.model, items[0]

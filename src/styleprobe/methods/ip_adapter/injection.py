@@ -34,6 +34,8 @@ class InjectionState:
         self.layer_map = layer_map
         self.scales: torch.Tensor | None = None
         self.active: tuple[bool, ...] = ()  # per layer: does any sample inject there (decided on the host, per batch)
+        self._given: torch.Tensor | None = None  # the host scales `use` was given, which `switch` masks
+        self._to: tuple[Any, Any] = (None, None)  # their device and dtype
 
     @contextmanager
     def use(
@@ -42,14 +44,23 @@ class InjectionState:
         """Apply `scales` (batch, n_layers) for the calls inside the block, moved to `device` / `dtype` here, once."""
         if scales.ndim != 2 or scales.shape[1] != len(self.layer_map):
             raise ValueError(f"scales must have shape (batch, {len(self.layer_map)}), got {tuple(scales.shape)}")
-        active = tuple(bool(a) for a in (scales != 0).any(dim=0).tolist())  # pass host scales: no device read
-        on_device = scales.to(device=device or scales.device, dtype=dtype or scales.dtype)
-        previous = self.scales, self.active
-        self.scales, self.active = on_device, active
+        previous = self.scales, self.active, self._given, self._to
+        self._given, self._to = scales, (device or scales.device, dtype or scales.dtype)
+        self._apply(scales)
         try:
             yield
         finally:
-            self.scales, self.active = previous
+            self.scales, self.active, self._given, self._to = previous
+
+    def switch(self, on: torch.Tensor) -> None:
+        """Inside `use`: each sample's scales where `on` (batch,) is true, zeros elsewhere (a step outside its window)."""
+        if self._given is None:
+            raise RuntimeError("switch() is for the calls inside use(scales)")
+        self._apply(self._given * on.to(self._given.dtype)[:, None])
+
+    def _apply(self, scales: torch.Tensor) -> None:
+        self.active = tuple(bool(a) for a in (scales != 0).any(dim=0).tolist())  # host scales: no device read
+        self.scales = scales.to(device=self._to[0], dtype=self._to[1])
 
 
 class LayerScaledIPAttnProcessor(nn.Module):

@@ -90,6 +90,7 @@ class IPAdapter(Method):
 
     name: ClassVar[str] = "ip_adapter"
     pattern_site: ClassVar[str] = "attn2"
+    window_support: ClassVar[str] = "per_sample"  # per-sample scales, switched per step
     Knobs: ClassVar[type] = IPAdapterKnobs
 
     def check_knobs(self, knobs: IPAdapterKnobs, where: str) -> None:
@@ -242,6 +243,14 @@ class IPAdapter(Method):
                 sampler, [it.prompt.prompt for it in items], engine.noise([it.seed for it in items], sampler),
                 ip_adapter_image_embeds=embeds,
             )
+
+
+    def at_step(self, engine: Any, items: Sequence[Any], on: Sequence[bool]) -> None:
+        """Items outside their window get scale 0 on every layer for the coming step (the layers no sample uses
+        skip the image branch, as diffusers does for a scale of 0)."""
+        import torch
+
+        self.state(engine.model).injection.switch(torch.tensor(on))
 
 
 def _attach(model: Any) -> IPAdapterState:

@@ -84,6 +84,7 @@ class StyleAligned(Method):
 
     name: ClassVar[str] = "style_aligned"
     pattern_site: ClassVar[str] = "attn1"
+    window_support: ClassVar[str] = "per_sample"  # sharing and shared norms switched per sample, per step
     Knobs: ClassVar[type] = StyleAlignedKnobs
     unkeyed: ClassVar[frozenset[str]] = frozenset({"share_layer_norm"})
     sampler_defaults: ClassVar[dict[str, Any]] = {  # the real-image notebook's generation
@@ -154,6 +155,10 @@ class StyleAligned(Method):
 
         off = switched_off(len(layer_map), knobs.only_self_level)
         return Pattern(pattern.name, tuple(0.0 if o else s for s, o in zip(pattern.scales, off)), pattern.sweep, pattern.target)
+
+    def effective_window(self, pattern: Pattern, knobs: StyleAlignedKnobs, window: Any) -> Any:
+        """`none` still shares GroupNorm statistics when `share_group_norm` is on, so its window matters then."""
+        return window if knobs.share_group_norm else super().effective_window(pattern, knobs, window)
 
     def prompt_used(self, parts: Parts) -> str:
         return fill(parts.knobs.prompt_template, parts)
@@ -242,6 +247,12 @@ class StyleAligned(Method):
             return ReferenceRow(item.row["reference_prompt"], item.row["inversion_key"], 0, private)
         seed = item.seed if knobs.reference_seed is None else knobs.reference_seed
         return ReferenceRow(item.row["reference_prompt"], "", seed, private)
+
+    def at_step(self, engine: Any, items: Sequence[Any], on: Sequence[bool]) -> None:
+        """Items outside their window share nothing for the coming step (attention and norms): the plain model."""
+        import torch
+
+        self.state(engine.model).sharing.step.switch(torch.tensor(on))
 
     def extra_rows(self, batch: int) -> int:
         """One reference row per reference in the batch: at most one per item (full sharing, or every item its own)."""

@@ -55,6 +55,15 @@ class SharingPlan(ReferenceAttention):
     score_shift: float = 0.0
     full: bool = False  # full_attention_share: the sample and its reference attend jointly
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._given_norm = self.share_norm
+
+    def switch(self, on: torch.Tensor) -> None:
+        """Outside its window an item shares neither attention nor GroupNorm statistics: the plain model's step."""
+        super().switch(on)
+        self.share_norm = self._given_norm & self._item_mask(on)
+
     def share(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, rows: torch.Tensor,
               refs: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """Shared attention of samples `rows` with their references `refs` (batch, heads, tokens, dim)."""
