@@ -2,6 +2,7 @@
 # Regenerate the committed toy-world analyses from scratch (no download; on 2 CPU cores the times are in README.md):
 #   analysis/toy/layer_probe/   the default run (`styleprobe`): which attention modules carry style in the toy world
 #   analysis/toy/benchmark/     `styleprobe experiment=benchmark`: the methods ranked in the toy world
+#   analysis/toy/time_probe/    `styleprobe experiment=time_probe`: when, along the denoising steps, each module carries style
 # Usage: bash analysis/make.sh [RESULTS_ROOT]   (from anywhere; uses `styleprobe` on PATH, else the README's .venv;
 # results go to RESULTS_ROOT, which a rerun resumes from, or else to a temporary folder that is removed afterwards).
 # These are findings about the toy world, not about SDXL.
@@ -15,7 +16,7 @@ else
   results="$(mktemp -d)"
   trap 'rm -rf "$results"' EXIT
 fi
-for experiment in layer_probe benchmark; do
+for experiment in layer_probe benchmark time_probe; do
   start=$SECONDS
   "$styleprobe" experiment="$experiment" results_root="$results" analyze=false
   rm -rf "analysis/toy/$experiment"

@@ -339,7 +339,7 @@ def prepare(args: argparse.Namespace, model: Any = None) -> SimpleNamespace:
     items = build_plan(model=spec, dtype=dtype_name, entries=entries, references=references, prompts=prompts,
                        seeds=list(range(args.seeds)))
     ref_images = {r.digest: r.load() for r in references}  # decoded once, as a researcher would
-    return SimpleNamespace(spec=spec, model=model, sampler=sampler, resolution=resolution, steps=steps,
+    return SimpleNamespace(spec=spec, model=model, sampler=sampler, resolution=resolution, steps=steps, entries=entries,
                            guidance=guidance, layer_map=layer_map, patterns=patterns, references=references,
                            prompts=prompts, dtype_name=dtype_name, items=items, ref_images=ref_images,
                            load_seconds=load_seconds)

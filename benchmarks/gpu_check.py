@@ -18,7 +18,8 @@ architectures' sizes, built from their configs (no download):
   p4_scoring    images/s of the six default metrics together at real model sizes, PIL vs tensor preprocessing,
                 fp32 vs bf16 (goal >= 500 images/s)
   lora_fp16     B-LoRA's training in fp16 (with and without loss scaling) against fp32
-  time_windows  the time windows' overhead: not in this version yet (recorded as such)
+  time_windows  the engine with denoising windows (one_hot:window:2) against the same items without them
+                (bench_windows.py): images/s and pipeline calls per image
 
 Parts fail independently (an exception is recorded with its message, the next part runs) and each has a time
 budget: a part is stopped at twice its budget, and one whose budget no longer fits in --max-seconds is skipped.
@@ -102,10 +103,10 @@ GPU_BUDGETS = {
     "knobs": 120,         # plain engine and 5 knobs on 4 images, 10 steps; torch.compile's inductor compile most
     "p4_scoring": 60,     # 4 real-size scoring models built twice (fp32, bf16), 4 x 128 images at batch 32
     "lora_fp16": 35,      # SDXL's UNet in fp32 and its copies; 3 modes x 4 training steps at 1024 px
-    "time_windows": 0,    # not in this version
+    "time_windows": 10,   # 4 full-window and 7 windowed images at batch 4, 10 steps (~0.5 s per image)
 }
 SMOKE_BUDGETS = {"p5_memory": 20, "build": 20, "p1_engine": 15, "p2_naive": 10, "p3_injection": 10, "knobs": 30,
-                 "p4_scoring": 40, "lora_fp16": 20, "time_windows": 0}
+                 "p4_scoring": 40, "lora_fp16": 20, "time_windows": 10}
 
 GPU = Settings(
     model="sdxl", resolution=1024, steps=30, guidance=5.0, engine_items=8, engine_batches=(4, 8), naive_items=4,
@@ -468,12 +469,24 @@ def part_lora_fp16(ctx: Context) -> dict[str, Any]:
 
 
 def part_time_windows(ctx: Context) -> dict[str, Any]:
-    """The time windows' overhead: measured here once that change is in styleprobe."""
-    raise NotLanded("the time windows are not in this version of styleprobe; this part is added with them")
+    """The engine with denoising windows against the same items without them (bench_windows.compare)."""
+    import bench_engine
+    import bench_windows
 
-
-class NotLanded(Exception):
-    """A part whose code is not in this version: recorded as skipped, not as a failure."""
+    e, s = ctx.need_engine(), ctx.settings
+    steps = max(2, s.knob_steps)  # two windows need two steps (the smoke run's knobs take one)
+    setup = bench_engine.prepare(ctx.engine_args(steps, s.knob_items, s.knob_batch), e.model)
+    result = bench_windows.compare(setup, "one_hot:window:2", s.knob_batch)
+    full, windowed = result["full"], result["windows"]
+    return {
+        "figures": {"full": full, "windows": windowed, "windows_spec": result["windows_spec"], "steps": steps,
+                    "batch": s.knob_batch},
+        "ratios": {"windows / full images per s": result["windows / full images_per_s"],
+                   "windows / full calls per image": result["windows / full calls_per_image"]},
+        "headline": f"windows {windowed['images_per_s']:.3g} vs full {full['images_per_s']:.3g} images/s "
+                    f"({result['windows / full images_per_s']:.2f}x), calls per image "
+                    f"{result['windows / full calls_per_image']:.2f}x",
+    }
 
 
 PARTS: dict[str, Callable[[Context], dict[str, Any]]] = {
@@ -487,7 +500,7 @@ PARTS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "lora_fp16": part_lora_fp16,
     "time_windows": part_time_windows,
 }
-NEEDS_BUILD = {"p1_engine", "p2_naive", "p3_injection", "knobs"}
+NEEDS_BUILD = {"p1_engine", "p2_naive", "p3_injection", "knobs", "time_windows"}
 
 
 # running them --------------------------------------------------------------------------------------------------------
@@ -532,8 +545,6 @@ def run_part(name: str, ctx: Context, remaining: float) -> dict[str, Any]:
         with time_limit(min(2 * budget, remaining) if budget else remaining):
             out = PARTS[name](ctx)
         record.update(status="ok", **out)
-    except NotLanded as err:
-        record.update(status="skipped", error=str(err))
     except (Exception, PartTimeout) as err:  # noqa: BLE001 - parts fail independently
         record.update(status="timeout" if isinstance(err, PartTimeout) else "error",
                       error=f"{type(err).__name__}: {err}"[:2000], traceback=traceback.format_exc()[-6000:])

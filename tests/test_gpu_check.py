@@ -58,9 +58,6 @@ def test_the_smoke_run_measures_every_part_with_numbers(smoke):
     assert list(report["parts"]) == list(module.PARTS)
     assert report["mode"] == "smoke" and report["date"] and report["machine"]["cpu"] and report["machine"]["torch"]
     for name, part in report["parts"].items():
-        if name == "time_windows":  # not in this version: recorded as such, not as a failure
-            assert part["status"] == "skipped" and "not in this version" in part["error"]
-            continue
         assert part["status"] == "ok", (name, part.get("error"), part.get("traceback"))
         assert part["seconds"] >= 0 and part["budget_s"] > 0
         numbers = _numbers(part["figures"])
@@ -99,6 +96,7 @@ def test_the_planned_gpu_budget_fits_eight_minutes():
 def test_only_and_skip_choose_parts_and_the_engine_parts_bring_the_build():
     module = _module()
     assert module.choose(["p3_injection", "p4_scoring"], []) == ["build", "p3_injection", "p4_scoring"]
+    assert module.choose(["time_windows"], []) == ["build", "time_windows"]
     assert module.choose([], ["knobs", "lora_fp16", "time_windows"]) == [
         "p5_memory", "build", "p1_engine", "p2_naive", "p3_injection", "p4_scoring"]
     assert module.choose(["p4_scoring"], []) == ["p4_scoring"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pandas as pd
@@ -98,13 +98,13 @@ def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and value != value)
 
 
-def split_by_setting(table: pd.DataFrame) -> list[tuple[dict[str, Any], pd.DataFrame]]:
-    """The table split by the condition columns other than injection that vary (method, subtraction, model, ...).
+def split_by_setting(table: pd.DataFrame, within: Sequence[str] = ("injection",)) -> list[tuple[dict[str, Any], pd.DataFrame]]:
+    """The table split by the condition columns other than `within` that vary (method, subtraction, model, ...).
 
     Each part is one setting: the verdict is judged and the probe figures are drawn once per setting. Rows of a
     method without one of those columns (StyleAligned has no `subtraction`) form their own part, never dropped.
     """
-    columns = [c for c in varying_conditions(table) if c != "injection"]
+    columns = [c for c in varying_conditions(table) if c not in within]
     if not columns:
         return [({}, table)]
     out = []

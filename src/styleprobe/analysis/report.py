@@ -26,7 +26,7 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from styleprobe.analysis import figures
+from styleprobe.analysis import figures, time_windows
 from styleprobe.analysis.conditions import (
     MissingCondition,
     add_condition,
@@ -222,6 +222,7 @@ def _build(table: pd.DataFrame, dirs: list[Path], tmp: Path, settings: AnalysisS
     crit, boot = settings.criterion, settings.bootstrap
     report = Report(tmp, [])
     table_out, figure_out = _writers(report, settings)
+    whole, table = table, time_windows.full_window_rows(table)  # the layer analyses: full-window rows
 
     metrics = metric_columns(table)
     report.unscored = [m for m in metrics if table[m].isna().all()]
@@ -275,8 +276,31 @@ def _build(table: pd.DataFrame, dirs: list[Path], tmp: Path, settings: AnalysisS
         for columns, label in (("style", "styles"), ("prompt", "prompts")):
             figure_out(f"image grid ({label})", f"grid_{label}{suffix}",
                        functools.partial(_grid, part, rows, columns, settings, top, setting))
-    (tmp / "report.md").write_text(_markdown(table, dirs, settings, report, rankings))
+    time_lines = _windows(whole, crit, boot, table_out, figure_out) if time_windows.has_windows(whole) else []
+    (tmp / "report.md").write_text(_markdown(whole, dirs, settings, report, rankings, time_lines))
     return report
+
+
+def _windows(table: pd.DataFrame, crit: Criterion, boot: Bootstrap, table_out: Callable[[str, pd.DataFrame], None],
+             figure_out: Callable[[str, str, Any], None]) -> list[str]:
+    """The time analysis of a table with denoising windows: its tables, figures and report section."""
+    from styleprobe.analysis import window_figures
+
+    three, baseline = list(crit.metrics), crit.baseline or "none"
+    effects = []
+    for setting, part in split_by_setting(table, within=("injection", "window")):
+        suffix, these = _suffix(setting), time_windows.window_effects(part, three, baseline, boot)
+        effects.append(these.assign(**setting))
+        figure_out("window heatmap", f"window_heatmap{suffix}",
+                   lambda: window_figures.window_heatmap(part, three, baseline, boot, setting, these))
+        figure_out("window curves", f"window_curves{suffix}",
+                   lambda: window_figures.window_curves(part, three, (crit.reference, *crit.candidates), baseline,
+                                                        boot, setting, these))
+    effects_table = _concat(effects)
+    table_out("window_effects", effects_table)
+    when = time_windows.when_table(table, crit, boot)
+    table_out("when", when)
+    return time_windows.when_lines(effects_table, when, crit, boot)
 
 
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
@@ -441,7 +465,7 @@ def _verdict_family(verdicts: Sequence[CandidateVerdict], boot: Bootstrap) -> li
 
 def _markdown(
     table: pd.DataFrame, dirs: list[Path], settings: AnalysisSettings, report: Report,
-    rankings: Mapping[str, pd.DataFrame],
+    rankings: Mapping[str, pd.DataFrame], time_lines: Sequence[str] = (),
 ) -> str:
     crit, boot = settings.criterion, settings.bootstrap
     lines = ["# styleprobe analysis", ""]
@@ -507,6 +531,7 @@ def _markdown(
             lines.append(f"| {r['rank']} | `{r['target']}`{star}{' (' + extra + ')' if extra else ''} | {ci('style')} | "
                          f"{ci('leak')} | {ci('text')} | {r['n_units']} |")
         lines += [""]
+    lines += list(time_lines)
     lines += metric_validity_section(table, report)  # with the toy judge's columns: tables/metric_validity.csv too
     lines += ["## Figures", ""]
     for path in report.figures:

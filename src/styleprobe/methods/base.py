@@ -153,7 +153,7 @@ class Method(ABC):
 
     def needed_files(self, spec: "ModelSpec", items: Sequence["Item"]) -> list["ModelFile"]:
         """The model files besides the base pipeline that generating `items` reads (an adapter checkpoint, its image
-        encoder, a LoRA on the Hub): found or refused before any image is made (`model_files.check_found`)."""
+        encoder, a LoRA on the Hub): found or refused before any image is made (`models.files.check_found`)."""
         return []
 
     def check_files(self, spec: "ModelSpec", items: Sequence["Item"]) -> None:

@@ -184,7 +184,7 @@ class Scorer(ABC):
         """The real weights, e.g. 'open_clip ViT-L-14/openai'."""
 
     def needed_files(self) -> list[Any]:
-        """The weights files scoring will read (`model_files.ModelFile`s), found before any image is made; none for the
+        """The weights files scoring will read (`models.files.ModelFile`s), found before any image is made; none for the
         tiny, toy and random stand-ins, which styleprobe makes itself."""
         return self.hub_files() if self.settings.weights == "hub" else []
 

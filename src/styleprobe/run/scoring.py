@@ -177,7 +177,7 @@ def unscored(store: Store, scorers: list[Any], keys: set[str]) -> list[Any]:
 
 
 def scorer_files(scorers: Iterable[Any]) -> list[Any]:
-    """Every weights file these scorers read (`model_files.ModelFile`s), for `model_files.check_found`."""
+    """Every weights file these scorers read (`models.files.ModelFile`s), for `models.files.check_found`."""
     return [f for s in scorers for f in s.needed_files()]
 
 

@@ -124,7 +124,7 @@ def check_steps(windows: Sequence[Window], steps: int, where: str) -> None:
     """Every window holds at least one step of an n-step sampler, else a one-line error naming the fix."""
     for window in windows:
         if not len(window.steps(steps)):
-            first = math.ceil(window.start * steps)
+            first = min(math.ceil(window.start * steps), steps - 1)
             raise ConfigError(
                 f"{where}: window {window.name} holds no step of the sampler's {steps} (step i lies in [start, end) "
                 f"when start <= i/{steps} < end); widen it, e.g. [{first / steps:.2f}, {min(1.0, (first + 1) / steps):.2f}], "

@@ -1,6 +1,6 @@
 """B-LoRA (Frenkel et al., arXiv 2403.14572; yardenfren1996/B-LoRA) as a styleprobe method.
 
-One LoRA is trained per style reference (DreamBooth on that one image, `lora_training.py`), on the projections of
+One LoRA is trained per style reference (DreamBooth on that one image, `training.py`), on the projections of
 every attention in `up_blocks.0.attentions.0` (content) and `up_blocks.0.attentions.1` (style) jointly; the image
 is then made with only the style module's part of it, prompted "<prompt> in [v] style". The defaults are the
 original's recipe (its README command: rank 64 with alpha = rank and gaussian init, AdamW at 5e-5 constant, 1000
@@ -11,7 +11,7 @@ that about 8 of 10 training seeds work).
 Trained LoRAs are artefacts of the results folder (`artefacts/b_lora/<key[:2]>/<key>/`), in diffusers' format
 (`pytorch_lora_weights.safetensors`, loadable by `load_lora_weights`) with `training.json` (seconds, steps,
 losses, precision, gradient norms). Their key hashes the base model, the dtype, the reference image and every
-training knob (`mixed_precision` as resolved, and only where it changes the weights: see `lora_training.py`), so a
+training knob (`mixed_precision` as resolved, and only where it changes the weights: see `training.py`), so a
 rerun trains nothing twice; a killed training resumes from `checkpoint.pt` (every `checkpoint_every` steps). A LoRA
 trained elsewhere (the original's scripts, the Hub) is named per reference in the style set's manifest, column
 `b_lora`, and used as it is (its UNet weights: text-encoder weights in such a file are left out, with a log line).
