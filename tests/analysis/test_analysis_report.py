@@ -30,12 +30,15 @@ def _cfg(root: Path, *overrides: str):
 
 @pytest.fixture(scope="module")
 def sweeps(tmp_path_factory, tiny_model):
-    """Three tiny sweeps (2 references x 2 prompts): module probe (analysed by the sweep), layer probe, subtraction."""
+    """Four tiny sweeps (2 references x 2 prompts): module probe (analysed by the sweep), layer probe, subtraction, and a
+    time probe (none, all, style x the full window and two halves)."""
     root = tmp_path_factory.mktemp("analysis")
     module = run(_cfg(root, METRICS))
     layers = run(_cfg(root, METRICS, "experiment=layer_probe_layers", "analyze=false"))
     sub = run(_cfg(root, METRICS, "experiment=subtraction", "method.ip_adapter.subtraction=[0.0,1.0]", "analyze=false"))
-    return {"module": module, "layers": layers, "subtraction": sub}
+    time = run(_cfg(root, METRICS, "experiment=time_probe", "injection.patterns=[none,all,style]", "analyze=false",
+                    "injection.windows=[full,one_hot:window:2]"))
+    return {"module": module, "layers": layers, "subtraction": sub, "time": time}
 
 
 def test_sweep_ends_with_the_report(sweeps):
@@ -155,7 +158,7 @@ def _code_cells(path: Path) -> list[str]:
 
 def test_notebooks_are_stored_without_outputs_and_stay_thin():
     books = sorted(NOTEBOOKS.glob("*.ipynb"))
-    assert {p.stem for p in books} == {"module_probe", "layer_probe", "subtraction", "verdict", "benchmark"}
+    assert {p.stem for p in books} == {"module_probe", "layer_probe", "subtraction", "verdict", "benchmark", "time_probe"}
     for path in books:
         nb = nbformat.read(path, as_version=4)
         nbformat.validate(nb)
@@ -168,7 +171,8 @@ def test_notebooks_are_stored_without_outputs_and_stay_thin():
 
 @pytest.mark.parametrize(
     "name, sweep, figures_expected",
-    [("module_probe", "module", 4), ("layer_probe", "layers", 1), ("subtraction", "subtraction", 2), ("verdict", "module", 0)],
+    [("module_probe", "module", 4), ("layer_probe", "layers", 1), ("subtraction", "subtraction", 2), ("verdict", "module", 0),
+     ("time_probe", "time", 2)],
 )
 def test_notebooks_run_on_a_tiny_sweep(sweeps, name, sweep, figures_expected, monkeypatch, tmp_path):
     from nbclient import NotebookClient
