@@ -420,6 +420,33 @@ def paired_cells(
     return joined.to_numpy(dtype=np.float64), design_codes(joined.reset_index(), unit)
 
 
+def paired_difference(
+    table: pd.DataFrame, metric: str, a: pd.Series, b: pd.Series, boot: Bootstrap = Bootstrap()
+) -> tuple[float, float, float, int]:
+    """(estimate, low, high, n cells) of the mean of `a` - `b` over the cells both row selections have (NaN, 0: none)."""
+    values, design = paired_cells(table, metric, [a, b])
+    if not len(values):
+        return np.nan, np.nan, np.nan, 0
+    return (*bootstrap_ci(values, lambda m: m[:, 0] - m[:, 1], boot, design), len(values))
+
+
+def effect_share(
+    table: pd.DataFrame, metric: str, part: pd.Series, whole: pd.Series, base: pd.Series, boot: Bootstrap = Bootstrap()
+) -> tuple[tuple[float, float, float], tuple[float, float, float], int]:
+    """How much of `whole`'s effect over `base` `part` keeps, on the cells all three share: (whole - base with its
+    interval, (part - base) / (whole - base) with its interval, n cells). The share is NaN when the effect's lower
+    bound is not above 0 (there is no effect to keep a share of) or when no cell is shared."""
+    nan3 = (np.nan, np.nan, np.nan)
+    values, design = paired_cells(table, metric, [part, whole, base])
+    if not len(values):
+        return nan3, nan3, 0
+    effect = bootstrap_ci(values, lambda m: m[:, 1] - m[:, 2], boot, design)
+    if not effect[1] > 0:
+        return effect, nan3, len(values)
+    share = bootstrap_ci(values, lambda m: (m[:, 0] - m[:, 2]) / (m[:, 1] - m[:, 2]), boot, design)
+    return effect, share, len(values)
+
+
 def paired_units(
     table: pd.DataFrame, metric: str, masks: Sequence[pd.Series], unit: Sequence[str] | None = None
 ) -> np.ndarray:

@@ -29,8 +29,8 @@ from styleprobe.analysis.conditions import preset_rows, split_by_setting
 from styleprobe.analysis.load import require_columns
 from styleprobe.analysis.stats import (
     Bootstrap,
-    bootstrap_ci,
-    paired_cells,
+    effect_share,
+    paired_difference,
     paired_differences,
     select,
     simultaneous_differences,
@@ -132,33 +132,26 @@ def _shortest(table: pd.DataFrame, crit: Criterion, boot: Bootstrap, injection: 
               windows: list[str], full: pd.Series, base: pd.Series) -> WhenAnswer:
     """The last window of the fixed sequence (longest first) whose style share's lower bound reaches the fraction."""
     metric = crit.style_metric
-    values, design = paired_cells(table, metric, [full, base])
-    effect = bootstrap_ci(values, lambda m: m[:, 0] - m[:, 1], boot, design) if len(values) else (np.nan,) * 3
+    _, effect_low, _, n = paired_difference(table, metric, full, base, boot)
     nan3 = (np.nan, np.nan, np.nan)
-    if not effect[1] > 0:
-        return WhenAnswer(injection, injection, side, "", np.nan, np.nan, np.nan, nan3, nan3, 0, len(values),
+    if not effect_low > 0:
+        return WhenAnswer(injection, injection, side, "", np.nan, np.nan, np.nan, nan3, nan3, 0, n,
                           f"`{injection}` at the full window does not raise {metric} over `{crit.baseline}`: "
                           "no style effect to keep a share of")
     chosen, share, tested = "", (1.0, 1.0, 1.0), 0
     for window in windows:
         tested += 1
         mask = select(table, {"injection": injection, "window": window})
-        vals, des = paired_cells(table, metric, [mask, full, base])
-        est = bootstrap_ci(vals, lambda m: (m[:, 0] - m[:, 2]) / (m[:, 1] - m[:, 2]), boot, des)
+        est = effect_share(table, metric, mask, full, base, boot)[1]
         if not est[1] >= crit.style_fraction:
             break
         chosen, share = window, est
     if not chosen:
-        return WhenAnswer(injection, injection, side, "", np.nan, np.nan, np.nan, nan3, nan3, tested, len(values),
+        return WhenAnswer(injection, injection, side, "", np.nan, np.nan, np.nan, nan3, nan3, tested, n,
                           f"no window shorter than the full one keeps {crit.style_fraction:g} of the style")
     mask = select(table, {"injection": injection, "window": chosen})
-    leak, text = (_diff(table, m, mask, full, boot) for m in (crit.leak_metric, crit.text_metric))
-    return WhenAnswer(injection, injection, side, chosen, *share, leak, text, tested, len(values))
-
-
-def _diff(table: pd.DataFrame, metric: str, a: pd.Series, b: pd.Series, boot: Bootstrap) -> tuple[float, float, float]:
-    values, design = paired_cells(table, metric, [a, b])
-    return bootstrap_ci(values, lambda m: m[:, 0] - m[:, 1], boot, design) if len(values) else (np.nan,) * 3
+    leak, text = (paired_difference(table, m, mask, full, boot)[:3] for m in (crit.leak_metric, crit.text_metric))
+    return WhenAnswer(injection, injection, side, chosen, *share, leak, text, tested, n)
 
 
 def when_table(table: pd.DataFrame, crit: Criterion, boot: Bootstrap = Bootstrap()) -> pd.DataFrame:

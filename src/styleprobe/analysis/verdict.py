@@ -27,7 +27,9 @@ from styleprobe.analysis.load import metric_role, require_columns, varying_condi
 from styleprobe.analysis.stats import (
     Bootstrap,
     bootstrap_ci,
+    effect_share,
     paired_cells,
+    paired_difference,
     paired_differences,
     select,
     simultaneous_differences,
@@ -180,17 +182,14 @@ def _style_kept(
         word = _outcome(ok, high < crit.style_fraction, "kept")
         note = f"{word}: ratio {est:.3f} [{low:.3f}, {high:.3f}] vs {crit.style_fraction:g} (n={len(values)})"
         return Check(name, metric, est, low, high, crit.style_fraction, ok, len(values), note)
-    values, design = paired_cells(table, metric, [cand, ref, base])
-    n = len(values)
+    effect, (est, low, high), n = effect_share(table, metric, cand, ref, base, boot)
     if n == 0:
         return Check(name, metric, np.nan, np.nan, np.nan, crit.style_fraction, False, 0,
                      f"no units shared by the candidate, {crit.reference} and {crit.baseline}")
-    effect = bootstrap_ci(values, lambda m: m[:, 1] - m[:, 2], boot, design)
     if not effect[1] > 0:
         return Check(name, metric, np.nan, np.nan, np.nan, crit.style_fraction, False, n,
                      f"`{crit.reference}` does not raise {metric} over `{crit.baseline}` "
                      f"({_interval(*effect)}, n={n}): there is no style effect to keep a share of")
-    est, low, high = bootstrap_ci(values, lambda m: (m[:, 0] - m[:, 2]) / (m[:, 1] - m[:, 2]), boot, design)
     ok = bool(low >= crit.style_fraction)
     word = _outcome(ok, high < crit.style_fraction, "kept")
     note = f"{word}: share of {crit.reference}'s effect {est:.3f} [{low:.3f}, {high:.3f}] vs {crit.style_fraction:g} (n={n})"
@@ -201,11 +200,9 @@ def _difference(
     table: pd.DataFrame, metric: str, name: str, cand: pd.Series, ref: pd.Series, boot: Bootstrap,
     threshold: float, below: bool,
 ) -> Check:
-    values, design = paired_cells(table, metric, [cand, ref])
-    n = len(values)
+    est, low, high, n = paired_difference(table, metric, cand, ref, boot)
     if n == 0:
         return Check(name, metric, np.nan, np.nan, np.nan, threshold, False, 0, "no cells shared with the reference")
-    est, low, high = bootstrap_ci(values, lambda m: m[:, 0] - m[:, 1], boot, design)
     if below:
         ok, contradicted, side = bool(high < threshold), bool(low >= threshold), "<"
     else:

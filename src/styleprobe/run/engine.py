@@ -191,7 +191,8 @@ class Engine:
         if not items:
             return kwargs
         method, n = items[0].method, sampler.steps
-        masks = [[step in it.window.steps(n) for it in items] for step in range(n)]
+        steps = [it.window.steps(n) for it in items]
+        masks = [[step in s for s in steps] for step in range(n)]
         after = kwargs.get("callback_on_step_end")
 
         def switch_windows(pipe: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
