@@ -288,7 +288,7 @@ def _windows(table: pd.DataFrame, crit: Criterion, boot: Bootstrap, table_out: C
 
     three, baseline = list(crit.metrics), crit.baseline or "none"
     effects = []
-    for setting, part in split_by_setting(table, within=("injection", "window")):
+    for setting, part in time_windows.window_settings(table):
         suffix, these = _suffix(setting), time_windows.window_effects(part, three, baseline, boot)
         effects.append(these.assign(**setting))
         figure_out("window heatmap", f"window_heatmap{suffix}",

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -51,6 +52,11 @@ def full_window_rows(table: pd.DataFrame) -> pd.DataFrame:
     if "window" not in table:
         return table
     return table[table["window"].astype(str) == FULL.name]
+
+
+def window_settings(table: pd.DataFrame) -> list[tuple[dict[str, Any], pd.DataFrame]]:
+    """The table split by setting (method, strength, ...) with each setting's windows kept together."""
+    return split_by_setting(table, within=("injection", "window"))
 
 
 def window_effects(table: pd.DataFrame, metrics: Sequence[str], baseline: str = "none",
@@ -157,7 +163,7 @@ def _shortest(table: pd.DataFrame, crit: Criterion, boot: Bootstrap, injection: 
 def when_table(table: pd.DataFrame, crit: Criterion, boot: Bootstrap = Bootstrap()) -> pd.DataFrame:
     """`when_answers` for every setting of the table, as rows (setting columns first)."""
     rows = []
-    for setting, part in split_by_setting(table, within=("injection", "window")):
+    for setting, part in window_settings(table):
         for a in when_answers(part, crit, boot):
             rows.append({**setting, "injection": a.injection, "source": a.source, "side": a.side, "window": a.window,
                          "style_share": a.share, "style_share_low": a.low, "style_share_high": a.high,

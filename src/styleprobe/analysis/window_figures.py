@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from styleprobe.analysis.conditions import is_instantstyle, preset_rows, split_by_setting, unet_sort_key
+from styleprobe.analysis.conditions import is_instantstyle, preset_rows, unet_sort_key
 from styleprobe.analysis.figures import COLORS, _figure, _label, _title, paper
 from styleprobe.analysis.stats import Bootstrap
-from styleprobe.analysis.time_windows import window_effects
+from styleprobe.analysis.time_windows import window_effects, window_settings
 from styleprobe.errors import AnalysisError
 from styleprobe.run.windows import FULL
 
@@ -144,5 +144,4 @@ def window_curves(
 def by_setting(build: Any, table: pd.DataFrame, *args: Any, **kwargs: Any) -> list[Figure]:
     """One window figure per setting (method, strength, ...; windows stay together), e.g. in a notebook:
     `display(*window_figures.by_setting(window_figures.window_heatmap, table, metrics))`."""
-    return [build(part, *args, setting=setting, **kwargs)
-            for setting, part in split_by_setting(table, within=("injection", "window"))]
+    return [build(part, *args, setting=setting, **kwargs) for setting, part in window_settings(table)]
