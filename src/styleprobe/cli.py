@@ -22,6 +22,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import hydra
 from omegaconf import DictConfig
@@ -52,7 +53,7 @@ COMMANDS = {
 }
 
 
-def _task(module: str, cfg: DictConfig) -> None:
+def _task(module: str, cfg: DictConfig) -> Any:
     import importlib
 
     _quiet_libraries()
@@ -61,7 +62,8 @@ def _task(module: str, cfg: DictConfig) -> None:
             from styleprobe.progress import configure
 
             configure(str(cfg.progress.mode), cfg.progress.every_percent, cfg.progress.every_seconds)
-        importlib.import_module(module).run(cfg)
+        result = importlib.import_module(module).run(cfg)
+        return getattr(result, "objectives", None)  # what a sweeper trial (search=masks) hands back to its sampler
     except StyleprobeError as err:
         logging.getLogger("styleprobe").debug("error", exc_info=True)
         print(f"styleprobe: error: {err}", file=sys.stderr, flush=True)

@@ -26,7 +26,7 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from styleprobe.analysis import figures, time_windows
+from styleprobe.analysis import figures, layer_search, time_windows
 from styleprobe.analysis.conditions import (
     MissingCondition,
     add_condition,
@@ -277,6 +277,7 @@ def _build(table: pd.DataFrame, dirs: list[Path], tmp: Path, settings: AnalysisS
             figure_out(f"image grid ({label})", f"grid_{label}{suffix}",
                        functools.partial(_grid, part, rows, columns, settings, top, setting))
     time_lines = _windows(whole, crit, boot, table_out, figure_out) if time_windows.has_windows(whole) else []
+    time_lines += layer_search.section(whole, dirs, table_out, figure_out, boot.level)  # a folder a search wrote
     (tmp / "report.md").write_text(_markdown(whole, dirs, settings, report, rankings, time_lines))
     return report
 

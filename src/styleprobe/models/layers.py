@@ -220,7 +220,7 @@ def expand_patterns(
     """Turn config pattern specs into patterns.
 
     A spec is a preset name (`all`, `none`, `style`, `style_layout`), a sweep (`one_hot:module`, ...), a single
-    block/module/layer name, or a mapping `{name, layers: [names]}` / `{name, scales: {name: scale}}`.
+    block/module/layer name, a set `set:<name>+<name>` (named by `set_pattern`), or a mapping `{name, layers: [names]}` / `{name, scales: {name: scale}}`.
     """
     presets = {**PRESETS, **(presets or {})}
     out: list[Pattern] = []
@@ -230,6 +230,8 @@ def expand_patterns(
             if spec in presets:
                 names = presets[spec]
                 out.append(Pattern(name=spec, scales=layer_map.mask(None if names is None else list(names))))
+            elif spec.startswith(SET_PREFIX):
+                out.append(set_pattern(layer_map, layer_map.mask(_set_members(spec)), presets))
             elif ":" in spec:
                 out.extend(layer_map.sweep(spec))
             else:
@@ -245,6 +247,47 @@ def expand_patterns(
     if not out:
         raise ConfigError("injection.patterns is empty; name at least one pattern, e.g. injection.patterns=[style]")
     return out
+
+
+#: A set of layers by name, `set:<name>+<name>...` (blocks, modules or layers): what a layer-set search plans.
+SET_PREFIX = "set:"
+
+
+def _set_members(spec: str) -> list[str]:
+    members = [m.strip() for m in spec.removeprefix(SET_PREFIX).split("+") if m.strip()]
+    if not members:
+        raise ConfigError(f"injection pattern {spec!r} names no layers; write set:<name>+<name>, e.g. "
+                          f"set:{STYLE_MODULE}+{LAYOUT_MODULE}")
+    return members
+
+
+def set_pattern(layer_map: LayerMap, mask: Sequence[float], presets: Mapping[str, Sequence[str] | None] | None = None) -> Pattern:
+    """The pattern of a set of layers (a 0/1 mask), under the one name every sweep gives that set.
+
+    An item's key hashes its pattern's name, so the same set must always get the same name for its images to be made
+    once: `none` and `all` (and a multi-module preset such as `style_layout`) by their preset names, one module, block
+    or layer by the name the one-hot probe gives it (`one_hot:<module>`), any other set as
+    `set:<modules or layers>` in layer-map order (whole modules where the set holds them).
+    """
+    mask = tuple(1.0 if s else 0.0 for s in mask)
+    presets = {**PRESETS, **(presets or {})}
+    for name, members in presets.items():
+        if members is not None and (len(members) == 1 or not all(_names_layers(layer_map, m) for m in members)):
+            continue  # one module goes by its one-hot name; a preset of names this UNet lacks (SD 1.5) never matches
+        if layer_map.mask(None if members is None else list(members)) == mask:
+            return Pattern(name=name, scales=mask)
+    active = layer_map.active_names(mask)
+    if len(active) == 1:
+        unit = "module" if active[0] in layer_map.modules else "layer"
+        return Pattern(name=f"one_hot:{active[0]}", scales=mask, sweep=f"one_hot_{unit}", target=active[0])
+    return Pattern(name=SET_PREFIX + "+".join(active), scales=mask, sweep="layer_set", target="+".join(active))
+
+
+def _names_layers(layer_map: LayerMap, name: str) -> bool:
+    try:
+        return bool(layer_map.layers_in(name))
+    except ConfigError:
+        return False
 
 
 def _explicit(spec: dict[str, Any], layer_map: LayerMap) -> Pattern:

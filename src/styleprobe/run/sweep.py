@@ -48,6 +48,8 @@ class SweepPlan:
     analysis: Any = None  # AnalysisSettings when the report is written after scoring, else None
     sweep_keys: set[str] = field(default_factory=set)  # every shard's items: the whole sweep this job is part of
     shard: tuple[int, int] = (0, 1)  # (index, count)
+    replan: Callable[..., list[WorkItem]] | None = None  # replan(patterns, seeds=None): the same job's items for other
+                                                         # pattern specs (and seeds), unsharded: what a search's rounds plan
 
 
 @dataclass
@@ -88,19 +90,25 @@ def prepare(cfg: DictConfig) -> SweepPlan:
     references = load_style_set(cfg.data.style_set)
     prompts = load_prompts(cfg.data.prompts if isinstance(cfg.data.prompts, str) else as_list(cfg.data.prompts))
     batch_size = _batch_size(cfg.engine.batch_size)
-    entries = parse_entries(
-        OmegaConf.to_container(cfg.method, resolve=True) if cfg.get("method") else {},
-        patterns=as_list(cfg.injection.patterns),
-        windows=as_list(cfg.injection.get("windows", None) or ["full"]),
-        presets=OmegaConf.to_container(cfg.model.presets, resolve=True) if cfg.model.get("presets") else {},
-        sampler=OmegaConf.to_container(cfg.sampler, resolve=True),
-        model=OmegaConf.to_container(cfg.model, resolve=True),
-        layer_map=layer_maps_for(spec),
-        spec=spec,
-    )
     device = devices.device_name(cfg.engine.device)
     dtype = devices.dtype_name(spec.dtype, device)
-    every_item = build_plan(model=spec, dtype=dtype, entries=entries, references=references, prompts=prompts, seeds=seed_list)
+    layer_map = layer_maps_for(spec)
+
+    def replan(patterns: list[Any], seed_values: list[int] | None = None) -> list[WorkItem]:
+        entries = parse_entries(
+            OmegaConf.to_container(cfg.method, resolve=True) if cfg.get("method") else {},
+            patterns=patterns,
+            windows=as_list(cfg.injection.get("windows", None) or ["full"]),
+            presets=OmegaConf.to_container(cfg.model.presets, resolve=True) if cfg.model.get("presets") else {},
+            sampler=OmegaConf.to_container(cfg.sampler, resolve=True),
+            model=OmegaConf.to_container(cfg.model, resolve=True),
+            layer_map=layer_map,
+            spec=spec,
+        )
+        return build_plan(model=spec, dtype=dtype, entries=entries, references=references, prompts=prompts,
+                          seeds=seed_list if seed_values is None else seed_values)
+
+    every_item = replan(as_list(cfg.injection.patterns))
     items = shard(every_item, cfg.shard.index, cfg.shard.count)
     store = Store(cfg.results_dir)
     metrics = scoring.metric_configs(cfg)
@@ -109,7 +117,7 @@ def prepare(cfg: DictConfig) -> SweepPlan:
     _warn_unscorable(scorers, references)
     analysis = _analysis_settings(cfg, scorers, every_item)
     return SweepPlan(spec, items, store, str(device), batch_size, references, scorers, scoring_batch, weights, analysis,
-                     {it.key for it in every_item}, (int(cfg.shard.index), int(cfg.shard.count)))
+                     {it.key for it in every_item}, (int(cfg.shard.index), int(cfg.shard.count)), replan)
 
 
 def _batch_size(value: Any) -> int | None:
@@ -186,25 +194,49 @@ def _in_multirun() -> bool:
         return False
 
 
-def run(cfg: DictConfig) -> SweepResult:
-    """Run one sweep job end to end; a rerun only makes what is missing."""
+def run(cfg: DictConfig) -> Any:
+    """Run one sweep job end to end; a rerun only makes what is missing. With a `search` config the job is a layer-set
+    search (`run.search`): a sequence of such sweeps."""
+    if cfg.get("search") and cfg.search.get("kind", "none") != "none":
+        from styleprobe.run import search
+
+        return search.run(cfg)
     start = time.perf_counter()
     plan = prepare(cfg)
     from styleprobe.data.style_sets import warn_if_unlike_toy
 
     warn_if_unlike_toy(cfg.data.style_set, plan.spec.base)
+    run_id = new_run_id()
+    made = make(plan, plan.items, cfg, run_id, cfg.name)
+    compact_tables(plan.store)
+    report = write_report(plan) if plan.analysis is not None else None
+    seconds = time.perf_counter() - start
+    return SweepResult(len(plan.items), made.done_before, made.generated, plan.store.root, run_id, seconds, made.scored,
+                       report)
+
+
+@dataclass
+class Made:
+    """What `make` did for a list of items."""
+
+    done_before: int
+    generated: int
+    scored: dict[str, int]
+
+
+def make(plan: SweepPlan, items: list[WorkItem], cfg: DictConfig, run_id: str, what: str,
+         summary: dict[str, Any] | None = None) -> Made:
+    """Generate the items not yet in the store and fill the scores they lack: the body of every sweep job, and of each
+    round of a search (a run of its own: `run_id` names every file it writes, so each call needs a fresh one)."""
     store = plan.store
     done = store.done_keys()
-    pending = [it for it in plan.items if it.key not in done]
-    run_id = new_run_id()
-    log.info(
-        "%s: %d items planned, %d already done, %d to generate -> %s",
-        cfg.name, len(plan.items), len(plan.items) - len(pending), len(pending), store.root,
-    )
-    check_model_files(plan, pending)
-    summary = {"run_id": run_id, "planned": len(plan.items), "pending": len(pending), "started": datetime.now(timezone.utc).isoformat(),
-               "device": plan.device}
-    save_run_config(store, run_id, cfg, summary)
+    pending = [it for it in items if it.key not in done]
+    log.info("%s: %d items planned, %d already done, %d to generate -> %s",
+             what, len(items), len(items) - len(pending), len(pending), store.root)
+    check_model_files(plan, pending, items)
+    save_run_config(store, run_id, cfg, {"run_id": run_id, "planned": len(items), "pending": len(pending),
+                                          "started": datetime.now(timezone.utc).isoformat(), "device": plan.device,
+                                          **(summary or {})})
     store.clean_stale_temp()
     for ref in plan.references:
         store.save_reference(ref.image, ref.digest)
@@ -212,6 +244,7 @@ def run(cfg: DictConfig) -> SweepResult:
     if pending:
         from styleprobe.run.engine import Engine
 
+        start = time.perf_counter()
         model = loading.load(plan.spec, plan.device)
         engine = Engine(model, plan.batch_size)  # None: auto, per method once it is attached (memory.py)
         with Progress(len(pending), "generate", "image") as bar:
@@ -224,25 +257,23 @@ def run(cfg: DictConfig) -> SweepResult:
         if costs["peak_gpu_bytes"] is not None:
             log.info("peak GPU memory this job: %.2f GiB", costs["peak_gpu_bytes"] / 2**30)
         save_run_costs(store, run_id, costs)
-    log.info("%s: generated %d images in %.1f s; table: %d rows", cfg.name, generated, time.perf_counter() - start, len(done) + generated)
+        log.info("%s: generated %d images in %.1f s; table: %d rows", what, generated, time.perf_counter() - start,
+                 len(done) + generated)
     scored: dict[str, int] = {}
     if plan.scorers:
         from styleprobe.run import scoring
 
-        todo = scoring.plan(store, plan.scorers, plan.scoring_batch_size, plan.scoring_weights, {it.key for it in plan.items},
+        todo = scoring.plan(store, plan.scorers, plan.scoring_batch_size, plan.scoring_weights, {it.key for it in items},
                             done=done | {it.key for it in pending})
         scored = scoring.score(store, todo, run_id).scored
         if todo.n_pending:
-            log.info("%s: scored %s", cfg.name, ", ".join(f"{k} {v}" for k, v in scored.items()))
+            log.info("%s: scored %s", what, ", ".join(f"{k} {v}" for k, v in scored.items()))
         else:
-            log.info("%s: every row already has %s", cfg.name, ", ".join(s.name for s in plan.scorers))
-    compact_tables(store)
-    report = write_report(plan) if plan.analysis is not None else None
-    seconds = time.perf_counter() - start
-    return SweepResult(len(plan.items), len(plan.items) - len(pending), generated, store.root, run_id, seconds, scored, report)
+            log.info("%s: every row already has %s", what, ", ".join(s.name for s in plan.scorers))
+    return Made(len(items) - len(pending), generated, scored)
 
 
-def check_model_files(plan: SweepPlan, pending: list[WorkItem]) -> None:
+def check_model_files(plan: SweepPlan, pending: list[WorkItem], items: list[WorkItem] | None = None) -> None:
     """Find every model file this job will read, or stop with its one-line error, before anything is written or made:
     the base pipeline's and each method's files when images are pending (`Method.needed_files`), each scorer's when
     an item lacks its score (`Scorer.needed_files`); then each method's checks of the found configs (`check_files`).
@@ -259,7 +290,8 @@ def check_model_files(plan: SweepPlan, pending: list[WorkItem]) -> None:
     files = pipeline_files(plan.spec) if pending else []
     for items in by_entry.values():
         files += items[0].method.needed_files(plan.spec, items)
-    files += scoring.scorer_files(scoring.unscored(plan.store, plan.scorers, {it.key for it in plan.items}))
+    keys = {it.key for it in (plan.items if items is None else items)}
+    files += scoring.scorer_files(scoring.unscored(plan.store, plan.scorers, keys))
     check_found(files)
     for items in by_entry.values():
         items[0].method.check_files(plan.spec, items)
