@@ -3,6 +3,7 @@
 #   analysis/toy/layer_probe/   the default run (`styleprobe`): which attention modules carry style in the toy world
 #   analysis/toy/benchmark/     `styleprobe experiment=benchmark`: the methods ranked in the toy world
 #   analysis/toy/time_probe/    `styleprobe experiment=time_probe`: when, along the denoising steps, each module carries style
+#   analysis/toy/layer_search/  `styleprobe experiment=layer_search`: the smallest set of modules that keeps the style
 # Usage: bash analysis/make.sh [RESULTS_ROOT]   (from anywhere; uses `styleprobe` on PATH, else the README's .venv;
 # results go to RESULTS_ROOT, which a rerun resumes from, or else to a temporary folder that is removed afterwards).
 # These are findings about the toy world, not about SDXL.
@@ -16,7 +17,7 @@ else
   results="$(mktemp -d)"
   trap 'rm -rf "$results"' EXIT
 fi
-for experiment in layer_probe benchmark time_probe; do
+for experiment in layer_probe benchmark time_probe layer_search; do
   start=$SECONDS
   "$styleprobe" experiment="$experiment" results_root="$results" analyze=false
   rm -rf "analysis/toy/$experiment"

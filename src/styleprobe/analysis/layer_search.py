@@ -32,7 +32,7 @@ def records(dirs: Sequence[Path], kind: str) -> list[dict[str, Any]]:
     """Every finished search record of this kind (`greedy` or `masks`) in the folders, in file order."""
     out = []
     for d in dirs:
-        for path in sorted((Path(d) / SEARCH_FOLDER / kind).glob("*.json")):
+        for path in sorted((Path(d) / SEARCH_FOLDER / kind).glob("*.json"), key=lambda p: (p.stat().st_mtime, p.name)):
             record = json.loads(path.read_text())
             if record.get("finished"):
                 out.append({**record, "_path": str(path)})
@@ -197,27 +197,34 @@ def section(table: pd.DataFrame, dirs: Sequence[Path], table_out: Callable[[str,
         return []
     lines = ["## Smallest sufficient set: the layer-set search", ""]
     studies = list(dict.fromkeys([r["study"] for r in greedy] + [m["study"] for m in masks]))
+    many = len(greedy) + len(studies) > 2
     for n, study in enumerate(studies):
-        suffix = "" if len(studies) == 1 else f"_{n + 1}"
-        record = next((r for r in greedy if r["study"] == study), None)
+        searches = [r for r in greedy if r["study"] == study]
         trials = [m for m in masks if m["study"] == study]
-        if record is not None:
+        for k, record in enumerate(searches):  # the same units searched with other settings: each in turn, newest last
+            suffix = f"_{n + 1}_{k + 1}" if many else ""
             lines += _greedy_lines(record, level)
             table_out(f"search_rounds{suffix}", rounds_table(record))
             table_out(f"search_confirmation{suffix}", pd.DataFrame(record["confirmation"]["sets"]))
             figure_out("search trajectory", f"search_trajectory{suffix}", functools.partial(trajectory, table, record))
-        else:
+        if not searches:
             lines += [f"### {trials[0]['method']} on `{trials[0]['site']}`: {len(trials)} mask trials", "",
                       f"- Units: {trials[0]['split']['describe']}; no greedy search in this folder shares them "
                       "(`styleprobe experiment=layer_search` with the same settings adds it).", ""]
         if trials:
             lines += [f"Multi-objective search (Optuna through `hydra/sweeper=layer_masks`): {len(trials)} masks measured, "
                       f"objectives {', '.join(trials[0]['settings'].get('objectives', ['style', 'leak']))}.", ""]
-        sets = measured_sets(record, trials, study)
+        anchor = searches[-1] if searches else None
+        sets = measured_sets(anchor, trials, study)
+        for other in searches[:-1]:  # candidates the other searches of these units measured
+            more = measured_sets(other, [], study)
+            sets = pd.concat([sets, more[~more["set"].isin(sets["set"])]], ignore_index=True) if not more.empty else sets
         if not sets.empty:
+            sets["pareto"] = pareto_front(sets["style_gain"].to_numpy(), sets["leak"].to_numpy())
+            suffix = f"_{n + 1}" if len(studies) > 1 else ""
             table_out(f"search_sets{suffix}", sets)
             figure_out("search Pareto front", f"search_pareto{suffix}",
-                       functools.partial(lambda r, x: (pareto(table, r, x), _pareto_notes(x)), record or trials[0], sets))
+                       functools.partial(lambda r, x: (pareto(table, r, x), _pareto_notes(x)), anchor or trials[0], sets))
     return lines
 
 
