@@ -89,6 +89,17 @@ def test_bad_search_input_fails_before_any_model_loads(tmp_path, override, messa
     assert loading.LOAD_COUNT["n"] == loads and not (tmp_path / "tiny").exists()
 
 
+def test_a_multirun_checks_the_search_once_before_launching(tmp_path, capsys):
+    from styleprobe.run.callbacks import CheckBeforeLaunch
+
+    loads = loading.LOAD_COUNT["n"]
+    with pytest.raises(SystemExit) as stop:
+        CheckBeforeLaunch().on_multirun_start(_cfg(tmp_path, *on_tiny(["search=masks", "search.holdout=seeds",
+                                                                         "search.confirm_seeds=[0]"])))
+    assert stop.value.code == 2 and loading.LOAD_COUNT["n"] == loads
+    assert "repeat the selection seeds [0]" in capsys.readouterr().err
+
+
 def test_a_search_error_is_one_line_from_the_command(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "styleprobe.cli", "experiment=layer_search", "model=tiny",
                            f"results_root={tmp_path}", "search.space=heads"], capture_output=True, text=True, timeout=300)
@@ -156,6 +167,10 @@ def test_the_search_finds_exactly_the_two_planted_modules_and_resumes_without_re
     assert confirmed[f"set:{'+'.join(PLANTED)}"]["leak"] == 0.0  # the same images as all's on the held-out units too
     again = run(_cfg(tmp_path, *common, "search.max_size=3"))
     assert again.generated == 0 and decided(again.record["rounds"]) == decided(record["rounds"])
+    from styleprobe.run.status import status
+
+    notes = status(second.results_dir).notes
+    assert any("2 round(s)" in n and "finished (reached" in n for n in notes)
     from styleprobe.analysis.report import analyze
     from styleprobe.analysis.settings import default_settings
 
@@ -164,7 +179,9 @@ def test_the_search_finds_exactly_the_two_planted_modules_and_resumes_without_re
                                                              "bootstrap.n_boot": 200}))
     text = report.path.read_text()
     assert "The smallest set found that keeps >= 99.9% of the style is {`down_blocks.1.attentions.0`, `up_blocks.1.attentions.1`} (2 modules)" in text
-    assert {"search_trajectory.png", "search_pareto.png"} <= {p.name for p in report.figures}
+    names = [p.name for p in report.figures]  # two searches of the same units (max_size 1 and 3): numbered figures
+    assert sum(n.startswith("search_trajectory") and n.endswith(".png") for n in names) == 2
+    assert sum(n.startswith("search_pareto") and n.endswith(".png") for n in names) == 1
 
 
 @pytest.mark.slow

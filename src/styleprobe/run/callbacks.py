@@ -22,7 +22,12 @@ class CheckBeforeLaunch(Callback):
         from styleprobe.run.sweep import prepare
 
         try:
-            prepare(config)
+            if config.get("search") and config.search.get("kind", "none") != "none":
+                from styleprobe.run.search import check
+
+                check(config)  # a search's own settings and unit split too
+            else:
+                prepare(config)
         except StyleprobeError as err:
             print(f"styleprobe: error: {err} (nothing was launched)", file=sys.stderr, flush=True)
             sys.exit(2)

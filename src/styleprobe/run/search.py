@@ -485,3 +485,27 @@ def _mask_trial(job: _Search) -> tuple[dict[str, Any], list[float]]:
               "images_generated": job.generated, "finished": True}
     log.info("mask trial %s: %s", name, ", ".join(f"{k} {v:+.4f}" for k, v in record["objectives"].items()))
     return record, objectives
+
+
+def status_notes(root: Path) -> list[str]:
+    """One line per search record in a results folder, for `styleprobe status`: where each search stands."""
+    notes = []
+    for path in sorted((Path(root) / "search" / "greedy").glob("*.json")):
+        record = json.loads(path.read_text())
+        rounds = record.get("rounds", [])
+        last = f"; round {rounds[-1]['round']} chose {rounds[-1]['chosen']}" if rounds else ""
+        state = f"finished ({record.get('stop')}; answer {record.get('answer')})" if record.get("finished") else "in progress"
+        notes.append(f"layer-set search {path.stem} ({record['settings']['direction']}, {record['method']}): "
+                     f"{len(rounds)} round(s){last}; {state}")
+    masks = list((Path(root) / "search" / "masks").glob("*.json"))
+    if masks:
+        notes.append(f"{len(masks)} mask trial(s) in search/masks/")
+    if notes:
+        notes.append("a search plans its patterns round by round: the counts above are `none` and `all` on every "
+                     "unit; the rounds' sets are in its record")
+    return notes
+
+
+def check(cfg: DictConfig) -> None:
+    """Everything a search job would refuse, checked without loading a model (a multirun checks it once, before launch)."""
+    _Search(cfg)

@@ -73,6 +73,8 @@ def replan_config(config: dict[str, Any], results_dir: Path) -> DictConfig:
     cfg.analyze = False
     if run.get("device"):
         cfg.engine.device = run["device"]
+    if (cfg.get("search") or {}).get("kind", "none") != "none":
+        cfg.injection.patterns = ["none", "all"]  # what every round of a search plans; its sets are in the record
     if cfg.engine.batch_size == "auto":
         cfg.engine.batch_size = 1  # unused: nothing is generated
     return cfg
@@ -120,8 +122,13 @@ def status(results_dir: str | Path) -> SweepStatus:
     seconds, images, active_runs = active_time(store, runs)
     done = sum(r["done"] for r in counts.values())
     notes = []
+    from styleprobe.run.search import status_notes
+
+    search_notes = status_notes(store.root)
     if len(done_keys - keys):
-        notes.append(f"{len(done_keys - keys)} rows belong to earlier plans of this folder (not counted)")
+        notes.append(f"{len(done_keys - keys)} rows belong to " + ("the search's other rounds" if search_notes else
+                     "earlier plans of this folder") + " (not counted)")
+    notes += search_notes
     return SweepStatus(store.root, str(config.get("name", "")), run_id, shards, list(counts.values()), scored,
                        len(plan.items), done, active_runs, seconds, images, (store.root / "analysis" / "report.md").is_file(), notes)
 
