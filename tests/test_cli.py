@@ -172,6 +172,6 @@ def test_help_says_what_styleprobe_is_its_commands_groups_and_examples(tmp_path)
     for command in ("score", "analyze", "status", "compact"):
         assert any(line.strip().startswith(command + " ") for line in lines), command
     assert "model: sd15, sdxl, sdxl_vit_h, tiny, tiny_vit_h, toy" in lines
-    assert any(line.startswith("experiment: benchmark, custom, layer_probe") for line in lines)
+    assert any(line.startswith("experiment: benchmark, custom, layer_masks, layer_probe") for line in lines)
     assert "styleprobe --cfg job" in proc.stdout and "  styleprobe experiment=subtraction seeds=[0,1,2]" in lines
     assert "results_root:" not in proc.stdout and "Powered by Hydra" not in proc.stdout  # no config dump, no generic text

@@ -62,6 +62,8 @@ def _task(module: str, cfg: DictConfig) -> Any:
             from styleprobe.progress import configure
 
             configure(str(cfg.progress.mode), cfg.progress.every_percent, cfg.progress.every_seconds)
+        if module == "styleprobe.run.sweep" and cfg.get("search") and cfg.search.get("kind", "none") != "none":
+            module = "styleprobe.run.search"  # a layer-set search: rounds of sweeps
         result = importlib.import_module(module).run(cfg)
         return getattr(result, "objectives", None)  # what a sweeper trial (search=masks) hands back to its sampler
     except StyleprobeError as err:

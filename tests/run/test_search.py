@@ -22,8 +22,7 @@ from styleprobe.data.style_sets import load_style_set
 from styleprobe.errors import ConfigError
 from styleprobe.models import loading
 from styleprobe.models.layers import LayerMap, expand_patterns, set_pattern
-from styleprobe.run.search import SearchSettings, split_units
-from styleprobe.run.sweep import run
+from styleprobe.run.search import SearchSettings, run, split_units
 
 PLANTED = ("down_blocks.1.attentions.0", "up_blocks.1.attentions.1")
 TOY_PROMPTS = ["a circle", "a square", "a star", "a heart"]

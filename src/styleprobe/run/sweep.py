@@ -194,13 +194,9 @@ def _in_multirun() -> bool:
         return False
 
 
-def run(cfg: DictConfig) -> Any:
-    """Run one sweep job end to end; a rerun only makes what is missing. With a `search` config the job is a layer-set
-    search (`run.search`): a sequence of such sweeps."""
-    if cfg.get("search") and cfg.search.get("kind", "none") != "none":
-        from styleprobe.run import search
-
-        return search.run(cfg)
+def run(cfg: DictConfig) -> SweepResult:
+    """Run one sweep job end to end; a rerun only makes what is missing. (A config with a `search` is a layer-set search,
+    `run.search.run`, which the CLI calls instead: a sequence of such sweeps.)"""
     start = time.perf_counter()
     plan = prepare(cfg)
     from styleprobe.data.style_sets import warn_if_unlike_toy
