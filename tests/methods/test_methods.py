@@ -51,7 +51,8 @@ def test_knobs_given_as_lists_are_crossed_with_the_shared_axes(tiny_model, refer
     assert len(items) == 4 * 2 * 2 * 2 and len({it.key for it in items}) == len(items)
     row = items[0].row
     assert json.loads(row["knob_columns"]) == ["scale", "subtraction"]
-    assert set(row) == set(ROW_COLUMNS) - {"image_path", "run_id", "replicate", "seconds", "peak_gpu_bytes"} | {"scale", "subtraction", "adapter"}
+    assert set(row) == set(ROW_COLUMNS) - {"image_path", "run_id", "replicate", "seconds", "peak_gpu_bytes",
+                                            "extra_row_share"} | {"scale", "subtraction", "adapter"}
 
 
 def test_method_and_knob_names_are_checked(tiny_model):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import cli_imports, on_tiny
 
 from styleprobe.data.prompt_sets import PromptSpec
 from styleprobe.data.style_sets import StyleReference
@@ -86,3 +87,81 @@ def test_the_pattern_and_the_window_select_where_and_when_the_swap_acts(tiny_mod
             assert (values[i] - values[j]).abs().max() > 1e-3, (cases[i], cases[j])
     (item,) = _items(tiny_model, neon, {}, TARGETS[:1], [0], ["up_blocks.1"], FAST)
     assert item.row["layers"] == '["up_blocks.1.attentions.0", "up_blocks.1.attentions.1", "up_blocks.1.attentions.2"]'
+
+
+def test_the_real_reference_is_noised_once_per_reference_and_kept(tiny_model, neon, tmp_path, monkeypatch):
+    """The stochastic encoding: one trajectory per (reference, sampler, seed), stored, read back, never made twice."""
+    store = Store(tmp_path)
+    items = _items(tiny_model, neon, {}, sampler=FAST)
+    engine = Engine(tiny_model)
+    engine.use(items[0].method, items[0].sampler)
+    records = items[0].method.prepare(engine, items, store)
+    key = items[0].row["trajectory_key"]
+    assert key and {it.row["trajectory_key"] for it in items} == {key} and len(records) == 1
+    zts, meta = store.read_tensors("noised_reference", key)
+    zts = zts["zts"]
+    assert zts.shape == (9, 4, 8, 8) and meta["steps"] == 8 and meta["seed"] == 0
+    # noisiest first: the latent's spread shrinks towards the clean one (zts[8], the posterior mean's latent)
+    assert zts[0].std() > zts[6].std() and not torch.equal(zts[7], zts[8])
+    # another seed draws other noise; the same seed the same
+    other = _items(tiny_model, neon, {"reference_seed": 1}, sampler=FAST)
+    assert other[0].row["trajectory_key"] != key
+    tiny_model.attached["visual_style_prompting"].trajectories.clear()
+    import styleprobe.methods.visual_style_prompting.real_reference as real
+
+    monkeypatch.setattr(real, "noised_trajectory", lambda *a, **k: pytest.fail("noised twice"))
+    records = items[0].method.prepare(engine, items, store)
+    assert records[0]["reused"] and torch.equal(tiny_model.attached["visual_style_prompting"].trajectories[key][0], zts)
+
+
+def test_the_loop_rules_change_the_images(tiny_model, neon, tmp_path):
+    """The guidance boost, the colour calibration and the reference's unguided prediction each change an image."""
+    base = {"color_cal_start_t": 400, "color_cal_window_size": 300}  # 8 steps: timesteps 376 and 251 calibrated
+    runs = {}
+    for name, knobs in [("base", base), ("no_cal", {**base, "color_cal_window_size": 0}),
+                        ("boost", {**base, "boost_steps": 2}), ("guided_ref", {**base, "reference_unguided": False})]:
+        (item,) = _items(tiny_model, neon, knobs, TARGETS[:1], [0], sampler=FAST)
+        runs[name] = _latents(tiny_model, [item], Store(tmp_path))
+    for name in ("no_cal", "boost", "guided_ref"):
+        assert (runs[name] - runs["base"]).abs().max() > 1e-3, name
+
+
+def test_calibration_matches_its_formula():
+    from styleprobe.methods.visual_style_prompting.guidance import color_calibrated
+
+    x0 = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 + 1
+    out = color_calibrated(x0, torch.tensor([0, 0, 2]))
+    for row, ref in ((1, 0), (2, 2)):  # per channel: the reference's mean and (unbiased) std
+        torch.testing.assert_close(out[row].mean(dim=(1, 2)), x0[ref].mean(dim=(1, 2)))
+        torch.testing.assert_close(out[row].std(dim=(1, 2)), x0[ref].std(dim=(1, 2)), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out[0], x0[0], atol=1e-5, rtol=1e-5)  # a reference calibrated to itself stays
+
+
+@pytest.mark.parametrize("knobs, sampler, message", [
+    ({"color_cal_start_t": 150, "color_cal_window_size": 10}, {"steps": 8}, "no step of the 8-step trajectory"),
+    ({}, {"scheduler": "EulerDiscreteScheduler"}, "needs DDIMScheduler"),
+    ({"color_cal_window_size": 200}, {}, "reaches below timestep 0"),
+    ({"color_cal_start_t": 1200}, {}, "must lie in (0, 1000]"),
+    ({"reference_mode": "inverted"}, {}, "choose one of real, generated"),
+    ({"boost_steps": 60}, {}, "more than the sampler's 50 steps"),
+    ({"nvqg_weight": 1.0}, {"guidance": 1.0}, "classifier-free guidance, which is off"),
+    ({"prompt_template": "{prompt} in {colour}"}, {}, "cannot be filled"),
+    ({"swap_queries": True}, {}, "unknown knob(s) swap_queries"),
+])
+def test_bad_settings_fail_at_planning_in_one_line(knobs, sampler, message, tiny_model):
+    with pytest.raises(ConfigError) as err:
+        for entry in _entries(tiny_model, knobs, sampler=sampler):
+            entry.method.check_entry(entry, tiny_model.spec)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["model=sd15"], "Visual Style Prompting runs on SDXL-family models"),
+    (["sampler.steps=8", "method.visual_style_prompting.color_cal_window_size=10"], "colour calibration window"),
+    (["+method.visual_style_prompting.swap_queries=true"], "unknown knob(s) swap_queries"),
+])
+def test_the_cli_refuses_bad_settings_before_any_model_loads(args, message, tmp_path):
+    proc, _ = cli_imports(tmp_path, *on_tiny(["method=visual_style_prompting", *args]),
+                          STYLEPROBE_RESULTS=str(tmp_path / "results"))
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+    assert "loading" not in proc.stdout and not (tmp_path / "results").exists()

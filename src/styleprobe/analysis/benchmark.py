@@ -279,6 +279,7 @@ def cost_table(table: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:
         part = table[table[CONTENDER] == name]
         seconds = pd.to_numeric(part.get("seconds", pd.Series(dtype=float)), errors="coerce")
         peak = pd.to_numeric(part.get("peak_gpu_bytes", pd.Series(dtype=float)), errors="coerce")
+        extra = pd.to_numeric(part.get("extra_row_share", pd.Series(dtype=float)), errors="coerce")
         keys = sorted({k for v in part.get("prepare_keys", pd.Series(dtype=object)).dropna() for k in json.loads(v or "[]")})
         known = by_key.loc[[k for k in keys if k in by_key.index]] if len(by_key) else pd.DataFrame()
         prep_seconds = pd.to_numeric(known.get("seconds", pd.Series(dtype=float)), errors="coerce")
@@ -289,6 +290,7 @@ def cost_table(table: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:
             "timed_images": int(seconds.notna().sum()),
             "seconds_per_image": float(seconds.mean()) if seconds.notna().any() else np.nan,
             "peak_gpu_gib": float(peak.max()) / 2**30 if peak.notna().any() else np.nan,
+            "extra_row_share": float(extra.mean()) if extra.notna().any() else np.nan,
             "preparation": ", ".join(sorted(set(known["what"].astype(str)))) if len(known) else "",
             "prepared": len(keys),
             "prep_measured": int(prep_seconds.notna().sum()),

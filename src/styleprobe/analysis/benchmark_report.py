@@ -149,15 +149,19 @@ def _markdown(
               "From this folder's own measurements: each row's generation seconds (its batch's wall time shared out) and "
               "peak GPU memory, and the per-reference preparation each contender's rows need (DDIM inversion, LoRA "
               f"training) as the runs recorded it. Device(s): {', '.join(bench.devices(dirs)) or 'not recorded'}.", "",
-              "| contender | images (timed) | s / image | peak GPU GiB | preparation | per reference: s | prep peak GPU GiB | total s |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| contender | images (timed) | s / image | reference rows | peak GPU GiB | preparation | per reference: s | prep peak GPU GiB | total s |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for _, c in costs.iterrows():
         prep = f"{c['preparation'] or '-'} x {c['prepared']}" if c["prepared"] else "-"
+        share = c.get("extra_row_share", np.nan)
         lines.append(f"| {c['contender']} | {c['images']} ({c['timed_images']}) | {_seconds(c['seconds_per_image'])} | "
-                     f"{_gib(c['peak_gpu_gib'])} | {prep} | {_seconds(c['prep_seconds_per_reference']) if c['prepared'] else '-'} | "
+                     f"{'n/a' if pd.isna(share) else f'{share:.0%}'} | {_gib(c['peak_gpu_gib'])} | {prep} | {_seconds(c['prep_seconds_per_reference']) if c['prepared'] else '-'} | "
                      f"{_gib(c['prep_peak_gpu_gib'])} | {_seconds(c['total_seconds'])} |")
-    lines += ["", "Peak GPU memory is n/a on the CPU. Images made before styleprobe timed rows count in images, not in "
-              "the timed ones.", ""]
+    lines += ["", "Reference rows: the share of the UNet's samples in a contender's calls that are not its images (the "
+              "reference rows StyleAligned and Visual Style Prompting denoise beside their images, the negative rows of "
+              "negative visual query guidance); its s / image already includes them. n/a: rows made before styleprobe "
+              "recorded it. Peak GPU memory is n/a on the CPU. Images made before styleprobe timed rows count in "
+              "images, not in the timed ones.", ""]
     lines += _published(published)
     lines += metric_validity_section(table, report)  # with the toy judge's columns: tables/metric_validity.csv too
     for section, why in report.skipped.items():

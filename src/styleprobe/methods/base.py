@@ -210,6 +210,11 @@ class Method(ABC):
         enters or leaves its window, and only for batches with a window other than the full one."""
         raise NotImplementedError(f"{self.name} does not act in denoising windows")
 
+    def pipeline_rows(self, items: Sequence["Item"]) -> int:
+        """The samples one call of `run_batch(items)` puts through the UNet (one CFG half): the items, plus any
+        reference or negative rows. The rows' `extra_row_share` (the cost table's reference-row share) comes from it."""
+        return len(items)
+
     def extra_rows(self, batch: int) -> int:
         """Samples a batch of `batch` items adds to the UNet's input beyond the items (at most): what the memory
         estimate (`styleprobe.models.memory`) budgets for on top of them."""
@@ -241,7 +246,7 @@ ROW_COLUMNS: tuple[str, ...] = (
     "key", "dtype", "method", "injection", "style", "content", "prompt", "negative_prompt", "seed", "steps",
     "guidance", "height", "width", "scheduler", "model", "sweep", "target", "layers", "n_layers", "layer_scales",
     "reference", "reference_digest", "subject", "prompt_used", "knob_columns", "replicate", "prepare_keys", "base",
-    "image_path", "run_id", "seconds", "peak_gpu_bytes", "window", "window_start", "window_end", "window_steps",
+    "image_path", "run_id", "seconds", "peak_gpu_bytes", "extra_row_share", "window", "window_start", "window_end", "window_steps",
 )
 
 

@@ -257,8 +257,11 @@ class Engine:
                 b += len(batch)
                 seconds, peak = time.perf_counter() - t0, peak_memory(self.model.device)
                 stats.note_peak(peak)
-                # each row carries what its image cost: the batch's seconds shared out, the batch's peak memory
-                rows = [{**it.row, "seconds": round(seconds / len(batch), 5), "peak_gpu_bytes": peak} for it in batch]
+                # each row carries what its image cost: the batch's seconds shared out, the batch's peak memory, and
+                # the share of the call's UNet samples that were not images (reference and negative rows)
+                extra = round(1.0 - len(batch) / max(method.pipeline_rows(batch), len(batch)), 5)
+                rows = [{**it.row, "seconds": round(seconds / len(batch), 5), "peak_gpu_bytes": peak,
+                         "extra_row_share": extra} for it in batch]
                 store.write_batch(rows, images, run_id, stats.batches)
                 stats.generate_seconds[entry.name] = stats.generate_seconds.get(entry.name, 0.0) + seconds
                 stats.generated_by[entry.name] = stats.generated_by.get(entry.name, 0) + len(batch)

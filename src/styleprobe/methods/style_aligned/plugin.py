@@ -254,6 +254,11 @@ class StyleAligned(Method):
 
         self.state(engine.model).sharing.step.switch(torch.tensor(on))
 
+    def pipeline_rows(self, items: Sequence[Any]) -> int:
+        from styleprobe.methods.reference_rows import ReferenceBatch
+
+        return ReferenceBatch.of([self._reference_row(it) for it in items]).size
+
     def extra_rows(self, batch: int) -> int:
         """One reference row per reference in the batch: at most one per item (full sharing, or every item its own)."""
         return batch

@@ -254,6 +254,12 @@ class VisualStylePrompting(Method):
 
         self.state(engine.model).attention.step.switch(torch.tensor(on))
 
+    def pipeline_rows(self, items: Sequence[Any]) -> int:
+        from styleprobe.methods.reference_rows import ReferenceBatch
+
+        size = ReferenceBatch.of([self._reference_row(it) for it in items]).size
+        return size + (len(items) if items[0].knobs.nvqg_weight else 0)
+
     def extra_rows(self, batch: int) -> int:
         """At most one reference row per item, and one negative row per item with negative visual query guidance."""
         return 2 * batch
