@@ -101,7 +101,13 @@ class VisualStylePrompting(Method):
     pattern_site: ClassVar[str] = "attn1"
     window_support: ClassVar[str] = "per_sample"  # the swap is switched per sample, per step
     Knobs: ClassVar[type] = VisualStylePromptingKnobs
-    sampler_defaults: ClassVar[dict[str, Any]] = {"steps": 50, "guidance": 7.0, "scheduler": "DDIMScheduler"}
+    #: the script's DDIMScheduler.from_config(SDXL's config); SDXL's config holds clip_sample and set_alpha_to_one false,
+    #: which configs without them (the toy's, the tiny's) would take from DDIM's own defaults (true: x0 clipped to
+    #: [-1, 1], which wrecks latents that range wider), so they are given here
+    sampler_defaults: ClassVar[dict[str, Any]] = {
+        "steps": 50, "guidance": 7.0, "scheduler": "DDIMScheduler",
+        "scheduler_options": {"clip_sample": False, "set_alpha_to_one": False},
+    }
 
     # planning ------------------------------------------------------------------------------------------
     def check_knobs(self, knobs: VisualStylePromptingKnobs, where: str) -> None:
