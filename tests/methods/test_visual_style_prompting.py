@@ -111,7 +111,7 @@ def test_matches_the_original_code(case, steps, pattern, window, tiny_model, neo
     torch.testing.assert_close(ours, theirs, atol=2e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("knobs", [{}, GENERATED], ids=["real", "generated"])
+@pytest.mark.parametrize("knobs", [{}, GENERATED, {"nvqg_weight": 1.0}], ids=["real", "generated", "nvqg"])
 def test_an_image_does_not_depend_on_its_batch(knobs, tiny_model, references, tmp_path):
     """Mixed references, prompts, seeds, patterns and windows in one call: each image as when made alone."""
     mixed = []
@@ -219,3 +219,54 @@ def test_the_cli_refuses_bad_settings_before_any_model_loads(args, message, tmp_
                           STYLEPROBE_RESULTS=str(tmp_path / "results"))
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
     assert "loading" not in proc.stdout and not (tmp_path / "results").exists()
+
+
+def test_the_swap_takes_keys_and_values_and_the_negative_pass_takes_queries():
+    """Items attend with their own queries to their reference's keys and values; a negative row (NVQG) the other way."""
+    import torch.nn.functional as F
+
+    from styleprobe.methods.visual_style_prompting.swap import SwapPlan
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(8, 2, 16, 4, generator=g) for _ in range(3))  # CFG: two halves of [ref, item, item, negative]
+    plan = SwapPlan(ref_index=torch.tensor([0, 0, 0, 0]), layers=torch.tensor([[False], [True], [False], [True]]),
+                    query_swap=torch.tensor([False, False, False, True]), item_of=torch.tensor([-1, -1, -1, 0]))
+    out = plan.attend(q, k, v, None, 0)
+    for half in (0, 4):
+        ref, item, plain, negative = half, half + 1, half + 2, half + 3
+        torch.testing.assert_close(out[item], F.scaled_dot_product_attention(q[item], k[ref], v[ref]))
+        torch.testing.assert_close(out[negative], F.scaled_dot_product_attention(q[ref], k[negative], v[negative]))
+        for row in (ref, plain):  # the reference row and a sample whose layer is off: plain attention
+            torch.testing.assert_close(out[row], F.scaled_dot_product_attention(q[row], k[row], v[row]))
+    plan.switch(torch.tensor([False, True]))  # the first item leaves its window: its negative row follows it
+    out = plan.attend(q, k, v, None, 0)
+    torch.testing.assert_close(out[3], F.scaled_dot_product_attention(q[3], k[3], v[3]))
+
+
+def test_nvqg_guides_away_from_the_query_swapped_unconditional_score():
+    from styleprobe.methods.visual_style_prompting.guidance import StepRules
+
+    raw = torch.randn(6, 4, 2, 2, generator=torch.Generator().manual_seed(1))  # [uncond, cond] of [ref, item, negative]
+    uncond, cond = raw.chunk(2)
+    for weight in (0.0, 0.25, 1.0):
+        rules = StepRules(guidance=7.0, ref_index=torch.tensor([0, 0, 0]), unguided=torch.tensor([True, False, False]),
+                          negative_of=torch.tensor([-1, 2, -1]), nvqg_weight=weight)
+        eps = rules.noise(raw, step=0)
+        u = (1 - weight) * uncond[1] + weight * uncond[2]
+        torch.testing.assert_close(eps[1], u + 7.0 * (cond[1] - u))
+        torch.testing.assert_close(eps[0], cond[0])  # the real reference row: its conditional prediction alone
+    boosted = StepRules(guidance=7.0, ref_index=torch.tensor([0, 0, 0]), unguided=torch.tensor([False] * 3), boost_steps=3)
+    torch.testing.assert_close(boosted.noise(raw, 2)[1], uncond[1] + 20.0 * (cond[1] - uncond[1]))
+    torch.testing.assert_close(boosted.noise(raw, 3)[1], uncond[1] + 7.0 * (cond[1] - uncond[1]))
+
+
+def test_nvqg_at_weight_0_is_vsp_and_above_it_adds_the_negative_pass(tiny_model, neon, tmp_path):
+    images = {}
+    for name, knobs in [("vsp", {}), ("zero", {"nvqg_weight": 0.0, "nvqg_layers": "complement"}),
+                        ("nvqg", {"nvqg_weight": 1.0}), ("half", {"nvqg_weight": 0.5})]:
+        items = _items(tiny_model, neon, knobs, TARGETS[:1], [0], sampler=FAST)
+        images[name] = _latents(tiny_model, items, Store(tmp_path))
+        assert items[0].method.pipeline_rows(items) == (3 if knobs.get("nvqg_weight") else 2)
+    assert torch.equal(images["vsp"], images["zero"])
+    assert (images["nvqg"] - images["vsp"]).abs().max() > 1e-3
+    assert (images["half"] - images["vsp"]).abs().max() > 1e-3 and (images["half"] - images["nvqg"]).abs().max() > 1e-3

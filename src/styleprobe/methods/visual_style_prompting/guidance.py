@@ -8,8 +8,11 @@ UNet's raw output (a forward hook) and recomputes each row's noise prediction in
 - reference rows marked `unguided` use their conditional prediction alone (`use_prompt_as_null`, the real-image
   script: the reference is noised from the real image every step, so its own prediction matters only for the
   colour calibration);
-- StyleKeeper's negative visual query guidance (`nvqg_weight` w_n > 0): each image's score moves away from its
-  negative row's (the query-swapped pass, `swap.py`):  eps <- eps - w_n (eps_neg - eps_c);
+- StyleKeeper's negative visual query guidance (`nvqg_weight` lambda > 0): the unconditional score an image is
+  guided away from becomes, in part, its negative row's unconditional score, the query-swapped pass (`swap.py`),
+  which simulates content leakage:  eps_u' = (1 - lambda) eps_u + lambda eps_u(Q_ref, KV_own);
+  eps = eps_u' + g (eps_c - eps_u'). lambda = 0 is VSP; lambda = 1 guides away from the leakage pass alone, as the
+  only public implementation (Slickytail/ComfyUI-StyleGuide, a third-party replication) does with its two passes;
 - colour calibration (`calibrate = (start_t, end_t)`): at DDIM steps whose timestep t has start_t > t > end_t,
   the predicted x0 of every row is AdaIN-ed, per channel over the latent's pixels, to its reference row's predicted
   x0 (std + 1e-8, torch's unbiased std), and the step is the deterministic DDIM step from that x0:
@@ -52,14 +55,15 @@ class StepRules:
         else:
             uncond, cond = raw.chunk(2)
             g = self.boost if step < self.boost_steps else self.guidance
+            if self.nvqg_weight and self.negative_of is not None:
+                uncond = uncond.clone()
+                items = (self.negative_of >= 0).nonzero().flatten().to(raw.device)
+                negs = self.negative_of.to(raw.device)[items]
+                uncond[items] = (1 - self.nvqg_weight) * uncond[items] + self.nvqg_weight * uncond[negs]
             eps = uncond + g * (cond - uncond)
         if bool(self.unguided.any()):
             rows = self.unguided.to(raw.device)
             eps[rows] = cond[rows]
-        if self.nvqg_weight and self.negative_of is not None:
-            items = (self.negative_of >= 0).nonzero().flatten().to(raw.device)
-            negs = self.negative_of.to(raw.device)[items]
-            eps[items] = eps[items] - self.nvqg_weight * (cond[negs] - cond[items])
         return eps
 
     def calibrates(self, timestep: int) -> bool:

@@ -54,6 +54,10 @@ if TYPE_CHECKING:  # torch is imported where it is used, so planning a sweep nev
     import torch
 
 MODES = ("real", "generated")
+#: where the negative (query-swapped) pass takes the reference's queries: the encoder and middle blocks' attn1 layers
+#: (StyleKeeper, as its replication reads the paper), every attn1 layer the pattern does not swap (the replication's
+#: skipped decoder layers added), or the pattern's own layers
+NVQG_LAYERS = ("down_mid", "complement", "pattern")
 ARTEFACT = "noised_reference"
 NUM_TRAIN_TIMESTEPS = 1000  # SDXL's (and the toy's and tiny's) scheduler configs
 
@@ -68,6 +72,7 @@ class VisualStylePromptingKnobs:
     color_cal_start_t: int = 150  # colour calibration for timesteps start > t > start - window
     color_cal_window_size: int = 50  # 0: no calibration
     nvqg_weight: float = 0.0  # StyleKeeper's negative visual query guidance weight; 0: VSP (no extra pass)
+    nvqg_layers: str = "down_mid"  # where the negative pass takes the reference's queries (NVQG_LAYERS)
     prompt_template: str = "{prompt}"
     reference_prompt_template: str = "{content}"  # the original captions a real image with BLIP-2
 
@@ -118,7 +123,9 @@ class VisualStylePrompting(Method):
         if knobs.reference_seed < 0:
             raise ConfigError(f"{where}.reference_seed={knobs.reference_seed}; give a non-negative seed")
         non_negative_number(knobs.boost_guidance, f"{where}.boost_guidance")
-        non_negative_number(knobs.nvqg_weight, f"{where}.nvqg_weight")
+        if not 0 <= knobs.nvqg_weight <= 1:
+            raise ConfigError(f"{where}.nvqg_weight={knobs.nvqg_weight}; give a share between 0 (VSP) and 1 (the "
+                              f"unconditional score taken from the query-swapped pass alone)")
         if knobs.boost_steps < 0:
             raise ConfigError(f"{where}.boost_steps={knobs.boost_steps}; give 0 (no boost) or a number of steps")
         if knobs.color_cal_window_size < 0 or not 0 < knobs.color_cal_start_t <= NUM_TRAIN_TIMESTEPS:
@@ -129,6 +136,8 @@ class VisualStylePrompting(Method):
             raise ConfigError(f"{where}: the colour calibration window ({knobs.color_cal_start_t} - "
                               f"{knobs.color_cal_window_size}) reaches below timestep 0; give "
                               f"color_cal_window_size <= color_cal_start_t")
+        if knobs.nvqg_layers not in NVQG_LAYERS:
+            raise ConfigError(f"{where}.nvqg_layers={knobs.nvqg_layers!r}; choose one of {', '.join(NVQG_LAYERS)}")
         for name in ("prompt_template", "reference_prompt_template"):
             check_template(getattr(knobs, name), f"{where}.{name}")
 
@@ -167,6 +176,13 @@ class VisualStylePrompting(Method):
             if odd:
                 raise ConfigError(f"pattern {pattern.name!r} gives scale {odd[0]:g} to a layer, but Visual Style "
                                   f"Prompting swaps a layer or not; give such patterns as layers: [names]")
+
+    def effective_window(self, pattern: Any, knobs: VisualStylePromptingKnobs, window: Any) -> Any:
+        """A `none` pattern swaps no layer, but the negative pass of NVQG still takes queries outside the pattern
+        (nvqg_layers down_mid / complement), in the item's window: its window matters then."""
+        if knobs.nvqg_weight and knobs.nvqg_layers != "pattern":
+            return window
+        return super().effective_window(pattern, knobs, window)
 
     def content_label_use(self, knobs: VisualStylePromptingKnobs) -> str:
         if "{content}" not in knobs.reference_prompt_template:
@@ -260,6 +276,18 @@ class VisualStylePrompting(Method):
 
         self.state(engine.model).attention.step.switch(torch.tensor(on))
 
+    @staticmethod
+    def _negative_layers(knobs: VisualStylePromptingKnobs, layer_map: Any, item_layers: torch.Tensor) -> torch.Tensor:
+        """(items, layers) bool: where each item's negative row takes its reference's queries."""
+        import torch
+
+        if knobs.nvqg_layers == "pattern":
+            return item_layers.clone()
+        if knobs.nvqg_layers == "complement":
+            return ~item_layers
+        encoder = torch.tensor([layer.block.startswith(("down_blocks", "mid_block")) for layer in layer_map.layers])
+        return encoder.expand_as(item_layers).clone()
+
     def pipeline_rows(self, items: Sequence[Any]) -> int:
         from styleprobe.methods.reference_rows import ReferenceBatch
 
@@ -293,7 +321,7 @@ class VisualStylePrompting(Method):
         item_of = torch.full((size,), -1, dtype=torch.long)
         negative_of = torch.full((size,), -1, dtype=torch.long)
         if n_neg:
-            layers[batch.size:] = layers[n_refs:batch.size]
+            layers[batch.size:] = self._negative_layers(knobs, state.attention.layer_map, layers[n_refs:batch.size])
             query_swap[batch.size:] = True
             item_of[batch.size:] = torch.arange(n_items)
             negative_of[n_refs:batch.size] = torch.arange(batch.size, size)
