@@ -485,6 +485,7 @@ def test_auto_kind_tells_a_benchmark_from_a_probe():
     with_none = pd.concat([table, table.head(3).assign(injection="none")])
     assert not bench.is_benchmark(with_none)  # methods side by side with their `none` baseline: judged per method
     assert not bench.is_benchmark(table.assign(sweep="one_hot_module"))
+    assert bench.is_benchmark(table.assign(sweep="explicit"))  # a method's own named site (VSP's up_blocks.1)
 
 
 def test_preparation_records_keep_each_piece_of_work_once(tmp_path):

@@ -372,12 +372,13 @@ def _rank(block: list[dict[str, Any]], lower: bool) -> None:
 
 
 def is_benchmark(table: pd.DataFrame) -> bool:
-    """Whether a table looks like a method benchmark: several methods, only preset patterns (no probe sweep) and no
-    `none` rows (the probe's baseline: methods side by side with `injection=presets` are a probe, judged per method)."""
+    """Whether a table looks like a method benchmark: several methods, only preset or named patterns (a method's own
+    site such as VSP's `up_blocks.1`; no probe sweep) and no `none` rows (the probe's baseline: methods side by side
+    with `injection=presets` are a probe, judged per method)."""
     if "method" not in table or table["method"].nunique() < 2:
         return False
     sweeps = table["sweep"].astype(str) if "sweep" in table else pd.Series("preset", index=table.index)
-    return bool((sweeps == "preset").all() and not (table["injection"].astype(str) == "none").any())
+    return bool(sweeps.isin(["preset", "explicit"]).all() and not (table["injection"].astype(str) == "none").any())
 
 
 # departures from the sources -----------------------------------------------------------------------------------
