@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
 from conftest import cli_imports, on_tiny
+from safetensors import safe_open
 
 from styleprobe.data.prompt_sets import PromptSpec
 from styleprobe.data.style_sets import StyleReference
