@@ -243,3 +243,52 @@ class ReferenceAttention:
         """Write the attention of samples `rows` (whose references are rows `refs`) into `out`; return the rows
         written (usually `rows`; more when a sample changes its reference too). The rest get plain attention."""
         raise NotImplementedError
+
+
+class ReferenceRowMethod:
+    """The planning hooks every reference-row method shares (a mixin ahead of `methods.base.Method`).
+
+    Such a method prompts its images and its reference rows from two templates (`prompt_template`,
+    `reference_prompt_template` knobs), keys both prompts, may prepare one trajectory per reference (an inversion,
+    a noised real image: `trajectory_key`, "" for none, stored in the row as `trajectory_column`), and batches items
+    with equal knobs (one call's loop rules come from its knobs). Its `_reference_row(item)` says which reference row
+    an item looks at, from which the call's UNet rows are counted.
+    """
+
+    trajectory_column: str = "trajectory_key"
+
+    def trajectory_key(self, parts: Any) -> str:
+        """What determines the reference's prepared trajectory; "" when the reference row is generated."""
+        return ""
+
+    def prompt_used(self, parts: Any) -> str:
+        from styleprobe.methods.prompt_templates import fill
+
+        return fill(parts.knobs.prompt_template, parts)
+
+    def reference_prompt(self, parts: Any) -> str:
+        from styleprobe.methods.prompt_templates import fill
+
+        return fill(parts.knobs.reference_prompt_template, parts)
+
+    def prepare_keys(self, parts: Any) -> list[str]:
+        key = self.trajectory_key(parts)
+        return [key] if key else []
+
+    def key_fields(self, parts: Any) -> dict[str, Any]:
+        return {**super().key_fields(parts), "prompt_used": self.prompt_used(parts),  # type: ignore[misc]
+                "reference_prompt": self.reference_prompt(parts)}
+
+    def row_fields(self, parts: Any) -> dict[str, Any]:
+        return {**super().row_fields(parts), "reference_prompt": self.reference_prompt(parts),  # type: ignore[misc]
+                self.trajectory_column: self.trajectory_key(parts)}
+
+    def batch_key(self, item: Any) -> tuple[Any, ...]:
+        return (item.knobs,)
+
+    def _reference_row(self, item: Any) -> ReferenceRow:
+        raise NotImplementedError
+
+    def pipeline_rows(self, items: Sequence[Any]) -> int:
+        """The reference rows the items need, and the items."""
+        return ReferenceBatch.of([self._reference_row(it) for it in items]).size

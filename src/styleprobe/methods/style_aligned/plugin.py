@@ -38,8 +38,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from styleprobe.errors import ConfigError
 from styleprobe.methods.base import Method, MethodEntry, Parts, register
-from styleprobe.methods.prompt_templates import check_template, fill
-from styleprobe.methods.reference_rows import ReferenceRow
+from styleprobe.methods.prompt_templates import check_template
+from styleprobe.methods.reference_rows import ReferenceRow, ReferenceRowMethod
 from styleprobe.models.layers import LayerMap, Pattern
 
 if TYPE_CHECKING:  # torch is imported where it is used, so planning a sweep never waits for it
@@ -79,10 +79,11 @@ class StyleAlignedState:
 
 
 @register
-class StyleAligned(Method):
+class StyleAligned(ReferenceRowMethod, Method):
     """Shared self-attention with a reference in the batch, the reference DDIM-inverted from the style set's image."""
 
     name: ClassVar[str] = "style_aligned"
+    trajectory_column: ClassVar[str] = "inversion_key"  # the row column its rows have always had
     pattern_site: ClassVar[str] = "attn1"
     window_support: ClassVar[str] = "per_sample"  # sharing and shared norms switched per sample, per step
     Knobs: ClassVar[type] = StyleAlignedKnobs
@@ -160,12 +161,6 @@ class StyleAligned(Method):
         """`none` still shares GroupNorm statistics when `share_group_norm` is on, so its window matters then."""
         return window if knobs.share_group_norm else super().effective_window(pattern, knobs, window)
 
-    def prompt_used(self, parts: Parts) -> str:
-        return fill(parts.knobs.prompt_template, parts)
-
-    def reference_prompt(self, parts: Parts) -> str:
-        return fill(parts.knobs.reference_prompt_template, parts)
-
     def inversion_key(self, parts: Parts) -> str:
         """What determines a reference's inverted trajectory; empty in generated mode."""
         from styleprobe.run.plan import item_key
@@ -180,20 +175,8 @@ class StyleAligned(Method):
             "scheduler": sampler.scheduler_id,
         })
 
-    def prepare_keys(self, parts: Parts) -> list[str]:
-        key = self.inversion_key(parts)
-        return [key] if key else []
-
-    def key_fields(self, parts: Parts) -> dict[str, Any]:
-        return {**super().key_fields(parts), "prompt_used": self.prompt_used(parts),
-                "reference_prompt": self.reference_prompt(parts)}
-
-    def row_fields(self, parts: Parts) -> dict[str, Any]:
-        return {**super().row_fields(parts), "reference_prompt": self.reference_prompt(parts),
-                "inversion_key": self.inversion_key(parts)}
-
-    def batch_key(self, item: Any) -> tuple[Any, ...]:
-        return (item.knobs,)
+    def trajectory_key(self, parts: Parts) -> str:
+        return self.inversion_key(parts)
 
     # generation ----------------------------------------------------------------------------------------
     def state(self, model: Any) -> StyleAlignedState:
@@ -238,8 +221,7 @@ class StyleAligned(Method):
             "model": model.spec.base_identity, "dtype": str(model.dtype).removeprefix("torch."), "device": str(model.device),
         }
 
-    @staticmethod
-    def _reference_row(item: Any) -> ReferenceRow:
+    def _reference_row(self, item: Any) -> ReferenceRow:
         """The reference sample an item attends to; items with equal rows share one reference row in a batch."""
         knobs = item.knobs
         private = item.key if knobs.full_attention_share else ""  # full sharing changes the reference: one each
@@ -253,11 +235,6 @@ class StyleAligned(Method):
         import torch
 
         self.state(engine.model).sharing.step.switch(torch.tensor(on))
-
-    def pipeline_rows(self, items: Sequence[Any]) -> int:
-        from styleprobe.methods.reference_rows import ReferenceBatch
-
-        return ReferenceBatch.of([self._reference_row(it) for it in items]).size
 
     def extra_rows(self, batch: int) -> int:
         """One reference row per reference in the batch: at most one per item (full sharing, or every item its own)."""

@@ -47,8 +47,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from styleprobe.errors import ConfigError
 from styleprobe.methods.base import Method, MethodEntry, Parts, register
-from styleprobe.methods.prompt_templates import check_template, fill
-from styleprobe.methods.reference_rows import ReferenceRow
+from styleprobe.methods.prompt_templates import check_template
+from styleprobe.methods.reference_rows import ReferenceRow, ReferenceRowMethod
 
 if TYPE_CHECKING:  # torch is imported where it is used, so planning a sweep never waits for it
     import torch
@@ -99,7 +99,7 @@ def leading_timesteps(steps: int, offset: int) -> list[int]:
 
 
 @register
-class VisualStylePrompting(Method):
+class VisualStylePrompting(ReferenceRowMethod, Method):
     """Self-attention key/value swap with a reference row in the batch (real image noised per step by default)."""
 
     name: ClassVar[str] = "visual_style_prompting"
@@ -189,12 +189,6 @@ class VisualStylePrompting(Method):
             return ""
         return f"the reference row's prompt ({knobs.reference_prompt_template!r})"
 
-    def prompt_used(self, parts: Parts) -> str:
-        return fill(parts.knobs.prompt_template, parts)
-
-    def reference_prompt(self, parts: Parts) -> str:
-        return fill(parts.knobs.reference_prompt_template, parts)
-
     def trajectory_key(self, parts: Parts) -> str:
         """What determines a real reference's noised trajectory; empty in generated mode."""
         from styleprobe.run.plan import item_key
@@ -207,21 +201,6 @@ class VisualStylePrompting(Method):
             "reference": parts.reference.digest, "steps": sampler.steps, "height": sampler.height,
             "width": sampler.width, "scheduler": sampler.scheduler_id, "seed": knobs.reference_seed,
         })
-
-    def prepare_keys(self, parts: Parts) -> list[str]:
-        key = self.trajectory_key(parts)
-        return [key] if key else []
-
-    def key_fields(self, parts: Parts) -> dict[str, Any]:
-        return {**super().key_fields(parts), "prompt_used": self.prompt_used(parts),
-                "reference_prompt": self.reference_prompt(parts)}
-
-    def row_fields(self, parts: Parts) -> dict[str, Any]:
-        return {**super().row_fields(parts), "reference_prompt": self.reference_prompt(parts),
-                "trajectory_key": self.trajectory_key(parts)}
-
-    def batch_key(self, item: Any) -> tuple[Any, ...]:
-        return (item.knobs,)
 
     # generation ----------------------------------------------------------------------------------------
     def state(self, model: Any) -> VisualStylePromptingState:
@@ -262,8 +241,7 @@ class VisualStylePrompting(Method):
             "dtype": str(model.dtype).removeprefix("torch."), "device": str(model.device),
         }
 
-    @staticmethod
-    def _reference_row(item: Any) -> ReferenceRow:
+    def _reference_row(self, item: Any) -> ReferenceRow:
         """The reference row an item swaps with; items with equal rows share one in a batch."""
         knobs = item.knobs
         if knobs.reference_mode == "real":
@@ -289,10 +267,7 @@ class VisualStylePrompting(Method):
         return encoder.expand_as(item_layers).clone()
 
     def pipeline_rows(self, items: Sequence[Any]) -> int:
-        from styleprobe.methods.reference_rows import ReferenceBatch
-
-        size = ReferenceBatch.of([self._reference_row(it) for it in items]).size
-        return size + (len(items) if items[0].knobs.nvqg_weight else 0)
+        return super().pipeline_rows(items) + (len(items) if items[0].knobs.nvqg_weight else 0)
 
     def extra_rows(self, batch: int) -> int:
         """At most one reference row per item, and one negative row per item with negative visual query guidance."""
