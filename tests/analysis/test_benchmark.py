@@ -54,12 +54,14 @@ def test_every_contender_gets_the_same_units_and_its_own_prompt_convention(tmp_p
     _no_model(monkeypatch)
     plan = prepare(_cfg(tmp_path, "seeds=[0,1]"))
     rows = pd.DataFrame([it.row for it in plan.items])
-    groups = rows.groupby(["method", "injection", "scale", "subtraction"], dropna=False)
+    groups = rows.groupby(["method", "injection", "scale", "subtraction", "nvqg_weight"], dropna=False)
     assert {k[:2] for k in groups.groups} == {("ip_adapter", "all"), ("ip_adapter", "style"), ("ip_adapter", "style_layout"),
-                                              ("style_aligned", "all"), ("b_lora", "style")}
+                                              ("style_aligned", "all"), ("b_lora", "style"),
+                                              ("visual_style_prompting", "up_blocks.1")}
     assert sorted(rows.loc[(rows.method == "ip_adapter") & (rows.injection == "style"), "subtraction"].unique()) == [0.0, 0.5]
     assert set(rows.loc[rows.injection == "all", "subtraction"].dropna()) == {0.0}
-    assert len(groups) == 8  # IP-Adapter at two scales, four InstantStyle settings, StyleAligned, B-LoRA
+    assert len(groups) == 10  # IP-Adapter at two scales, four InstantStyle settings, StyleAligned, B-LoRA, VSP +- NVQG
+    assert set(rows.loc[rows.method == "visual_style_prompting", "nvqg_weight"]) == {0.0, 1.0}
     units = {name: set(zip(g.reference_digest, g.prompt, g.seed)) for name, g in groups}
     first = next(iter(units.values()))
     assert len(first) == 4 * 44 * 2 and all(u == first for u in units.values())
@@ -68,8 +70,10 @@ def test_every_contender_gets_the_same_units_and_its_own_prompt_convention(tmp_p
     assert used["ip_adapter"] == prompt["ip_adapter"]
     assert used["b_lora"] == prompt["b_lora"] + " in [v] style"
     assert used["style_aligned"].startswith(prompt["style_aligned"] + ", ")
+    assert used["visual_style_prompting"] == prompt["visual_style_prompting"]  # the real-image script's tar_obj
     # each method's own sampler: StyleAligned's notebook and B-LoRA's inference.py run 50 steps, on every model
     assert (rows[rows.method == "style_aligned"].steps == 50).all() and (rows[rows.method == "b_lora"].steps == 50).all()
+    assert (rows[rows.method == "visual_style_prompting"].steps == 50).all()
     assert (rows[rows.method == "ip_adapter"].steps == 4).all()  # the tiny preset's (SDXL's: 30)
 
 
@@ -101,7 +105,8 @@ def test_plain_ip_adapter_runs_at_scales_half_and_one_with_readable_names(tmp_pa
     settings = default_settings().benchmark
     expected = ["IP-Adapter (scale=0.5)", "IP-Adapter (scale=1.0)", "InstantStyle style (subtraction=0.0)",
                 "InstantStyle style (subtraction=0.5)", "InstantStyle style+layout (subtraction=0.0)",
-                "InstantStyle style+layout (subtraction=0.5)", "StyleAligned", "B-LoRA"]
+                "InstantStyle style+layout (subtraction=0.5)", "StyleAligned", "B-LoRA",
+                "Visual Style Prompting (nvqg_weight=0.0)", "Visual Style Prompting (nvqg_weight=1.0)"]
     # the tiny preset (no negative prompts) and every source's own negative prompt: the entries' negative prompts
     # differ, but only between names, so no name gets a negative_prompt (or scale) suffix
     for overrides in ((), ("~model.method_defaults.ip_adapter",)):
@@ -202,7 +207,7 @@ def test_shards_keep_each_lora_and_inversion_in_one_job(tmp_path, monkeypatch):
     keys = [{it.key for it in part} for part in shards]
     assert set().union(*keys) == {it.key for it in full} and sum(map(len, keys)) == len(full)
     work = {k for it in full for k in json.loads(it.row["prepare_keys"])}
-    assert len(work) == 4 * 2 + 4  # a LoRA per reference and training seed, an inversion per reference
+    assert len(work) == 4 * 2 + 4 + 4  # a LoRA per reference and training seed, an inversion and a noised reference (VSP) per reference
     for key in work:
         owners = [i for i, part in enumerate(shards) if any(key in json.loads(it.row["prepare_keys"]) for it in part)]
         assert len(owners) == 1, key
@@ -399,7 +404,7 @@ def benchmark_run(tmp_path_factory, tiny_model):
 
 def test_the_benchmark_runs_end_to_end_and_reruns_nothing(benchmark_run):
     first, again, artefacts = benchmark_run
-    assert first.planned == first.generated == 4 * 6 * 9 and set(first.scored.values()) == {first.planned}
+    assert first.planned == first.generated == 4 * 6 * 11 and set(first.scored.values()) == {first.planned}
     assert again.generated == 0 and again.done_before == first.planned and not any(again.scored.values())
     now = {p: p.stat().st_mtime_ns for p in (first.results_dir / "artefacts").rglob("*") if p.is_file()}
     assert now == artefacts  # no LoRA trained, no reference inverted again
@@ -456,7 +461,8 @@ def test_the_cost_table_comes_from_the_runs_measurements(benchmark_run):
     assert costs.loc["IP-Adapter (scale=1.0)", "prepared"] == 0
     # per-reference preparation: the trainings recorded in the run's costs.yaml, once each
     records = bench.preparation_records([first.results_dir])
-    assert sorted(records["what"].value_counts().items()) == [("b_lora training", 4), ("ddim inversion", 4)]
+    assert sorted(records["what"].value_counts().items()) == [("b_lora training", 4), ("ddim inversion", 4),
+                                                              ("noised reference", 4)]
     assert not records["reused"].any()
 
 
