@@ -141,3 +141,14 @@ def cli_imports(cwd: Path, *args: str, **env: str) -> tuple[subprocess.Completed
                           timeout=300)
     lines = proc.stderr.strip().splitlines()
     return proc, lines[-1] if lines else ""
+
+
+def batch_outputs(model, items, store, output_type: str = "latent") -> torch.Tensor:
+    """The outputs of one engine call for `items` (after the method's preparation into `store`), stacked in order:
+    final latents by default, so a method can be compared with golden latents of its original code."""
+    from styleprobe.run.engine import Engine
+
+    engine = Engine(model, batch_size=len(items), output_type=output_type)
+    engine.use(items[0].method, items[0].sampler)
+    items[0].method.prepare(engine, items, store)
+    return torch.stack([torch.as_tensor(o) for o in engine.run_batch(items)])

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import on_tiny
+from conftest import batch_outputs, on_tiny
 from safetensors import safe_open
 
 from styleprobe.data.prompt_sets import PromptSpec
@@ -58,14 +58,6 @@ def _items(model, reference, knobs, targets=TARGETS, seeds=(11, 12), patterns=("
     return items
 
 
-def _latents(model, items, store, output_type="latent") -> torch.Tensor:
-    engine = Engine(model, batch_size=len(items), output_type=output_type)
-    engine.use(items[0].method, items[0].sampler)
-    items[0].method.prepare(engine, items, store)
-    out = engine.run_batch(items)
-    return torch.stack([torch.as_tensor(o) for o in out])
-
-
 @pytest.mark.parametrize(
     "case, knobs, steps, guidance, targets",
     [
@@ -78,7 +70,7 @@ def _latents(model, items, store, output_type="latent") -> torch.Tensor:
 )
 def test_matches_the_original_code(case, knobs, steps, guidance, targets, tiny_model, neon, golden, tmp_path):
     items = _items(tiny_model, neon, knobs, targets, sampler={"steps": steps, "guidance": guidance})
-    ours = _latents(tiny_model, items, Store(tmp_path))
+    ours = batch_outputs(tiny_model, items, Store(tmp_path))
     theirs = golden[f"{case}/latents"][1:]  # row 0 is the reference sample
     assert ours.shape == theirs.shape
     torch.testing.assert_close(ours, theirs, atol=1e-3, rtol=1e-4)
@@ -118,8 +110,8 @@ def test_an_image_does_not_depend_on_its_batch(tiny_model, references, tmp_path)
                                        (references[0], "none", 5, TARGETS[1]), (references[1], "all", 3, TARGETS[0])]:
         mixed += _items(tiny_model, ref, {}, [target], [seed], [pattern], sampler)
     store = Store(tmp_path)
-    together = _latents(tiny_model, mixed, store, "np")
-    alone = torch.cat([_latents(tiny_model, [it], store, "np") for it in mixed])
+    together = batch_outputs(tiny_model, mixed, store, "np")
+    alone = torch.cat([batch_outputs(tiny_model, [it], store, "np") for it in mixed])
     assert (together - alone).abs().max() < 1e-4
     assert (alone[0] - alone[3]).abs().max() > 1e-2  # the two references really differ
 
@@ -128,7 +120,7 @@ def test_the_layer_pattern_selects_where_attention_is_shared(tiny_model, referen
     items = _items(tiny_model, references[2], {}, [TARGETS[0]] * 3, [0] * 3, ["none", "style", "all"], {"steps": 8})
     by_pattern = {}
     for it in items:
-        by_pattern[it.pattern.name] = _latents(tiny_model, [it], Store(tmp_path), "np")
+        by_pattern[it.pattern.name] = batch_outputs(tiny_model, [it], Store(tmp_path), "np")
     assert items[1].row["layers"] == '["up_blocks.0.attentions.1"]'  # attn1 sites, named like IP-Adapter's
     for a, b in (("none", "style"), ("style", "all"), ("none", "all")):
         assert (by_pattern[a] - by_pattern[b]).abs().max() > 1e-3, (a, b)
@@ -160,7 +152,7 @@ def test_methods_take_turns_on_one_pipeline(tiny_model, references, make_items, 
     sa = _items(tiny_model, references[1], {}, [TARGETS[0]], [0], ["all"], {"steps": 8})
     engine = Engine(tiny_model, output_type="np")
     first = engine.run_batch(ip)[0]
-    _latents(tiny_model, sa, Store(tmp_path), "np")
+    batch_outputs(tiny_model, sa, Store(tmp_path), "np")
     assert tiny_model.pipe.unet.encoder_hid_proj is None  # the adapter stood aside for StyleAligned
     assert abs(engine.run_batch(ip)[0] - first).max() == 0.0
 
@@ -303,8 +295,8 @@ def test_windows_switch_sharing_and_shared_norms_per_sample(tiny_model, referenc
                    windows=["full", [0.0, 0.5], [0.5, 1.0]])
     assert len(items) == 6  # shared norms: `none` differs per window
     store = Store(tmp_path)
-    together = _latents(tiny_model, items, store, "np")
-    alone = torch.cat([_latents(tiny_model, [it], store, "np") for it in items])
+    together = batch_outputs(tiny_model, items, store, "np")
+    alone = torch.cat([batch_outputs(tiny_model, [it], store, "np") for it in items])
     assert (together - alone).abs().max() < 1e-4
     by = {(it.pattern.name, it.window.name): a for it, a in zip(items, alone)}
     for a, b in ((("all", "0.00-1.00"), ("all", "0.00-0.50")), (("all", "0.00-0.50"), ("all", "0.50-1.00")),

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import cli_imports, on_tiny
+from conftest import batch_outputs, cli_imports, on_tiny
 from safetensors import safe_open
 
 from styleprobe.data.prompt_sets import PromptSpec
@@ -55,14 +55,6 @@ def _items(model, reference, knobs, targets=TARGETS, seeds=(0, 1), patterns=("up
     return items
 
 
-def _latents(model, items, store, output_type="latent") -> torch.Tensor:
-    engine = Engine(model, batch_size=len(items), output_type=output_type)
-    engine.use(items[0].method, items[0].sampler)
-    items[0].method.prepare(engine, items, store)
-    out = engine.run_batch(items)
-    return torch.stack([torch.as_tensor(o) for o in out])
-
-
 @pytest.fixture(scope="module")
 def neon(references) -> StyleReference:
     return StyleReference(references[0].image, "neon", "a circle", "neon glow")
@@ -101,7 +93,7 @@ def test_matches_the_original_code(case, steps, pattern, window, tiny_model, neo
         assert items[0].row["prompt_used"] == meta["target_prompt"]
         assert items[0].row["reference_prompt"] == meta["reference_prompt"]
     store = Store(tmp_path)
-    ours = _latents(tiny_model, items, store)
+    ours = batch_outputs(tiny_model, items, store)
     theirs = tensors[f"{case}/latents"][1:]  # row 0 is the reference row
     assert ours.shape == theirs.shape
     if case.startswith("real"):  # the reference row's latent at every step: the stochastic encoding, draw for draw
@@ -121,8 +113,8 @@ def test_an_image_does_not_depend_on_its_batch(knobs, tiny_model, references, tm
     ]:
         mixed += _items(tiny_model, ref, knobs, [target], [seed], [pattern], FAST, [window])
     store = Store(tmp_path)
-    together = _latents(tiny_model, mixed, store)
-    alone = torch.cat([_latents(tiny_model, [it], store) for it in mixed])
+    together = batch_outputs(tiny_model, mixed, store)
+    alone = torch.cat([batch_outputs(tiny_model, [it], store) for it in mixed])
     # float32 rounding changes with the batch size: one item twice in a batch differs from itself alone by ~4e-4
     # after 8 steps on this machine; a batch-mate leaking in would move an image by more than 1e-2
     assert (together - alone).abs().max() < 2e-3
@@ -134,7 +126,7 @@ def test_the_pattern_and_the_window_select_where_and_when_the_swap_acts(tiny_mod
     out = {}
     for pattern, window in cases:
         (item,) = _items(tiny_model, neon, {}, TARGETS[:1], [0], [pattern], FAST, [window])
-        out[(pattern, str(window))] = _latents(tiny_model, [item], Store(tmp_path))
+        out[(pattern, str(window))] = batch_outputs(tiny_model, [item], Store(tmp_path))
     values = list(out.values())
     for i in range(len(values)):
         for j in range(i + 1, len(values)):
@@ -175,7 +167,7 @@ def test_the_loop_rules_change_the_images(tiny_model, neon, tmp_path):
     for name, knobs in [("base", base), ("no_cal", {**base, "color_cal_window_size": 0}),
                         ("boost", {**base, "boost_steps": 2}), ("guided_ref", {**base, "reference_unguided": False})]:
         (item,) = _items(tiny_model, neon, knobs, TARGETS[:1], [0], sampler=FAST)
-        runs[name] = _latents(tiny_model, [item], Store(tmp_path))
+        runs[name] = batch_outputs(tiny_model, [item], Store(tmp_path))
     for name in ("no_cal", "boost", "guided_ref"):
         assert (runs[name] - runs["base"]).abs().max() > 1e-3, name
 
@@ -265,7 +257,7 @@ def test_nvqg_at_weight_0_is_vsp_and_above_it_adds_the_negative_pass(tiny_model,
     for name, knobs in [("vsp", {}), ("zero", {"nvqg_weight": 0.0, "nvqg_layers": "complement"}),
                         ("nvqg", {"nvqg_weight": 1.0}), ("half", {"nvqg_weight": 0.5})]:
         items = _items(tiny_model, neon, knobs, TARGETS[:1], [0], sampler=FAST)
-        images[name] = _latents(tiny_model, items, Store(tmp_path))
+        images[name] = batch_outputs(tiny_model, items, Store(tmp_path))
         assert items[0].method.pipeline_rows(items) == (3 if knobs.get("nvqg_weight") else 2)
     assert torch.equal(images["vsp"], images["zero"])
     assert (images["nvqg"] - images["vsp"]).abs().max() > 1e-3

@@ -23,6 +23,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from styleprobe.errors import ConfigError
+
 if TYPE_CHECKING:  # torch is imported where it is used, so planning a sweep never waits for it
     import torch
     from PIL import Image
@@ -285,6 +287,24 @@ class ReferenceRowMethod:
 
     def batch_key(self, item: Any) -> tuple[Any, ...]:
         return (item.knobs,)
+
+    @staticmethod
+    def check_templates(knobs: Any, where: str) -> None:
+        """Both prompt templates fill (for `check_knobs`)."""
+        from styleprobe.methods.prompt_templates import check_template
+
+        for name in ("prompt_template", "reference_prompt_template"):
+            check_template(getattr(knobs, name), f"{where}.{name}")
+
+    @staticmethod
+    def check_switch_patterns(entry: Any, acts: str) -> None:
+        """Patterns must switch layers fully on or off (for `check_entry`): a reference-row layer has no strength.
+        `acts` says what the method does to a layer ("StyleAligned shares")."""
+        for pattern in entry.patterns:
+            odd = sorted({s for s in pattern.scales if s not in (0.0, 1.0)})
+            if odd:
+                raise ConfigError(f"pattern {pattern.name!r} gives scale {odd[0]:g} to a layer, but {acts} "
+                                  f"a layer or not; give such patterns as layers: [names]")
 
     def _reference_row(self, item: Any) -> ReferenceRow:
         raise NotImplementedError

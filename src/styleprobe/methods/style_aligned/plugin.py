@@ -38,7 +38,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from styleprobe.errors import ConfigError
 from styleprobe.methods.base import Method, MethodEntry, Parts, register
-from styleprobe.methods.prompt_templates import check_template
 from styleprobe.methods.reference_rows import ReferenceRow, ReferenceRowMethod
 from styleprobe.models.layers import LayerMap, Pattern
 
@@ -109,8 +108,7 @@ class StyleAligned(ReferenceRowMethod, Method):
             raise ConfigError(f"{where}: inversion_offset must be >= 0 and inversion_steps >= 1 (or null)")
         if knobs.reference_seed is not None and knobs.reference_seed < 0:
             raise ConfigError(f"{where}.reference_seed={knobs.reference_seed}; give a non-negative seed or null")
-        for name in ("prompt_template", "reference_prompt_template"):
-            check_template(getattr(knobs, name), f"{where}.{name}")
+        self.check_templates(knobs, where)
 
     def check_model(self, spec: Any, where: str) -> None:
         if spec.family != "sdxl":
@@ -137,11 +135,7 @@ class StyleAligned(ReferenceRowMethod, Method):
                 if knobs.inversion_offset + 1 > steps:
                     raise ConfigError(f"{where}.inversion_offset={knobs.inversion_offset} needs more than "
                                       f"{knobs.inversion_offset} steps; generation has {steps}")
-        for pattern in entry.patterns:
-            odd = sorted({s for s in pattern.scales if s not in (0.0, 1.0)})
-            if odd:
-                raise ConfigError(f"pattern {pattern.name!r} gives scale {odd[0]:g} to a layer, but StyleAligned shares "
-                                  f"a layer or not; give such patterns as layers: [names]")
+        self.check_switch_patterns(entry, "StyleAligned shares")
 
     def content_label_use(self, knobs: StyleAlignedKnobs) -> str:
         if "{content}" not in knobs.reference_prompt_template:

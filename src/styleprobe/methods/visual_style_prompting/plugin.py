@@ -47,7 +47,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from styleprobe.errors import ConfigError
 from styleprobe.methods.base import Method, MethodEntry, Parts, register
-from styleprobe.methods.prompt_templates import check_template
 from styleprobe.methods.reference_rows import ReferenceRow, ReferenceRowMethod
 
 if TYPE_CHECKING:  # torch is imported where it is used, so planning a sweep never waits for it
@@ -138,8 +137,7 @@ class VisualStylePrompting(ReferenceRowMethod, Method):
                               f"color_cal_window_size <= color_cal_start_t")
         if knobs.nvqg_layers not in NVQG_LAYERS:
             raise ConfigError(f"{where}.nvqg_layers={knobs.nvqg_layers!r}; choose one of {', '.join(NVQG_LAYERS)}")
-        for name in ("prompt_template", "reference_prompt_template"):
-            check_template(getattr(knobs, name), f"{where}.{name}")
+        self.check_templates(knobs, where)
 
     def check_model(self, spec: Any, where: str) -> None:
         if spec.family != "sdxl":
@@ -171,11 +169,7 @@ class VisualStylePrompting(ReferenceRowMethod, Method):
                 raise ConfigError(f"{where}: the guidance boost and negative visual query guidance act on "
                                   f"classifier-free guidance, which is off at guidance {sampler.guidance:g}; "
                                   f"set {where}.sampler.guidance above 1")
-        for pattern in entry.patterns:
-            odd = sorted({s for s in pattern.scales if s not in (0.0, 1.0)})
-            if odd:
-                raise ConfigError(f"pattern {pattern.name!r} gives scale {odd[0]:g} to a layer, but Visual Style "
-                                  f"Prompting swaps a layer or not; give such patterns as layers: [names]")
+        self.check_switch_patterns(entry, "Visual Style Prompting swaps")
 
     def effective_window(self, pattern: Any, knobs: VisualStylePromptingKnobs, window: Any) -> Any:
         """A `none` pattern swaps no layer, but the negative pass of NVQG still takes queries outside the pattern
@@ -277,7 +271,7 @@ class VisualStylePrompting(ReferenceRowMethod, Method):
         """Reference rows, the items, then (NVQG) a negative row per item, in one pipeline call."""
         import torch
 
-        from styleprobe.methods.reference_rows import ReferenceBatch, replay_latents
+        from styleprobe.methods.reference_rows import ReferenceBatch
         from styleprobe.methods.visual_style_prompting.guidance import StepRules, applied
         from styleprobe.methods.visual_style_prompting.swap import SwapPlan
 
@@ -312,17 +306,15 @@ class VisualStylePrompting(ReferenceRowMethod, Method):
         latents = batch.latents(engine, sampler, [it.seed for it in items], state.trajectories, 0)
         if n_neg:
             latents = torch.cat([latents, latents[n_refs:]])
-        replay = batch.replayed(state.trajectories)
+        replay = batch.replay_callback(state.trajectories, 0)
 
-        def follow(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-            out = kwargs["latents"]
-            for row, zts in replay.items():
-                out[row] = replay_latents(zts, 0, step).to(out.device, out.dtype)
-            if n_neg:  # a negative row is its image's latent again at every step
-                out[batch.size:] = out[n_refs:batch.size]
+        def follow_images(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            """The reference rows back on their trajectories; each negative row its image's latent again."""
+            out = replay(pipe, step, timestep, kwargs)["latents"] if replay else kwargs["latents"]
+            out[batch.size:] = out[n_refs:batch.size]
             return {"latents": out}
 
         with state.attention.use(plan), applied(engine.model.pipe, rules):
             images = engine.denoise(sampler, [r.caption for r in batch.refs] + prompts + prompts[:n_neg], latents,
-                                    callback_on_step_end=follow if (replay or n_neg) else None)
+                                    callback_on_step_end=follow_images if n_neg else replay)
         return images[n_refs:batch.size]
