@@ -79,6 +79,10 @@ KIND_ROLES: dict[str, MetricRole] = {
     "text_clip": MetricRole("text"),
     "leak_clip": MetricRole("leakage"),
     "toy_judge": MetricRole("style"),  # the toy world's judge: the output's style class is the reference's (a rate)
+    "quality_imagereward": MetricRole("quality"),  # preference and aesthetic scores of the output (and its prompt)
+    "quality_pickscore": MetricRole("quality"),
+    "quality_hps": MetricRole("quality"),
+    "quality_aesthetic": MetricRole("quality"),
 }
 
 

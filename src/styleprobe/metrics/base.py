@@ -130,6 +130,7 @@ class Scorer(ABC):
     #: Options every kind takes: they say what a number means, not how it is computed (so not in the identity).
     meaning_options: ClassVar[tuple[str, ...]] = ("role", "better")
     needs_content: ClassVar[bool] = False  # rows whose reference has no content label get no score
+    needs_prompt: ClassVar[bool] = False  # a score of the output for its prompt: rows without a prompt are refused
 
     def __init__(self, settings: ScorerSettings):
         unknown = sorted(set(settings.options) - set(self.option_names) - {"scorer", *self.meaning_options})
@@ -287,7 +288,8 @@ def register(cls: type[Scorer]) -> type[Scorer]:
 
 #: The modules whose scorers register themselves; imported on the first `registry()` call, not with the package, so
 #: that the toy model can use one scorer's network (`csd_model`) without importing every scorer.
-SCORER_MODULES = ("clip", "csd", "dino", "judge")
+SCORER_MODULES = ("clip", "csd", "dino", "judge", "quality.imagereward", "quality.pickscore", "quality.hps",
+                  "quality.aesthetic")
 
 
 def registry() -> Mapping[str, type[Scorer]]:

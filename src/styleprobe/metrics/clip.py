@@ -170,22 +170,27 @@ class _CLIPScorer(Scorer):
     def hub_files(self) -> list[Any]:
         return open_clip_files(self.model_name, self.pretrained, self.name)
 
+    def clip_weights(self) -> str:
+        """Which weights the CLIP model uses: the scoring stage's (a metric that has no toy-world model maps toy to tiny)."""
+        return self.settings.weights
+
     def _model_key(self) -> tuple[Any, ...]:
-        return ("open_clip", self.model_name, self.pretrained, self.settings.weights, str(self.settings.device),
+        return ("open_clip", self.model_name, self.pretrained, self.clip_weights(), str(self.settings.device),
                 str(self.settings.dtype))
 
     def clip(self) -> OpenCLIP:
         def build() -> OpenCLIP:
             device, dtype = self.settings.torch_device, self.settings.torch_dtype
-            if self.settings.weights == "tiny":
+            weights = self.clip_weights()
+            if weights == "tiny":
                 from styleprobe.metrics.tiny_scorers import tiny_open_clip
 
                 return OpenCLIP.load(*tiny_open_clip(), device).to(dtype)
-            if self.settings.weights == "toy":
+            if weights == "toy":
                 from styleprobe.models.toy.assemble import toy_open_clip
 
                 return OpenCLIP.load(*toy_open_clip(), device).to(dtype)
-            pretrained = None if self.settings.weights == "random" else self.pretrained
+            pretrained = None if weights == "random" else self.pretrained
             return OpenCLIP.load(self.model_name, pretrained, device).to(dtype)
 
         return shared_model(self._model_key(), build)

@@ -10,8 +10,6 @@ the tiny stand-ins (`tiny.py`) both build on it. The architectures (`ARCHS`) and
 from __future__ import annotations
 
 import logging
-import pickle
-import re
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,9 @@ from torch import nn
 
 from styleprobe.errors import ConfigError
 from styleprobe.metrics.csd_arch import ARCHS, HUB_FILENAME, HUB_REPO, CSDArch
+from styleprobe.metrics.safe_load import read_weights, refused_global, tensor_dict
+
+__all__ = ["ARCHS", "CSDModel", "load_csd", "read_checkpoint", "refused_global", "save_checkpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -49,23 +50,6 @@ class CSDModel(nn.Module):
         return nn.functional.normalize(feature @ self.last_layer_style, dim=1, p=2)
 
 
-def _checkpoint_globals() -> list[Any]:
-    """The only non-tensor globals the published `checkpoint.pth` may hold besides torch's own: its training state
-    (numpy scalars and dtypes, the argparse Namespace of the training run). Each builds plain data; none runs code.
-
-    numpy scalars pickled by numpy 1.x name `numpy.core.multiarray.scalar`, by numpy 2.x `numpy._core...`: both map
-    to the one function.
-    """
-    import argparse
-
-    import numpy as np
-
-    scalar = np._core.multiarray.scalar if hasattr(np, "_core") else np.core.multiarray.scalar
-    dtypes = [type(np.dtype(t)) for t in (np.float64, np.float32, np.float16, np.int64, np.int32, np.bool_)]
-    return [argparse.Namespace, np.dtype, *dtypes, (scalar, "numpy.core.multiarray.scalar"),
-            (scalar, "numpy._core.multiarray.scalar")]
-
-
 def save_checkpoint(state: dict[str, torch.Tensor], path: Path) -> None:
     """A CSDModel state in CSD's training-checkpoint format (`model_state_dict`, `module.` prefixes), as `load_csd`
     reads the published file."""
@@ -76,56 +60,16 @@ def save_checkpoint(state: dict[str, torch.Tensor], path: Path) -> None:
 def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """CSD's state dict from `checkpoint.pth` / `pytorch_model.bin`: `model_state_dict` taken, `module.` stripped.
 
-    Loaded with `weights_only=True` and an allow-list of the harmless globals the published file holds
-    (`_checkpoint_globals`): a file that needs anything else, e.g. a crafted pickle that would run code, is
-    refused with one line naming what it asks for, before anything in it runs. Fails with one line when the file is
-    not a CSD checkpoint.
+    Read by `safe_load.read_weights`: weights-only, with an allow-list of the harmless globals the published file
+    holds (the training run's numpy scalars and argparse Namespace); a file that needs anything else, e.g. a crafted
+    pickle that would run code, is refused with one line naming what it asks for, before anything in it runs.
+    Fails with one line when the file is not a CSD checkpoint.
     """
-    try:
-        with torch.serialization.safe_globals(_checkpoint_globals()):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        asked = refused_global(str(err))
-        if asked is None:  # not a pickle that asks for code: a damaged or foreign file
-            raise ConfigError(f"CSD checkpoint {path} cannot be read (not a torch checkpoint); is it CSD's checkpoint.pth?") from err
-        raise ConfigError(
-            f"CSD checkpoint {path} needs more than tensors and plain training state to load (it asks for {asked}); "
-            f"styleprobe does not run code from checkpoints: download CSD's checkpoint.pth or {HUB_REPO}/{HUB_FILENAME} again"
-        ) from err
-    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same one-line error
-        why = str(err).strip().splitlines()[0][:120] if str(err).strip() else ""
-        raise ConfigError(f"CSD checkpoint {path} cannot be read ({type(err).__name__}: {why}); is it CSD's checkpoint.pth?") from err
-    state = obj.get("model_state_dict", obj) if isinstance(obj, dict) else None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ConfigError(
-            f"CSD checkpoint {path} holds no state dict (expected a dict with 'model_state_dict'); "
-            f"download CSD's checkpoint.pth or {HUB_REPO}/{HUB_FILENAME}"
-        )
+    fix = f"download CSD's checkpoint.pth or {HUB_REPO}/{HUB_FILENAME} again"
+    obj = read_weights(path, "CSD checkpoint", fix)
+    state = tensor_dict(obj, "CSD checkpoint", path, f"download CSD's checkpoint.pth or {HUB_REPO}/{HUB_FILENAME}",
+                        "model_state_dict")
     return {k.removeprefix("module."): v for k, v in state.items()}
-
-
-#: How torch's weights-only unpickler (torch/_weights_only_unpickler.py) words a refusal that names what the pickle
-#: asks for: a global outside its allow-list (with `builtins.` left off), a global of a blocked module (os, posix,
-#: nt, sys), a class it may not instantiate or build, a function it may not call, a type that needs a torch module.
-_NOT_ALLOWED = re.compile(r"Unsupported global: GLOBAL (\S+) was not an allowed global")
-_REFUSALS = (
-    _NOT_ALLOWED,
-    re.compile(r"unsupported GLOBAL (\S+) whose module \S+ is blocked"),
-    re.compile(r"Can only (?:create new object|build) .* but got <class '([^']+)'>"),
-    re.compile(r"call reduce for unrecognized function (.+?)(?: which belongs to |$)", re.MULTILINE),
-    re.compile(r"((?:``\S+``(?: and )?)+) must be imported to load"),
-)
-
-
-def refused_global(message: str) -> str | None:
-    """What a checkpoint's pickle asked for, from torch's refusal `message`; None when torch named nothing (the file is
-    damaged, or not a pickle at all). Torch words `builtins.eval` as `GLOBAL eval`: the module is put back."""
-    for pattern in _REFUSALS:
-        found = pattern.search(message)
-        if found:
-            name = found.group(1).replace("``", "").strip()
-            return f"builtins.{name}" if pattern is _NOT_ALLOWED and "." not in name else name
-    return None
 
 
 #: CSD's content head: the projection matrix, or the MLP of CSD's `content_proj_head=custom` training. Not part of the

@@ -90,3 +90,70 @@ class Preprocess:
 
 CLIP = Preprocess(resize=224, crop=224, mean=CLIP_MEAN, std=CLIP_STD)
 DINO = Preprocess(resize=256, crop=224, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+
+
+@dataclass(frozen=True)
+class ResizeLongest:
+    """HPS v2's evaluation transform (tgxs002/HPSv2 866735e, hpsv2/src/open_clip/transform.py: `image_transform` with
+    `resize_longest_max=True`, as `create_model_and_transforms(..., light_augmentation=True)` builds `preprocess_val`):
+    ToTensor first, then the float image resized so its longer side is `size` (bicubic, on the float tensor: no 8-bit
+    rounding; antialiased, torchvision's default since 0.17), zero-padded to a square (`ResizeMaxSize`), normalised.
+
+    One definition, two runners as for `Preprocess`: per image on the CPU (`__call__`), or batched by image size on the
+    scoring device (`tensors`); both are the same tensor ops, so they agree to float rounding.
+    """
+
+    size: int
+    mean: tuple[float, float, float] = CLIP_MEAN
+    std: tuple[float, float, float] = CLIP_STD
+    interpolation: str = "bicubic"
+
+    @property
+    def resize(self) -> int:  # for reports that name a preprocessing by its sizes
+        return self.size
+
+    @property
+    def crop(self) -> int:
+        return self.size
+
+    def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        import torch
+        from torchvision.transforms import functional as F
+
+        return torch.stack([self._batch(F.to_tensor(im.convert("RGB"))[None])[0] for im in images])
+
+    def tensors(self, images: Sequence[Image.Image], device: torch.device | str = "cpu") -> torch.Tensor:
+        import torch
+        from torchvision.transforms.v2 import functional as F
+
+        decoded = [F.pil_to_tensor(im if im.mode == "RGB" else im.convert("RGB")) for im in images]
+        out = torch.empty((len(decoded), 3, self.size, self.size), dtype=torch.float32, device=device)
+        by_size: dict[tuple[int, ...], list[int]] = {}
+        for i, t in enumerate(decoded):
+            by_size.setdefault(tuple(t.shape), []).append(i)
+        for idx in by_size.values():
+            batch = torch.stack([decoded[i] for i in idx]).to(device, non_blocking=True).float() / 255.0
+            out[torch.tensor(idx, device=device)] = self._batch(batch)
+        return out
+
+    def _batch(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) floats in [0, 1] of one size -> (N, 3, size, size), normalised."""
+        import torch
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms import functional as F
+
+        height, width = pixels.shape[-2:]
+        scale = self.size / float(max(height, width))
+        new = [height, width]
+        if scale != 1.0:
+            new = [round(height * scale), round(width * scale)]
+            pixels = F.resize(pixels, new, InterpolationMode(self.interpolation), antialias=True)
+        pad_h, pad_w = self.size - new[0], self.size - new[1]
+        if pad_h or pad_w:  # HPS pads only after a resize; an unresized non-square image would not fit its model
+            pixels = F.pad(pixels, [pad_w // 2, pad_h // 2, pad_w - pad_w // 2, pad_h - pad_h // 2], fill=0)
+        mean = torch.tensor(self.mean, device=pixels.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=pixels.device).view(1, 3, 1, 1)
+        return (pixels - mean) / std
+
+
+HPS = ResizeLongest(224)
