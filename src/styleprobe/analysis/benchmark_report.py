@@ -51,6 +51,13 @@ def build(
     unit_words = f"{units} cells of " + " x ".join(c.removesuffix("_digest") for c in bs.unit)
     figure_out("trade-offs", "benchmark_tradeoffs",
                lambda: figures.benchmark_tradeoff(table, points, bs.style_metric, others, unit_words))
+    quality = quality_metrics(table, metrics)
+    quality_points = bench.tradeoffs(summary, bs.style_metric, quality) if quality else pd.DataFrame()
+    if quality:
+        table_out("benchmark_quality", quality_points)
+        figure_out("style vs quality", "benchmark_quality",
+                   lambda: figures.benchmark_tradeoff(table, quality_points, bs.style_metric, quality, unit_words,
+                                                      "style vs quality"))
     figure_out("image grid", "benchmark_grid", lambda: figures.benchmark_grid(table, order, bs.grid_prompt, bs.grid_seed))
     records = bench.preparation_records(dirs)
     costs = bench.cost_table(table, records)
@@ -59,7 +66,13 @@ def build(
     table_out("benchmark_published", published)
     recipes = bench.departures(table, bs)
     table_out("benchmark_recipes", recipes)
-    return _markdown(table, dirs, settings, report, order, reference, summary, points, costs, records, published, recipes)
+    return _markdown(table, dirs, settings, report, order, reference, summary, points, costs, records, published, recipes,
+                     quality_points)
+
+
+def quality_metrics(table: pd.DataFrame, metrics: list[str]) -> list[str]:
+    """The scored columns whose role is image quality (ImageReward, PickScore, HPS, aesthetic), in table order."""
+    return [m for m in metrics if metric_role(table, m).role == "quality" and table[m].notna().any()]
 
 
 def _ci(mean: float, low: float, high: float, signed: bool = False) -> str:
@@ -80,7 +93,7 @@ def _seconds(x: float) -> str:
 def _markdown(
     table: pd.DataFrame, dirs: list[Path], settings: "AnalysisSettings", report: "Report", order: list[str],
     reference: str, summary: pd.DataFrame, points: pd.DataFrame, costs: pd.DataFrame, records: pd.DataFrame,
-    published: pd.DataFrame, recipes: pd.DataFrame,
+    published: pd.DataFrame, recipes: pd.DataFrame, quality_points: pd.DataFrame | None = None,
 ) -> str:
     bs, boot = settings.benchmark, settings.bootstrap
     metrics = list(dict.fromkeys(summary["metric"]))
@@ -137,14 +150,20 @@ def _markdown(
         n = wide.loc[(name, metrics[0]), "n_paired"] if (name, metrics[0]) in wide.index else np.nan
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {'n/a' if pd.isna(n) else int(n)} |")
     lines += ["", "## Trade-offs and the Pareto front", ""]
-    for metric in (m for m in (bs.text_metric, bs.leak_metric) if f"front_{m}" in points):
-        front = list(points.loc[points[f"front_{metric}"], bench.CONTENDER])
+    quality_points = pd.DataFrame() if quality_points is None else quality_points
+    fronts = [(points, m) for m in (bs.text_metric, bs.leak_metric) if f"front_{m}" in points]
+    fronts += [(quality_points, c.removeprefix("front_")) for c in quality_points.columns if c.startswith("front_")]
+    for frame, metric in fronts:
+        front = list(frame.loc[frame[f"front_{metric}"], bench.CONTENDER])
         goal = {1: f"more {metric}", -1: f"less {metric}"}.get(bench.direction(summary, metric), f"more {metric}")
         lines.append(f"- {bs.style_metric} vs {metric}: on the front (no contender has more style and {goal} at once): "
                      + (", ".join(f"**{c}**" for c in front) or "none"))
     lines += ["", "The front is taken on the point estimates; read each point's CI bars in the figure before calling "
               "a contender dominated.", ""]
-    lines += _figure_links(report, ("benchmark_tradeoffs", "benchmark_grid"))
+    if not quality_points.empty:
+        lines += ["Style against image quality (the quality metrics' own panels): does a contender's style cost "
+                  "quality?", ""]
+    lines += _figure_links(report, ("benchmark_tradeoffs", "benchmark_quality", "benchmark_grid"))
     lines += ["## Cost", "",
               "From this folder's own measurements: each row's generation seconds (its batch's wall time shared out) and "
               "peak GPU memory, and the per-reference preparation each contender's rows need (DDIM inversion, LoRA "

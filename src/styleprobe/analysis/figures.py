@@ -568,6 +568,7 @@ def _missing(what: str, lacking: str, fix: str) -> Exception:
 @paper
 def benchmark_tradeoff(
     table: pd.DataFrame, points: pd.DataFrame, style_metric: str, others: Sequence[str], unit_words: str = "",
+    what: str = "trade-offs",
 ) -> Figure:
     """Style similarity against each other metric: one point per contender with CIs on both axes, its Pareto front.
 
@@ -579,7 +580,7 @@ def benchmark_tradeoff(
 
     if points.empty:
         raise AnalysisError("benchmark trade-off: no contender has every metric of the figure; score the table first")
-    fig = _figure(3.9)
+    fig = _figure(3.9) if len(others) <= 2 else _figure(3.9, width=min(14.0, 3.6 * len(others)))
     axes = fig.subplots(1, len(others), squeeze=False)[0]
     colors = _contender_colors(list(points[CONTENDER]))
     for ax, metric in zip(axes, others):
@@ -603,7 +604,7 @@ def benchmark_tradeoff(
     handles = [Line2D([], [], marker="o", linestyle="", markersize=4.5, color=c, label=n) for n, c in colors.items()]
     fig.legend(handles=handles, loc="outside lower center", ncols=min(3, len(points)), frameon=False,
                title="contender (filled: on that panel's Pareto front, joined by the dashed line)")
-    fig.suptitle(_title(table, f"Method benchmark: trade-offs (means, CIs over {unit_words or 'units'})"))
+    fig.suptitle(_title(table, f"Method benchmark: {what} (means, CIs over {unit_words or 'units'})"))
     return fig
 
 

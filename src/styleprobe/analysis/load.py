@@ -203,10 +203,14 @@ METRIC_KINDS: dict[str, str] = {
     "leak_margin": "difference of cosines",
     "leak_free": "rate: share of images",
     **dict.fromkeys(("judge_style", "judge_shape", "judge_leak"), "rate: share of images"),
+    "quality_imagereward": "standardised reward",
+    "quality_pickscore": "logit scale x cosine",
+    "quality_hps": "cosine",
+    "quality_aesthetic": "rating, 1-10 scale",
 }
 
 #: The parts of a scorer's name that say whose findings its numbers are: a figure states them once, in its title.
-DISCLAIMER = re.compile(r"\s*\((?:findings about the toy[^)]*|machinery check[^)]*|timing only[^)]*)\)")
+DISCLAIMER = re.compile(r"\s*\((?:findings about the toy[^)]*|machinery check[^)]*|timing only[^)]*|not about image quality)\)")
 
 
 def metric_kind(table: pd.DataFrame, metric: str) -> str:

@@ -176,6 +176,19 @@ def unscored(store: Store, scorers: list[Any], keys: set[str]) -> list[Any]:
     return out
 
 
+def check_prompts(scorers: Iterable[Any], keys: list[str], prompts: list[Any], where: str) -> None:
+    """A metric that scores an image for its prompt (ImageReward, PickScore, HPS) refuses rows without one, before any
+    model is loaded: one line naming the metric, how many rows and the fix."""
+    empty = [k for k, p in zip(keys, prompts, strict=True) if not isinstance(p, str) or not p.strip()]
+    needing = [s.name for s in scorers if getattr(s, "needs_prompt", False)]
+    if empty and needing:
+        raise ConfigError(
+            f"{', '.join(needing)} score{'s' if len(needing) == 1 else ''} each image for its prompt, but {len(empty)} "
+            f"of {len(keys)} rows of {where} have none (e.g. {empty[0]}); fill in their prompt column or leave "
+            f"{'that metric' if len(needing) == 1 else 'those metrics'} out (metrics=[...])"
+        )
+
+
 def scorer_files(scorers: Iterable[Any]) -> list[Any]:
     """Every weights file these scorers read (`models.files.ModelFile`s), for `models.files.check_found`."""
     return [f for s in scorers for f in s.needed_files()]
@@ -235,6 +248,10 @@ def plan(
         return ScoringPlan(scorers, pd.DataFrame(columns=columns), pending, {}, batch_size, weights)
     rows = store.rows_table() if rows is None else rows
     todo = rows[rows.key.isin(needed)].sort_values("key").reset_index(drop=True)
+    prompted = [s for s in scorers if getattr(s, "needs_prompt", False) and pending[s.name]]
+    if prompted:
+        wanted = todo[todo.key.isin(set().union(*(pending[s.name] for s in prompted)))]
+        check_prompts(prompted, list(wanted.key), list(wanted.prompt), str(store.rows))
     references: dict[str, Path] = {}
     for digest, ref in todo.groupby("reference_digest")["reference"].first().items():
         path = store.reference_copy(str(digest)) or Path(str(ref))

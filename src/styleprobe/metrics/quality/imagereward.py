@@ -23,7 +23,6 @@ from styleprobe.metrics.base import ScoreBatch, ScorerSettings, inference_mode, 
 from styleprobe.metrics.quality.base import QualityScorer, prompts_of
 
 if TYPE_CHECKING:
-    import torch
 
     from styleprobe.metrics.quality.blip import ImageRewardModel
 

@@ -8,8 +8,9 @@ images; logit_scale.exp() is 100 in the published model). Softmax over a prompt'
 probabilities; styleprobe keeps the score, one per (image, prompt).
 
 Images are preprocessed by styleprobe's `Preprocess` built from the processor's own settings (so a batch shares one
-preprocessing with the other CLIP-preprocessed metrics, and runs on the device on a GPU); a test bounds its
-difference from the processor's. Code MIT (the repository's LICENSE); the model card states no license.
+preprocessing with the other CLIP-preprocessed metrics, and runs on the device on a GPU). It equals the processor's
+PIL backend, which the README's transformers 4 ran, bit for bit (tested); transformers 5 loads a torchvision backend
+by default, whose resize differs by up to 0.03 in normalised pixels. Code MIT (the repository's LICENSE); the model card states no license.
 """
 
 from __future__ import annotations

@@ -85,7 +85,13 @@ def _build_imagereward(folder: Path) -> None:
     import torch
     from transformers import BertTokenizer
 
-    from styleprobe.metrics.quality.blip import VIT_ARCHS, ImageRewardModel, TextConfig, med_config_dict, save_imagereward
+    from styleprobe.metrics.quality.blip import (
+        VIT_ARCHS,
+        ImageRewardModel,
+        TextConfig,
+        med_config_dict,
+        save_imagereward,
+    )
 
     tokenizer_dir = folder / "bert-base-uncased"
     tokenizer_dir.mkdir(parents=True)
