@@ -44,11 +44,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_engine import PeakRSS, cpu_name, maxrss_bytes  # noqa: E402 - helpers of the sibling benchmark
 
 
-def default_metrics() -> list[str]:
-    """The metric names of experiments/metrics/default.yaml's defaults list."""
+def group_metrics(group: str) -> list[str]:
+    """The metric names of a metric group's defaults list (experiments/metrics/default.yaml, quality.yaml)."""
     from omegaconf import OmegaConf
 
-    return [str(x) for x in OmegaConf.to_container(OmegaConf.load(METRICS_DIR / "default.yaml"))["defaults"]]
+    return [str(x) for x in OmegaConf.to_container(OmegaConf.load(METRICS_DIR / f"{group}.yaml"))["defaults"]]
+
+
+def default_metrics() -> list[str]:
+    return group_metrics("default")
+
+
+GROUPS = ("default", "quality")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,7 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(default: random)")
     p.add_argument("--metrics", default="default",
                    help="comma-separated names of experiments/metrics/*.yaml; 'default' expands to default.yaml's list "
-                        "(style_clip,style_dino,style_csd,text_clip,leak_clip,ref_dinov2), e.g. 'default,style_clip_vit_h'")
+                        "(style_clip,style_dino,style_csd,text_clip,leak_clip,ref_dinov2) and 'quality' quality.yaml's "
+                        "(ImageReward, PickScore, HPS v2.1, LAION aesthetic), e.g. 'default,quality'")
     p.add_argument("--batch-sizes", default="1,8,32", help="comma-separated batch sizes (default 1,8,32)")
     p.add_argument("--n-images", type=int, default=32,
                    help="images per measurement: ceil(N / batch size) calls, at least one (default 32)")
@@ -78,7 +86,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--references must be 1 to 4 (builtin:shapes has 4)")
     names: list[str] = []
     for name in (s.strip() for s in args.metrics.split(",") if s.strip()):
-        for n in default_metrics() if name == "default" else [name]:
+        for n in group_metrics(name) if name in GROUPS else [name]:
             if not (METRICS_DIR / f"{n}.yaml").is_file():
                 known = sorted(f.stem for f in METRICS_DIR.glob("*.yaml"))
                 p.error(f"no metric {n!r}: not in {METRICS_DIR} ({', '.join(known)})")

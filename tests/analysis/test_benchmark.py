@@ -393,7 +393,8 @@ def benchmark_run(tmp_path_factory, tiny_model):
     registry()[CopyReference.name] = CopyReference
     try:
         root = tmp_path_factory.mktemp("benchmark")
-        cfg = _cfg(root, "+method.copy_reference={patterns: [all]}", "data.prompts=builtin:objects")
+        cfg = _cfg(root, "+method.copy_reference={patterns: [all]}", "data.prompts=builtin:objects",
+                   "metrics=[default,quality]")  # the quality scores too, on their tiny stand-ins
         first = run(cfg)
         artefacts = {p: p.stat().st_mtime_ns for p in (first.results_dir / "artefacts").rglob("*") if p.is_file()}
         again = run(cfg)
@@ -426,10 +427,20 @@ def test_the_report_has_every_part(benchmark_run):
     assert "steps 4 (source: 30)" in row and "negative_prompt none (source: monochrome, lowres, bad anatomy, ...)" in row
     assert "`optimizer` (B-LoRA): bitsandbytes'" in text and "tiny model checks machinery" in text
     assert "| copy_reference: all |" in text and "no recipe recorded" in text
-    for name in ("benchmark_tradeoffs", "benchmark_grid"):
+    for name in ("benchmark_tradeoffs", "benchmark_quality", "benchmark_grid"):
         assert (out / "figures" / f"{name}.png").stat().st_size > 10_000 and (out / "figures" / f"{name}.pdf").is_file()
-    for name in ("benchmark_methods", "benchmark_tradeoffs", "benchmark_costs", "benchmark_published", "benchmark_recipes"):
+    for name in ("benchmark_methods", "benchmark_tradeoffs", "benchmark_quality", "benchmark_costs", "benchmark_published",
+                 "benchmark_recipes"):
         assert (out / "tables" / f"{name}.csv").is_file()
+    # the quality scores: in the method table with their role, each with its style-vs-quality front
+    for m in ("quality_imagereward", "quality_pickscore", "quality_hps", "quality_aesthetic"):
+        assert f"- `{m}`: {m} (tiny random" in text and "measures image quality, higher is better" in text, m
+        assert f"- style_csd vs {m}: on the front" in text, m
+    quality = pd.read_csv(out / "tables" / "benchmark_quality.csv")
+    assert {"front_quality_hps", "quality_hps_mean", "quality_hps_low"} <= set(quality.columns)
+    published = pd.read_csv(out / "tables" / "benchmark_published.csv")
+    image_reward = published[published.their_metric == "ImageReward"]
+    assert (image_reward.metric == "quality_imagereward").all() and image_reward.ours.notna().any()
     assert "Paired difference to **InstantStyle style (subtraction=0.0)**" in text
     assert "B-LoRA" in text and "StyleAligned" in text and "a bicycle leaning against a wall in [v] style" in text
 

@@ -169,6 +169,55 @@ def test_bad_scoring_input_is_a_clear_error(scored_sweep, tmp_path):
         scoring.run(_score_cfg(store.root))
 
 
+QUALITY_METRICS = ["quality_imagereward", "quality_pickscore", "quality_hps", "quality_aesthetic"]
+
+
+def test_the_quality_group_scores_only_its_four_metrics(scored_sweep, tmp_path):
+    store = _copy(scored_sweep, tmp_path)
+    result = scoring.run(_score_cfg(store.root, "metrics=[default,quality]"))
+    assert result.scored == {**{m: 0 for m in DEFAULT_METRICS}, **{m: 4 for m in QUALITY_METRICS}}
+    table = store.table()
+    for m in QUALITY_METRICS:
+        assert table[m].notna().all() and table[f"{m}_model"].str.startswith("tiny random").all(), m
+        assert store.metric_roles(m) == {m: "quality:higher"}
+        assert store.metric_identity(m)["reference"]  # the reference code it follows
+    assert table.quality_imagereward.nunique() > 1
+
+
+def test_prompt_scores_refuse_rows_without_a_prompt_before_loading(scored_sweep, tmp_path):
+    store = _copy(scored_sweep, tmp_path)
+    for path in store.row_files():
+        rows = pd.read_parquet(path)
+        rows.loc[rows.index[0], "prompt"] = ""
+        rows.to_parquet(path)
+    loads = metrics_base.LOAD_COUNT["n"]
+    with pytest.raises(ConfigError, match=r"quality_imagereward, quality_hps score each image for its prompt, but \d+ of "
+                                          r"4 rows .* have none .*fill in their prompt column or leave those metrics out"):
+        scoring.run(_score_cfg(store.root, "metrics=[quality_imagereward,quality_hps,quality_aesthetic]"))
+    assert metrics_base.LOAD_COUNT["n"] == loads and not store.score_files("quality_aesthetic")
+    assert scoring.run(_score_cfg(store.root, "metrics=[quality_aesthetic]")).scored == {"quality_aesthetic": 4}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "quality"),
+    [
+        (["model=sdxl", "experiment=benchmark"], True),  # real models: the benchmark scores quality by default
+        (["model=sd15", "experiment=benchmark"], True),
+        (["model=sdxl"], False),  # probes do not
+        (["model=toy", "experiment=benchmark"], False),  # the toy keeps its judge-based set
+        (["model=tiny", "experiment=benchmark"], False),
+        (["model=tiny", "experiment=benchmark", "metrics=[default,quality]"], True),  # unless asked
+        (["model=sdxl", "experiment=benchmark", "metrics=[default]"], False),  # an explicit list wins
+    ],
+)
+def test_quality_is_on_in_the_benchmark_on_real_models_only(overrides, quality):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    names = list(cfg.metrics)
+    assert all((m in names) == quality for m in QUALITY_METRICS), names
+    assert ("judge_style" in names) == ("model=toy" in overrides)
+
+
 def test_weights_follow_the_generating_model():
     assert scoring.resolve_weights("auto", ["tiny:stable-diffusion-xl-base"]) == "tiny"
     assert scoring.resolve_weights("auto", ["stabilityai/stable-diffusion-xl-base-1.0"]) == "hub"
