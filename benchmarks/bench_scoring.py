@@ -183,6 +183,10 @@ def preprocess_of(scorer: Any) -> Any:
 
 
 def preprocess_name(pre: Any) -> str:
+    from styleprobe.metrics.preprocess import ResizeLongest
+
+    if isinstance(pre, ResizeLongest):  # HPS's: the longer side, on the float tensor, then padding
+        return f"longer side {pre.size} {pre.interpolation} (float), pad {pre.size}, mean {tuple(round(m, 3) for m in pre.mean)}"
     return f"resize {pre.resize} {pre.interpolation}, crop {pre.crop}, mean {tuple(round(m, 3) for m in pre.mean)}"
 
 
@@ -387,6 +391,17 @@ def main(argv: list[str] | None = None) -> int:
                 r["speedup_vs_sum_of_separate"] = separate / r["seconds_per_image"]
             results["together"] = {"metrics": [s.name for s in scorers], "shared_models": groups, "batch_sizes": per_b}
 
+            # the default set alone, in the same process: what the added metrics (e.g. the quality group) cost on top
+            default = [s for s in scorers if s.name in default_metrics()]
+            if len(default) == len(default_metrics()) < len(scorers):
+                print(f"together: the default set only ({len(default)} metrics)", flush=True)
+                per_d = sweep("together/default", together_call(default, inputs), batch_sizes, args.n_images,
+                              args.repeats, device)
+                add_speedups(per_d, base)
+                for key, r in per_d.items():
+                    r["all_vs_default_seconds_ratio"] = per_b[key]["seconds_per_image"] / r["seconds_per_image"]
+                results["together_default"] = {"metrics": [s.name for s in default], "batch_sizes": per_d}
+
             # the same, with preprocessing as batched tensor ops on the scoring device (scoring.preprocess=tensor)
             print("together, tensor preprocessing on the scoring device", flush=True)
             for s in scorers:  # fill the reference caches of the tensor path
@@ -435,6 +450,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'sum of separate (images/s)':34s}" + "".join(f"{t[str(b)]['sum_of_separate_images_per_s']:16.3g}" for b in batch_sizes))
         row(f"together ({len(scorers)} in one ScoreBatch)", t)
         print(f"{'together vs sum of separate':34s}" + "".join(f"{t[str(b)]['speedup_vs_sum_of_separate']:15.2f}x" for b in batch_sizes))
+    if "together_default" in results:
+        d = results["together_default"]["batch_sizes"]
+        row(f"together, default set only ({len(results['together_default']['metrics'])})", d)
+        print(f"{'all / default set (s per image)':34s}" + "".join(f"{d[str(b)]['all_vs_default_seconds_ratio']:15.2f}x" for b in batch_sizes))
     print(f"preprocessing alone (resize, crop, normalise the {args.image_size}px outputs), timed right after each metric:")
     for name, m in results["metrics"].items():
         if m["preprocess"] is None:

@@ -267,8 +267,9 @@ print(json.dumps(seen))
 
 @pytest.mark.parametrize(
     "overrides",
-    [["model=tiny"], ["model=tiny", "scoring.weights=hub", "scoring.dtype=bfloat16"]],
-    ids=["tiny-float32", "hub-bfloat16"],
+    [["model=tiny"], ["model=tiny", "scoring.weights=hub", "scoring.dtype=bfloat16"],
+     ["model=tiny", "metrics=[default,quality]"], ["model=sdxl", "experiment=benchmark"]],
+    ids=["tiny-float32", "hub-bfloat16", "tiny-quality", "sdxl-benchmark"],
 )
 def test_planning_the_scorers_imports_no_torch_and_keeps_their_identities(overrides):
     """A sweep's plan and resume check build the scorers and read their identities in a process that never imports
@@ -292,7 +293,8 @@ def test_planning_the_scorers_imports_no_torch_and_keeps_their_identities(overri
     dtype = getattr(torch, str(cfg.scoring.dtype))
     here = build_scorers(scoring.metric_configs(cfg), device, weights, scoring.preprocess_on_device("auto", device), dtype)
     assert planned == {s.name: [s.identity(), list(s.columns), s.model_column, s.describe_model()] for s in here}
-    assert sorted(planned) == sorted(DEFAULT_METRICS)
+    quality = "quality" in " ".join(overrides) or "experiment=benchmark" in overrides
+    assert sorted(planned) == sorted(DEFAULT_METRICS + (QUALITY_METRICS if quality else []))
     for identity, *_, model in planned.values():
         if dtype == torch.float32:
             assert "dtype" not in identity and " in " not in model

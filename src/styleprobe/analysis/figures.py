@@ -580,8 +580,12 @@ def benchmark_tradeoff(
 
     if points.empty:
         raise AnalysisError("benchmark trade-off: no contender has every metric of the figure; score the table first")
-    fig = _figure(3.9) if len(others) <= 2 else _figure(3.9, width=min(14.0, 3.6 * len(others)))
-    axes = fig.subplots(1, len(others), squeeze=False)[0]
+    cols = min(len(others), 2)  # two panels a row: more (the quality scores) wrap onto further rows
+    rows = -(-len(others) // cols)
+    fig = _figure(3.9 * rows if rows == 1 else 3.2 * rows + 1.2)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for spare in axes[len(others):]:
+        spare.set_visible(False)
     colors = _contender_colors(list(points[CONTENDER]))
     for ax, metric in zip(axes, others):
         for _, p in points.iterrows():
@@ -597,7 +601,7 @@ def benchmark_tradeoff(
                     drawstyle="steps-post" if metric_role(table, metric).sign >= 0 else "steps-pre", zorder=0)
         role = metric_role(table, metric)
         better = f"{role.better} is better" if role.has_direction else "no better side"
-        ax.set_xlabel(_label(table, style_metric, "", 44) + " (higher is better)")
+        ax.set_xlabel(_label(table, style_metric, "", 44) + "\n(higher is better)")
         ax.set_ylabel(_label(table, metric, "", 32) + f"\n({better})")
     from matplotlib.lines import Line2D
 

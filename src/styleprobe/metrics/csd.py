@@ -19,12 +19,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from styleprobe.errors import ConfigError, ModelUnavailableError
+from styleprobe.errors import ConfigError
 from styleprobe.metrics import preprocess
 from styleprobe.metrics.base import (
     ScoreBatch,
     Scorer,
     inference_mode,
+    local_or_hub,
     output_embeddings,
     reference_embeddings,
     register,
@@ -41,24 +42,7 @@ log = logging.getLogger("styleprobe")
 
 def resolve_checkpoint(checkpoint: str | None, repo: str, filename: str, metric: str = "style_csd") -> Path:
     """A local checkpoint path, or the Hub mirror's file from the Hugging Face cache (downloaded if allowed)."""
-    if checkpoint:
-        path = Path(checkpoint).expanduser()
-        if not path.is_file():
-            raise ModelUnavailableError(
-                f"CSD checkpoint {path} not found; download CSD's checkpoint.pth (or hf download {repo} {filename}) "
-                f"and set metrics.{metric}.checkpoint to its path"
-            )
-        return path
-    from huggingface_hub import hf_hub_download
-
-    try:
-        return Path(hf_hub_download(repo, filename))
-    except Exception as err:  # noqa: BLE001 - offline, missing, gated: one message with the fix
-        from styleprobe.models.sources import unavailable
-
-        raise unavailable(f"CSD weights {repo}/{filename}", err=err, limit=160,
-                          fix=f"run `hf download {repo} {filename}` on a machine with network access, or set "
-                              f"metrics.{metric}.checkpoint=/path/to/checkpoint.pth") from err
+    return local_or_hub(checkpoint, repo, filename, "CSD checkpoint", f"metrics.{metric}.checkpoint")
 
 
 @register

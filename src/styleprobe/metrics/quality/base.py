@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
-from styleprobe.errors import ModelUnavailableError
-from styleprobe.metrics.base import Scorer
+from styleprobe.metrics.base import Scorer, local_or_hub
 
 
 class QualityScorer(Scorer):
@@ -32,24 +31,8 @@ class QualityScorer(Scorer):
         return {**super().identity(), "reference": self.reference}
 
     def local_or_hub(self, checkpoint: Any, repo: str, filename: str, option: str = "checkpoint") -> Path:
-        """A local file (`metrics.<name>.<option>`), or `filename` of Hub repository `repo` from the Hugging Face
-        cache (downloaded when the Hub can be reached)."""
-        if checkpoint:
-            path = Path(str(checkpoint)).expanduser()
-            if not path.is_file():
-                raise ModelUnavailableError(f"{self.name}: {path} not found; download {repo}/{filename} "
-                                            f"(hf download {repo} {filename}) and set metrics.{self.name}.{option} to it")
-            return path
-        from huggingface_hub import hf_hub_download
-
-        try:
-            return Path(hf_hub_download(repo, filename))
-        except Exception as err:  # noqa: BLE001 - offline, missing, gated: one message with the fix
-            from styleprobe.models.sources import unavailable
-
-            raise unavailable(f"{self.name} weights {repo}/{filename}", err=err, limit=160,
-                              fix=f"run `hf download {repo} {filename}` on a machine with network access, or set "
-                                  f"metrics.{self.name}.{option}=/path/to/{filename}") from err
+        """A local file (`metrics.<name>.<option>`), or `filename` of Hub repository `repo` (`base.local_or_hub`)."""
+        return local_or_hub(checkpoint, repo, filename, f"{self.name} weights", f"metrics.{self.name}.{option}")
 
     def file_needed(self, checkpoint: Any, repo: str, filename: str, what: str, option: str = "checkpoint") -> Any:
         """The `ModelFile` that `local_or_hub` will read, for the check before any image is made."""

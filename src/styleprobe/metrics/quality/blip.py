@@ -32,6 +32,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from styleprobe.errors import ConfigError
+from styleprobe.metrics.quality.arch import VIT_ARCHS, VitArch
 from styleprobe.metrics.quality.heads import RewardMLP, head_input_size
 from styleprobe.metrics.safe_load import read_weights, tensor_dict
 
@@ -42,23 +43,6 @@ REWARD_MEAN = 0.16717362830052426
 REWARD_STD = 1.0333394966054072
 #: ImageReward.py `score`: the prompt is padded to, and cut at, 35 tokens.
 MAX_TOKENS = 35
-
-
-@dataclass(frozen=True)
-class VitArch:
-    """BLIP's ViT sizes (models/BLIP/blip.py `create_vit`); heads are not in the weights, so they are named here."""
-
-    width: int
-    depth: int
-    heads: int
-    patch: int = 16
-    image_size: int = 224
-
-
-VIT_ARCHS = {
-    "vit_large": VitArch(1024, 24, 16),  # create_vit('large'), ImageReward's
-    "tiny": VitArch(32, 2, 2),  # styleprobe's offline stand-in
-}
 
 
 @dataclass(frozen=True)

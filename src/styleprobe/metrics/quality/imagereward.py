@@ -51,7 +51,7 @@ class ImageRewardScorer(QualityScorer):
 
     def __init__(self, settings: ScorerSettings):
         super().__init__(settings)
-        from styleprobe.metrics.quality.blip import VIT_ARCHS
+        from styleprobe.metrics.quality.arch import VIT_ARCHS
 
         o = settings.options
         self.repo = str(o.get("repo", REPO))
@@ -88,7 +88,8 @@ class ImageRewardScorer(QualityScorer):
         def build() -> _Loaded:
             from transformers import BertTokenizer
 
-            from styleprobe.metrics.quality.blip import BERT_BASE, VIT_ARCHS, ImageRewardModel, load_imagereward
+            from styleprobe.metrics.quality.arch import VIT_ARCHS
+            from styleprobe.metrics.quality.blip import BERT_BASE, ImageRewardModel, load_imagereward
 
             arch = VIT_ARCHS[self.arch_name]
             device, dtype = self.settings.torch_device, self.settings.torch_dtype
