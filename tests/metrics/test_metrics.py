@@ -59,7 +59,8 @@ def scorers():
 
 
 def test_registry_names_every_scorer_kind():
-    assert set(registry()) == {"style_clip", "text_clip", "leak_clip", "style_dino", "style_csd", "toy_judge"}
+    assert set(registry()) == {"style_clip", "text_clip", "leak_clip", "style_dino", "style_csd", "toy_judge",
+                               "quality_imagereward", "quality_pickscore", "quality_hps", "quality_aesthetic"}
 
 
 @pytest.mark.parametrize("name", list(IMAGE_IMAGE))
@@ -248,7 +249,7 @@ def test_missing_weights_name_what_to_download(photos, metric, download):
 
 
 def test_bad_metric_configs_are_one_line_errors():
-    with pytest.raises(ConfigError, match="unknown scorer 'style_clips'; choose one of leak_clip, style_clip"):
+    with pytest.raises(ConfigError, match="unknown scorer 'style_clips'; choose one of leak_clip, quality_aesthetic"):
         build_scorers({"x": {"scorer": "style_clips"}}, CPU, "tiny")
     with pytest.raises(ConfigError, match="needs a `scorer:`"):
         build_scorers({"x": {"model": "ViT-L-14"}}, CPU, "tiny")
