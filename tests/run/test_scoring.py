@@ -308,7 +308,7 @@ def test_metric_list_overrides_are_checked():
     assert old is not None and old.startswith("metric 'leak_dino' is now 'ref_dinov2'")
     assert check_group_choices(["metrics=[]"]) is None
     bad = check_group_choices(["metrics=[default,style_clp]"])
-    assert bad is not None and bad.startswith("unknown metrics 'style_clp'; choose one of default, judge, leak_clip")
+    assert bad is not None and bad.startswith("unknown metrics 'style_clp'; choose one of benchmark, default, judge, leak_clip, quality")
 
 
 def test_score_command_from_the_shell(scored_sweep, tmp_path):

@@ -25,13 +25,13 @@ from styleprobe.metrics.base import (
     ScoreBatch,
     Scorer,
     inference_mode,
-    local_or_hub,
     output_embeddings,
     reference_embeddings,
     register,
     shared_model,
 )
 from styleprobe.metrics.csd_arch import ARCHS, HUB_FILENAME, HUB_REPO
+from styleprobe.metrics.weights_files import local_or_hub
 
 if TYPE_CHECKING:  # csd_model (torch) is imported where the model is built, so configs are checked without torch
     import torch

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
-from styleprobe.metrics.base import Scorer, local_or_hub
+from styleprobe.metrics.base import Scorer
+from styleprobe.metrics.weights_files import local_or_hub
 
 
 class QualityScorer(Scorer):
