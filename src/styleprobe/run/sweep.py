@@ -114,7 +114,6 @@ def prepare(cfg: DictConfig) -> SweepPlan:
     metrics = scoring.metric_configs(cfg)
     scorers, weights, scoring_batch = scoring.build(metrics, cfg.scoring, [spec.base]) if metrics else ([], "", 1)
     scoring.check_identities(store, scorers)
-    scoring.check_prompts(scorers, [p.prompt for p in prompts], [p.prompt for p in prompts], "the prompt set")
     _warn_unscorable(scorers, references)
     analysis = _analysis_settings(cfg, scorers, every_item)
     return SweepPlan(spec, items, store, str(device), batch_size, references, scorers, scoring_batch, weights, analysis,

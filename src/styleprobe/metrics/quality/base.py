@@ -48,3 +48,15 @@ class QualityScorer(Scorer):
 def prompts_of(batch: Any) -> list[str]:
     """The batch's target prompts (the row's `prompt`, as CLIP-T scores it)."""
     return [str(p) for p in batch.prompts]
+
+
+def image_and_prompt_cosines(batch: Any, model_key: Any, model: Any) -> Any:
+    """Cosine of each output's image embedding and its prompt's text embedding under a two-tower preference model
+    (`model`: `preprocess`, `encode_pixels`, `encode_texts`): the outputs encoded once per batch, each distinct prompt
+    once per process, as CLIP-T does (`clip.TextCLIP`)."""
+    from styleprobe.metrics.base import cached_rows, cosine, embedding_cache, output_embeddings
+
+    images = output_embeddings(batch, model_key, model.preprocess, model.encode_pixels)
+    prompts = prompts_of(batch)
+    texts = cached_rows(embedding_cache(model_key, "text"), prompts, lambda idx: model.encode_texts([prompts[i] for i in idx]))
+    return cosine(images, texts)

@@ -12,9 +12,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-#: The state-dict names of the head's linear layers (`layers.N.weight` / `.bias`).
-LINEAR_INDICES = (0, 2, 4, 6, 7)
-
 
 class RewardMLP(nn.Module):
     """input_size -> 1024 -> 128 -> 64 -> 16 -> 1, dropout 0.2, 0.2, 0.1 between, no activations (see the module)."""

@@ -23,14 +23,10 @@ from styleprobe.metrics import preprocess
 from styleprobe.metrics.base import (
     ScoreBatch,
     ScorerSettings,
-    cached_rows,
-    cosine,
-    embedding_cache,
-    output_embeddings,
     register,
     shared_model,
 )
-from styleprobe.metrics.quality.base import QualityScorer, prompts_of
+from styleprobe.metrics.quality.base import QualityScorer, image_and_prompt_cosines
 from styleprobe.metrics.safe_load import read_weights, tensor_dict
 
 if TYPE_CHECKING:
@@ -119,8 +115,4 @@ class HPSScorer(QualityScorer):
         return shared_model(self._model_key(), build)
 
     def score(self, batch: ScoreBatch) -> dict[str, np.ndarray]:
-        clip, key = self.clip(), self._model_key()
-        images = output_embeddings(batch, key, clip.preprocess, clip.encode_pixels)
-        prompts = prompts_of(batch)
-        texts = cached_rows(embedding_cache(key, "text"), prompts, lambda idx: clip.encode_texts([prompts[i] for i in idx]))
-        return {self.name: cosine(images, texts)}
+        return {self.name: image_and_prompt_cosines(batch, self._model_key(), self.clip())}

@@ -23,15 +23,12 @@ from styleprobe.errors import ConfigError
 from styleprobe.metrics.base import (
     ScoreBatch,
     ScorerSettings,
-    cached_rows,
-    embedding_cache,
     inference_mode,
-    output_embeddings,
     register,
     shared_model,
 )
 from styleprobe.metrics.preprocess import Preprocess
-from styleprobe.metrics.quality.base import QualityScorer, prompts_of
+from styleprobe.metrics.quality.base import QualityScorer, image_and_prompt_cosines
 
 if TYPE_CHECKING:
     import torch
@@ -146,12 +143,6 @@ class PickScoreScorer(QualityScorer):
         return self.loaded().preprocess
 
     def score(self, batch: ScoreBatch) -> dict[str, np.ndarray]:
-        import torch
-
-        loaded, key = self.loaded(), self._model_key()
-        images = output_embeddings(batch, key, loaded.preprocess, loaded.encode_pixels)
-        prompts = prompts_of(batch)
-        texts = cached_rows(embedding_cache(key, "text"), prompts, lambda idx: loaded.encode_texts([prompts[i] for i in idx]))
-        cos = (torch.nn.functional.normalize(images.double(), dim=-1) * torch.nn.functional.normalize(texts.double(), dim=-1)).sum(-1)
+        loaded = self.loaded()
         scale = float(loaded.model.logit_scale.detach().float().exp().cpu())
-        return {self.name: (scale * cos).numpy()}
+        return {self.name: scale * image_and_prompt_cosines(batch, self._model_key(), loaded)}
